@@ -1,0 +1,60 @@
+# metering: make targets. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HYPOTHESIS_PROFILE ?= ci
+
+.PHONY: help install test test-unit test-integration lint fmt demo kafka-up kafka-down kafka-status bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "metering needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
+	@command -v java >/dev/null || { echo "java not found: install a JDK 17 (the local Kafka broker needs it)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "mvn not found: install Maven 3 (it fetches the Kafka jars)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install metering with dev extras (no-op when up to date)
+
+lint: install ## ruff and mypy (strict on metering/)
+	$(BIN)/ruff check metering agents tests
+	$(BIN)/mypy
+
+fmt: install ## Format the code with ruff
+	$(BIN)/ruff format metering agents tests
+	$(BIN)/ruff check --fix metering agents tests
+
+test: install lint ## Lint, then the whole suite (unit, property, contract, real-broker integration)
+	$(BIN)/python -m pytest -q
+
+test-unit: install ## Only the tests that need no broker
+	$(BIN)/python -m pytest -q -m "not kafka"
+
+test-integration: install ## Only the real-broker tests
+	$(BIN)/python -m pytest -q -m kafka
+
+demo: install ## Run the pipeline end to end on the embedded local broker
+	$(BIN)/metering demo
+
+kafka-up: install ## Start a local single-node Kafka broker (prints its bootstrap address)
+	@$(BIN)/metering kafka up
+
+kafka-down: install ## Stop the local Kafka broker started by kafka-up
+	@$(BIN)/metering kafka down
+
+kafka-status: install ## Is the local broker running?
+	@$(BIN)/metering kafka status
+
+bench: install ## Benchmarks; writes BENCHMARKS.md
+	$(BIN)/python -m bench
+
+clean: ## Remove the venv and caches (keeps the Maven/Kafka jar cache)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
