@@ -1,0 +1,78 @@
+"""Compact, versioned binary encoding of metering state (for RocksDB tables and changelogs).
+
+Format: one version byte, then an orjson array. Version 1::
+
+    entity  = [lane, [[usage_type, zone_key, account, zone|null, start, topic, part, offset], ...],
+               [[time, attribute, value], ...], {lane: offset}, [[usage_type, zone_key, end], ...]]
+    account = [domain|null, deleted_at|null, {lane: offset}]
+
+Decoding an unknown version raises :class:`StateDecodeError` (a bug or a newer writer, never
+bad input: state is only ever written by this code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from metering.events import Source
+from metering.lifecycle import EntityState, Slot
+from metering.meter import AccountState
+
+VERSION: Final = 1
+_V1: Final = bytes([VERSION])
+
+
+class StateDecodeError(ValueError):
+    """Stored state could not be decoded (unknown version or corrupt bytes)."""
+
+
+def encode_entity(state: EntityState) -> bytes:
+    """Serialize an :class:`EntityState` to bytes (version 1)."""
+    slots = [
+        [k[0], k[1], s.account_id, s.zone_id, s.start, s.opened_by.topic,
+         s.opened_by.partition, s.opened_by.offset]
+        for k, s in state.slots.items()
+    ]
+    ends = [[k[0], k[1], e] for k, e in state.ends.items()]
+    return _V1 + orjson.dumps(
+        [state.lane, slots, [list(c) for c in state.changes], state.offsets, ends]
+    )
+
+
+def _body(data: bytes) -> Any:
+    if not data or data[0] != VERSION:
+        raise StateDecodeError(
+            f"unsupported state version {data[:1]!r}; expected {VERSION} (newer writer?)"
+        )
+    try:
+        return orjson.loads(data[1:])
+    except orjson.JSONDecodeError as exc:
+        raise StateDecodeError(f"corrupt state: {exc}") from exc
+
+
+def decode_entity(data: bytes) -> EntityState:
+    """Inverse of :func:`encode_entity`."""
+    lane, slots, changes, offsets, ends = _body(data)
+    return EntityState(
+        slots={
+            (ut, zk): Slot(acct, zone, start, Source(topic, part, off))
+            for ut, zk, acct, zone, start, topic, part, off in slots
+        },
+        changes=[(t, k, v) for t, k, v in changes],
+        offsets=dict(offsets),
+        ends={(ut, zk): e for ut, zk, e in ends},
+        lane=lane,
+    )
+
+
+def encode_account(state: AccountState) -> bytes:
+    """Serialize an :class:`~metering.meter.AccountState` (version 1)."""
+    return _V1 + orjson.dumps([state.domain_id, state.deleted_at, state.offsets])
+
+
+def decode_account(data: bytes) -> AccountState:
+    """Inverse of :func:`encode_account`."""
+    domain, deleted_at, offsets = _body(data)
+    return AccountState(domain_id=domain, deleted_at=deleted_at, offsets=dict(offsets))

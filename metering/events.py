@@ -1,0 +1,134 @@
+"""Plain values produced by decoding CloudStack event-bus records.
+
+Decoding (:mod:`metering.decode`) turns one Kafka record value into exactly one of:
+
+* :class:`UsageEvent`: a usage event of a metered type (contract section 3);
+* :class:`AccountDeleted` / :class:`AccountCreated`: account lifecycle action events that
+  act on every resource of an account (rules 5 and 7);
+* :class:`Enrichment`: an action event carrying offering/template keys for an entity (rule 7);
+* :class:`Ignored`: well formed but not metered (other categories, ignored event types);
+* :class:`Rejected`: bad input, with a :class:`RejectReason` (contract section 2).
+
+All instants are integer milliseconds since the Unix epoch, UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Category(StrEnum):
+    """Event category, inferred from the keys of the JSON value (contract section 1)."""
+
+    RESOURCE_STATE = "resource_state"
+    ASYNC_JOB = "async_job"
+    ALERT = "alert"
+    ACTION = "action"
+    USAGE = "usage"
+    UNKNOWN = "unknown"
+    INVALID = "invalid"
+    """Not decodable at all (not UTF-8, not JSON, not an object): no category applies."""
+
+
+class RejectReason(StrEnum):
+    """Why a record was rejected. Values are stable: they appear in rejects and metrics."""
+
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_EVENT_TIME = "missing_event_time"
+    INVALID_EVENT_TIME = "invalid_event_time"
+    MISSING_RESOURCE_ID = "missing_resource_id"
+    MISSING_ACCOUNT = "missing_account"
+    INVALID_FIELD = "invalid_field"
+    TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from: Kafka coordinates, or a file name and line index for replay."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def lane(self) -> str:
+        """The ordered sub-stream this record belongs to (``topic/partition``)."""
+        return f"{self.topic}/{self.partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """A usage event of a metered type: acts on the intervals of ``resource_id``."""
+
+    event_type: str
+    account_id: str
+    resource_id: str
+    zone_id: str | None
+    time_ms: int
+
+    category = Category.USAGE
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDeleted:
+    """A successful, completed ``ACCOUNT.DELETE``: closes every open interval of the account."""
+
+    account_id: str
+    time_ms: int
+
+    category = Category.ACTION
+
+
+@dataclass(frozen=True, slots=True)
+class AccountCreated:
+    """``ACCOUNT.CREATE`` with a ``Domain`` key: sets ``domain_id`` for the account."""
+
+    account_id: str
+    domain_id: str
+    time_ms: int
+
+    category = Category.ACTION
+
+
+@dataclass(frozen=True, slots=True)
+class Enrichment:
+    """Offering/template keys of a non-failed action event, for the entity ``entity_id``.
+
+    ``service_offering_id`` and ``template_id`` apply to the entity's RUNNING_VM and
+    ALLOCATED_VM intervals, ``disk_offering_id`` to its VOLUME intervals; None = not given.
+    """
+
+    entity_id: str
+    time_ms: int
+    service_offering_id: str | None
+    template_id: str | None
+    disk_offering_id: str | None
+
+    category = Category.ACTION
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Well formed, not metered; ``kind`` says why (e.g. ``alert``, ``usage:NET.IP6ASSIGN``)."""
+
+    category: Category
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Bad input. ``detail`` is a short human explanation; the raw bytes are kept by callers."""
+
+    reason: RejectReason
+    detail: str
+    category: Category = Category.INVALID
+
+
+Decoded = UsageEvent | AccountDeleted | AccountCreated | Enrichment | Ignored | Rejected
+"""The result of decoding one record value."""
+
+Meterable = UsageEvent | AccountDeleted | AccountCreated | Enrichment
+"""Decoded values that change metering state."""

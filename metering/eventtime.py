@@ -1,0 +1,115 @@
+"""Parsing CloudStack's ``eventDateTime`` into UTC epoch milliseconds.
+
+CloudStack formats event times with Java's ``SimpleDateFormat("yyyy-MM-dd HH:mm:ss Z")`` in the
+management server's default time zone, e.g. ``2025-03-14 10:22:31 +0530``. The result here is
+always an integer count of milliseconds since 1970-01-01T00:00:00Z (UTC), so every instant
+in the core is timezone-aware by construction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_MS_PER_DAY = 86_400_000
+
+
+@lru_cache(maxsize=8192)
+def _day_ms(date_text: str) -> int | None:
+    """UTC ms of midnight of ``YYYY-MM-DD``, or None if it is not a real calendar date."""
+    if len(date_text) != 10 or date_text[4] != "-" or date_text[7] != "-":
+        return None
+    y, m, d = date_text[0:4], date_text[5:7], date_text[8:10]
+    if not (y.isdigit() and m.isdigit() and d.isdigit() and y.isascii()):
+        return None
+    try:
+        day = dt.date(int(y), int(m), int(d))
+    except ValueError:
+        return None
+    return (day.toordinal() - _EPOCH_ORDINAL) * _MS_PER_DAY
+
+
+@lru_cache(maxsize=1024)
+def _offset_ms(zone: str) -> int | None:
+    """Milliseconds to subtract to reach UTC for ``+HHMM``/``-HHMM``, or None if malformed."""
+    if len(zone) != 5 or zone[0] not in "+-":
+        return None
+    hh, mm = zone[1:3], zone[3:5]
+    if not (hh.isdigit() and mm.isdigit() and hh.isascii() and mm.isascii()):
+        return None
+    h, m = int(hh), int(mm)
+    if h > 23 or m > 59:
+        return None
+    off = (h * 60 + m) * 60_000
+    return off if zone[0] == "+" else -off
+
+
+def parse_event_time(text: object) -> int | None:
+    """Parse ``yyyy-MM-dd HH:mm:ss Z`` into UTC epoch milliseconds.
+
+    Returns None for anything that is not exactly that format or not a real instant
+    (``2025-02-30``, hour 25, offset ``+2500``, a number instead of a string, ...).
+    Bad input is a value, never an exception.
+    """
+    if type(text) is not str or len(text) != 25 or text[10] != " " or text[19] != " ":
+        return None
+    day = _day_ms(text[0:10])
+    if day is None:
+        return None
+    off = _offset_ms(text[20:25])
+    if off is None:
+        return None
+    if text[13] != ":" or text[16] != ":":
+        return None
+    hh, mi, ss = text[11:13], text[14:16], text[17:19]
+    if not (hh.isdigit() and mi.isdigit() and ss.isdigit() and (hh + mi + ss).isascii()):
+        return None
+    h, m, s = int(hh), int(mi), int(ss)
+    if h > 23 or m > 59 or s > 59:
+        return None
+    return day + ((h * 60 + m) * 60 + s) * 1000 - off
+
+
+def format_event_time(ms: int, offset_minutes: int = 0) -> str:
+    """Format UTC epoch ms the way CloudStack does, in a fixed UTC offset (minutes east)."""
+    tz = dt.timezone(dt.timedelta(minutes=offset_minutes))
+    return dt.datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def ms_to_datetime(ms: int) -> dt.datetime:
+    """UTC epoch milliseconds -> aware ``datetime`` in UTC."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def datetime_to_ms(value: dt.datetime) -> int:
+    """Aware ``datetime`` -> UTC epoch milliseconds; naive datetimes are a bug and raise."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: metering only handles aware datetimes")
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def parse_iso_instant(text: str) -> int:
+    """Parse an ISO 8601 instant with an offset or ``Z`` (``2025-03-11T00:00:00Z``) into ms.
+
+    Raises ValueError with a readable message for a bad or zone-less value (for CLI options).
+    """
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise ValueError(
+            f"not an ISO 8601 instant: {text!r} (expected e.g. 2025-03-11T00:00:00Z)"
+        ) from None
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: add Z or an offset such as +00:00")
+    return datetime_to_ms(value)
+
+
+def iso(ms: int) -> str:
+    """UTC epoch ms -> ``2025-03-11T00:00:00Z`` (milliseconds shown only when non-zero)."""
+    value = ms_to_datetime(ms)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if ms % 1000:
+        text += f".{ms % 1000:03d}"
+    return text + "Z"

@@ -1,0 +1,126 @@
+"""Usage intervals: the pipeline's output rows (contract section 5).
+
+An interval is half-open ``[start, end)`` in UTC epoch milliseconds, never crosses an
+aggregation-period boundary, and carries a deterministic ``interval_id`` (rule 9) so that
+every consumer can deduplicate repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from metering.usage_types import NAMES, ZONE_KEYED
+
+SCHEMA_VERSION: Final = 1
+MS_PER_HOUR: Final = 3_600_000
+
+
+class CloseReason:
+    """``close_reason`` values besides the closing event type (e.g. ``VM.STOP``)."""
+
+    PERIOD: Final = "period"
+    """Cut at an aggregation-period boundary while the resource stays open (final=false)."""
+    ACCOUNT_DELETE: Final = "account_delete"
+    """Closed by a completed ``ACCOUNT.DELETE`` of the owning account (final=true)."""
+    UNTIL: Final = "until"
+    """Cut at ``replay --until`` while still open, not on a period boundary (final=false)."""
+
+
+def resource_key(usage_type: int, resource_id: str, zone_id: str | None) -> str:
+    """The interval key of the contract's table: the resource, plus the zone for TEMPLATE/ISO."""
+    if usage_type in ZONE_KEYED:
+        return f"{resource_id}@{zone_id or ''}"
+    return resource_id
+
+
+def interval_id(usage_type: int, key: str, start_ms: int, empty: bool = False) -> str:
+    """Deterministic id of (usage type, resource key, start): 32 hex characters.
+
+    ``empty`` marks a zero-length interval (rule 4) so that it never shares its id with the
+    interval that may open at the same instant.
+    """
+    text = f"v1|{usage_type}|{key}|{start_ms}{'|0' if empty else ''}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class UsageInterval:
+    """One usage interval row. Times are UTC epoch ms; ``[start, end)`` within one period."""
+
+    interval_id: str
+    account_id: str
+    domain_id: str | None
+    zone_id: str | None
+    usage_type: int
+    usage_type_name: str
+    resource_id: str
+    offering_id: str | None
+    template_id: str | None
+    start: int
+    end: int
+    duration_ms: int
+    raw_usage_hours: float
+    period_start: int
+    final: bool
+    close_reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (timestamps stay integer ms), e.g. for JSON encoding."""
+        return asdict(self)
+
+
+FIELDS: Final = tuple(UsageInterval.__dataclass_fields__)
+"""Column order of the output contract."""
+
+
+def make_interval(
+    *,
+    usage_type: int,
+    resource_id: str,
+    zone_id: str | None,
+    account_id: str,
+    domain_id: str | None,
+    offering_id: str | None,
+    template_id: str | None,
+    start: int,
+    end: int,
+    period_start: int,
+    final: bool,
+    close_reason: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+) -> UsageInterval:
+    """Build a row, computing id, duration and hours. ``end < start`` is a bug and raises."""
+    if end < start:
+        raise ValueError(f"negative interval [{start}, {end}) for {resource_id}")
+    duration = end - start
+    return UsageInterval(
+        interval_id=interval_id(
+            usage_type, resource_key(usage_type, resource_id, zone_id), start, duration == 0
+        ),
+        account_id=account_id,
+        domain_id=domain_id,
+        zone_id=zone_id,
+        usage_type=usage_type,
+        usage_type_name=NAMES[usage_type],
+        resource_id=resource_id,
+        offering_id=offering_id,
+        template_id=template_id,
+        start=start,
+        end=end,
+        duration_ms=duration,
+        raw_usage_hours=duration / MS_PER_HOUR,
+        period_start=period_start,
+        final=final,
+        close_reason=close_reason,
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=source_offset,
+    )

@@ -1,0 +1,352 @@
+"""The per-resource lifecycle state machine (contract sections 3 and 4).
+
+State is kept per *entity* (the resource UUID in the usage event's ``id``): one
+:class:`EntityState` holds the open interval of each usage type (and zone, for TEMPLATE and
+ISO) of that resource, the offering/template attributes learnt from action events, and the
+last applied record offset per source lane (for redelivery, rule 6).
+
+The functions here do no I/O, read no clock and never raise on data. They take ownership of
+the state they are given and return it (updated in place for speed) with the intervals to
+emit. Instants are UTC epoch milliseconds; intervals are half-open ``[start, end)``.
+
+Determinism: an emitted row depends only on the input records, not on when it is emitted.
+Pieces that end at a period boundary while the resource stays open are always
+``final=false, close_reason="period"`` with the opening record as lineage, whether a tick
+(streaming), a later event or the end of a replay emits them; attributes are looked up by
+event time (the latest change at or before the piece's last millisecond).
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from metering.events import Enrichment, Source, UsageEvent
+from metering.intervals import CloseReason, UsageInterval, make_interval
+from metering.periods import PeriodGrid
+from metering.usage_types import CLOSE, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
+
+SERVICE_OFFERING: Final = 0
+TEMPLATE: Final = 1
+DISK_OFFERING: Final = 2
+
+SlotKey = tuple[int, str]
+"""(usage type, zone key); the zone key is ``""`` unless the type is TEMPLATE or ISO."""
+
+
+@dataclass(slots=True)
+class Slot:
+    """An open interval. ``start`` is where its not-yet-emitted remainder begins (UTC ms)."""
+
+    account_id: str
+    zone_id: str | None
+    start: int
+    opened_by: Source
+
+
+@dataclass(slots=True)
+class EntityState:
+    """Everything metering remembers about one resource.
+
+    Attributes:
+        slots: open intervals by (usage type, zone key).
+        changes: attribute changes ``(time_ms, attribute, value)`` sorted by time, where
+            attribute is :data:`SERVICE_OFFERING`, :data:`TEMPLATE` or :data:`DISK_OFFERING`.
+        offsets: last applied record offset per source lane (``topic/partition``).
+        ends: end (UTC ms) of the last interval emitted per slot key, so a reopen never
+            overlaps what was already emitted.
+        lane: the lane of the last applied record; its watermark cuts this entity's periods.
+    """
+
+    slots: dict[SlotKey, Slot] = field(default_factory=dict)
+    changes: list[tuple[int, int, str]] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    ends: dict[SlotKey, int] = field(default_factory=dict)
+    lane: str = ""
+
+    def accounts(self) -> set[str]:
+        """Accounts owning at least one open interval of this entity."""
+        return {s.account_id for s in self.slots.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Result of one step: the new state, the intervals to emit, and what happened.
+
+    ``notes`` name the contract rules that applied, for metrics: ``duplicate`` (rule 6),
+    ``reopen_ignored`` (rule 2), ``orphan_close`` (rule 3), ``zero_length`` (rule 4).
+    """
+
+    state: EntityState
+    intervals: tuple[UsageInterval, ...]
+    notes: tuple[str, ...]
+
+
+DomainLookup = Callable[[str], str | None]
+
+
+def _attr(changes: list[tuple[int, int, str]], kind: int, cutoff: int) -> str | None:
+    value: str | None = None
+    for t, k, v in changes:
+        if t > cutoff:
+            break
+        if k == kind:
+            value = v
+    return value
+
+
+def _attrs(
+    state: EntityState, usage_type: int, a: int, b: int
+) -> tuple[str | None, str | None]:
+    """(offering_id, template_id) for piece ``[a, b)`` of ``usage_type``."""
+    if not state.changes:
+        return None, None
+    cutoff = b - 1 if b > a else a
+    if usage_type == UsageType.RUNNING_VM or usage_type == UsageType.ALLOCATED_VM:
+        return (
+            _attr(state.changes, SERVICE_OFFERING, cutoff),
+            _attr(state.changes, TEMPLATE, cutoff),
+        )
+    if usage_type == UsageType.VOLUME:
+        return _attr(state.changes, DISK_OFFERING, cutoff), None
+    return None, None
+
+
+def _piece(
+    state: EntityState,
+    key: SlotKey,
+    slot: Slot,
+    resource_id: str,
+    a: int,
+    b: int,
+    period_start: int,
+    final: bool,
+    reason: str,
+    src: Source,
+    domain_of: DomainLookup,
+) -> UsageInterval:
+    offering, template = _attrs(state, key[0], a, b)
+    return make_interval(
+        usage_type=key[0],
+        resource_id=resource_id,
+        zone_id=slot.zone_id,
+        account_id=slot.account_id,
+        domain_id=domain_of(slot.account_id),
+        offering_id=offering,
+        template_id=template,
+        start=a,
+        end=b,
+        period_start=period_start,
+        final=final,
+        close_reason=reason,
+        source_topic=src.topic,
+        source_partition=src.partition,
+        source_offset=src.offset,
+    )
+
+
+def _cut_slot(
+    state: EntityState,
+    key: SlotKey,
+    slot: Slot,
+    resource_id: str,
+    upto: int,
+    grid: PeriodGrid,
+    domain_of: DomainLookup,
+    last_reason: str,
+    out: list[UsageInterval],
+) -> None:
+    """Emit the still-open slot's pieces up to ``upto`` (not a close); move its start."""
+    if upto <= slot.start:
+        return
+    src = slot.opened_by
+    for a, b in grid.split(slot.start, upto):
+        reason = CloseReason.PERIOD if (b < upto or grid.is_boundary(b)) else last_reason
+        out.append(
+            _piece(state, key, slot, resource_id, a, b, grid.floor(a), False, reason, src,
+                   domain_of)
+        )
+    slot.start = upto
+    state.ends[key] = upto
+
+
+def _close_slot(
+    state: EntityState,
+    key: SlotKey,
+    slot: Slot,
+    resource_id: str,
+    at: int,
+    reason: str,
+    src: Source,
+    grid: PeriodGrid,
+    domain_of: DomainLookup,
+    out: list[UsageInterval],
+    notes: list[str],
+) -> None:
+    """Close the slot at ``at``: period pieces, then the final piece (zero-length if early)."""
+    start = slot.start
+    if at <= start:
+        if at < start:
+            notes.append("zero_length")
+        out.append(
+            _piece(state, key, slot, resource_id, start, start, grid.floor(start), True,
+                   reason, src, domain_of)
+        )
+        state.ends[key] = start
+        return
+    pieces = grid.split(start, at)
+    last = len(pieces) - 1
+    for i, (a, b) in enumerate(pieces):
+        if i == last:
+            out.append(
+                _piece(state, key, slot, resource_id, a, b, grid.floor(a), True, reason, src,
+                       domain_of)
+            )
+        else:
+            out.append(
+                _piece(state, key, slot, resource_id, a, b, grid.floor(a), False,
+                       CloseReason.PERIOD, slot.opened_by, domain_of)
+            )
+    state.ends[key] = at
+
+
+def _prune_changes(state: EntityState) -> None:
+    """Drop attribute changes no open or future piece can see."""
+    changes = state.changes
+    if len(changes) <= 1:
+        return
+    horizon = min((s.start for s in state.slots.values()), default=None)
+    keep: list[tuple[int, int, str]] = []
+    latest_before: dict[int, tuple[int, int, str]] = {}
+    for change in changes:
+        if horizon is None or change[0] <= horizon:
+            latest_before[change[1]] = change
+        else:
+            keep.append(change)
+    state.changes = sorted([*latest_before.values(), *keep], key=lambda c: c[0])
+
+
+def _is_duplicate(state: EntityState, src: Source) -> bool:
+    lane = src.lane
+    last = state.offsets.get(lane)
+    if last is not None and src.offset <= last:
+        return True
+    state.offsets[lane] = src.offset
+    state.lane = lane
+    return False
+
+
+def apply_usage(
+    state: EntityState | None,
+    event: UsageEvent,
+    src: Source,
+    grid: PeriodGrid,
+    domain_of: DomainLookup,
+) -> Transition:
+    """Apply one usage event of a metered type to its resource's state (table, rules 1-4, 6).
+
+    ``state`` is the resource's state or None for a resource never seen. A record already
+    applied (same lane, offset not above the last applied one) changes nothing.
+    """
+    if state is None:
+        state = EntityState()
+    if _is_duplicate(state, src):
+        return Transition(state, (), ("duplicate",))
+    out: list[UsageInterval] = []
+    notes: list[str] = []
+    t = event.time_ms
+    rid = event.resource_id
+    for usage_type, action in TRANSITIONS[event.event_type]:
+        zoned = usage_type in ZONE_KEYED
+        key: SlotKey = (usage_type, (event.zone_id or "") if zoned else "")
+        if action == OPEN:
+            if key in state.slots:
+                notes.append("reopen_ignored")
+                continue
+            start = max(t, state.ends.get(key, t))
+            state.slots[key] = Slot(event.account_id, event.zone_id, start, src)
+            continue
+        if zoned and action == CLOSE and event.zone_id is None:
+            keys = [k for k in state.slots if k[0] == usage_type]  # every zone (contract §3)
+        else:
+            keys = [key] if key in state.slots else []
+        if not keys:
+            if action == CLOSE:
+                notes.append("orphan_close")
+                continue
+            start = max(t, state.ends.get(key, t))  # SPLIT with nothing open: opens
+            state.slots[key] = Slot(event.account_id, event.zone_id, start, src)
+            continue
+        for k in keys:
+            slot = state.slots.pop(k)
+            _close_slot(state, k, slot, rid, t, event.event_type, src, grid, domain_of, out,
+                        notes)
+            if action != CLOSE:  # SPLIT: reopen with the event's attributes
+                start = max(t, state.ends.get(k, t))
+                state.slots[k] = Slot(event.account_id, event.zone_id, start, src)
+    if out or not state.slots:
+        _prune_changes(state)
+    return Transition(state, tuple(out), tuple(notes))
+
+
+def apply_enrichment(
+    state: EntityState | None, event: Enrichment, src: Source
+) -> Transition:
+    """Record offering/template attributes from an action event (rule 7)."""
+    if state is None:
+        state = EntityState()
+    if _is_duplicate(state, src):
+        return Transition(state, (), ("duplicate",))
+    t = event.time_ms
+    for kind, value in (
+        (SERVICE_OFFERING, event.service_offering_id),
+        (TEMPLATE, event.template_id),
+        (DISK_OFFERING, event.disk_offering_id),
+    ):
+        if value is not None:
+            insort(state.changes, (t, kind, value), key=lambda c: c[0])
+    _prune_changes(state)
+    return Transition(state, (), ("enriched",))
+
+
+def close_account(
+    state: EntityState,
+    resource_id: str,
+    account_id: str,
+    at: int,
+    src: Source,
+    grid: PeriodGrid,
+    domain_of: DomainLookup,
+) -> Transition:
+    """Close every open interval of ``account_id`` in this entity at ``at`` (rule 5)."""
+    out: list[UsageInterval] = []
+    notes: list[str] = []
+    for key in [k for k, s in state.slots.items() if s.account_id == account_id]:
+        slot = state.slots.pop(key)
+        _close_slot(state, key, slot, resource_id, at, CloseReason.ACCOUNT_DELETE, src, grid,
+                    domain_of, out, notes)
+    _prune_changes(state)
+    return Transition(state, tuple(out), tuple(notes))
+
+
+def cut(
+    state: EntityState,
+    resource_id: str,
+    upto: int,
+    grid: PeriodGrid,
+    domain_of: DomainLookup,
+    last_reason: str = CloseReason.PERIOD,
+) -> list[UsageInterval]:
+    """Emit the pieces of every open interval up to ``upto`` without closing it (rule 8, 10).
+
+    Pieces ending on a period boundary are ``close_reason="period"``; a last piece ending
+    elsewhere (a replay horizon) gets ``last_reason``. All are ``final=false``.
+    """
+    out: list[UsageInterval] = []
+    for key, slot in state.slots.items():
+        _cut_slot(state, key, slot, resource_id, upto, grid, domain_of, last_reason, out)
+    if out:
+        _prune_changes(state)
+    return out

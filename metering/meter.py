@@ -1,0 +1,351 @@
+"""The metering engine: decoded records in, usage intervals out.
+
+:class:`Meter` folds decoded records over per-entity state kept in a mapping (a dict for
+``replay``, a Faust/RocksDB-backed table in the streaming worker) and emits intervals. It owns
+what spans entities:
+
+* **watermarks** per source lane (``topic/partition``): the newest event time seen, advanced
+  by wall-clock time when a lane is idle longer than ``idle_advance_ms`` (streaming only);
+* **period cutting** (rule 8): an open interval's pieces are emitted once its lane's
+  watermark has passed a period end plus ``lateness_ms``: lazily whenever the entity is
+  touched, and eagerly for every open entity by :meth:`Meter.advance` (streaming ticks);
+* **accounts**: the domain of each account (rule 7) and account deletion (rule 5), with an
+  in-memory index of which entities have open intervals per account;
+* counters of outcomes for metrics and summaries.
+
+All instants are UTC epoch milliseconds. Wall-clock times are passed in by callers; the
+engine never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Decoded,
+    Enrichment,
+    Ignored,
+    Rejected,
+    Source,
+    UsageEvent,
+)
+from metering.intervals import CloseReason, UsageInterval
+from metering.lifecycle import (
+    EntityState,
+    Transition,
+    apply_enrichment,
+    apply_usage,
+    close_account,
+    cut,
+)
+from metering.periods import PeriodGrid
+
+NEVER = -(2**62)
+"""A watermark before any event."""
+
+
+@dataclass(slots=True)
+class AccountState:
+    """What metering remembers about an account: its domain and applied account records."""
+
+    domain_id: str | None = None
+    deleted_at: int | None = None
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LaneClock:
+    """Event-time progress of one source lane.
+
+    ``max_event_ms`` is the newest event time seen; ``arrival_wall_ms`` the wall-clock time
+    (UTC ms) when the lane last received a record; ``watermark`` the effective watermark,
+    which idle advance may move beyond ``max_event_ms``.
+    """
+
+    max_event_ms: int = NEVER
+    arrival_wall_ms: int | None = None
+    watermark: int = NEVER
+    cut_boundary: int = NEVER
+    advanced_to: int = NEVER
+
+
+@dataclass(frozen=True)
+class MeterPolicy:
+    """How the engine cuts periods.
+
+    Attributes:
+        grid: aggregation periods (hour/day in a time zone).
+        lateness_ms: a period is complete once the watermark passes its end plus this.
+        idle_advance_ms: after this much wall-clock time without records, a lane's watermark
+            moves on with the wall clock (None: never; replay uses None).
+    """
+
+    grid: PeriodGrid = field(default_factory=PeriodGrid)
+    lateness_ms: int = 60_000
+    idle_advance_ms: int | None = None
+
+
+class Meter:
+    """Per-partition metering engine over a mutable mapping of entity states.
+
+    Args:
+        policy: period grid, lateness and idle advance.
+        entities: resource UUID -> :class:`EntityState` (any MutableMapping).
+        accounts: account UUID -> :class:`AccountState`.
+    """
+
+    def __init__(
+        self,
+        policy: MeterPolicy | None = None,
+        entities: MutableMapping[str, EntityState] | None = None,
+        accounts: MutableMapping[str, AccountState] | None = None,
+    ) -> None:
+        self.policy = policy or MeterPolicy()
+        self.grid = self.policy.grid
+        self.entities: MutableMapping[str, EntityState] = {} if entities is None else entities
+        self.accounts: MutableMapping[str, AccountState] = {} if accounts is None else accounts
+        self.lanes: dict[str, LaneClock] = {}
+        self.open_by_account: dict[str, set[str]] = {}
+        self.open_by_lane: dict[str, set[str]] = {}
+        self.stats: Counter[str] = Counter()
+        self.dirty: set[str] = set()
+        self.dirty_accounts: set[str] = set()
+        self._domain_cache: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------ index maintenance
+
+    def rebuild_index(self, items: Iterable[tuple[str, EntityState]]) -> None:
+        """Rebuild the open-interval indexes from stored states (after a restore)."""
+        self.open_by_account.clear()
+        self.open_by_lane.clear()
+        for entity_id, state in items:
+            self._index(entity_id, state, set())
+
+    def _index(self, entity_id: str, state: EntityState, before: set[str]) -> None:
+        after = state.accounts() if state.slots else set()
+        for account in before - after:
+            members = self.open_by_account.get(account)
+            if members is not None:
+                members.discard(entity_id)
+                if not members:
+                    del self.open_by_account[account]
+        for account in after - before:
+            self.open_by_account.setdefault(account, set()).add(entity_id)
+        lane_set = self.open_by_lane.setdefault(state.lane, set())
+        if state.slots:
+            lane_set.add(entity_id)
+        else:
+            lane_set.discard(entity_id)
+
+    def domain_of(self, account_id: str) -> str | None:
+        """Domain UUID of an account, from ``ACCOUNT.CREATE`` (rule 7), or None."""
+        account = self.accounts.get(account_id)
+        return None if account is None else account.domain_id
+
+    # ------------------------------------------------------------------ watermarks
+
+    def _lane(self, lane: str) -> LaneClock:
+        clock = self.lanes.get(lane)
+        if clock is None:
+            clock = self.lanes[lane] = LaneClock()
+        return clock
+
+    def _set_watermark(self, clock: LaneClock, watermark: int) -> None:
+        if watermark <= clock.watermark:
+            return
+        clock.watermark = watermark
+        limit = watermark - self.policy.lateness_ms - 1  # periods ending before are complete
+        clock.cut_boundary = self.grid.floor(limit) if limit > NEVER // 2 else NEVER
+
+    def _observe(self, lane: str, time_ms: int, wall_ms: int | None) -> None:
+        clock = self._lane(lane)
+        if wall_ms is not None:
+            clock.arrival_wall_ms = wall_ms
+        if time_ms > clock.max_event_ms:
+            clock.max_event_ms = time_ms
+            self._set_watermark(clock, time_ms)
+
+    def watermark(self, lane: str) -> int:
+        """Effective watermark (UTC ms) of a lane; :data:`NEVER` if it has seen nothing."""
+        clock = self.lanes.get(lane)
+        return NEVER if clock is None else clock.watermark
+
+    # ------------------------------------------------------------------ processing
+
+    def _touch_cut(self, entity_id: str, state: EntityState, out: list[UsageInterval]) -> None:
+        clock = self.lanes.get(state.lane)
+        if clock is not None and clock.cut_boundary > NEVER and state.slots:
+            out.extend(cut(state, entity_id, clock.cut_boundary, self.grid, self.domain_of))
+
+    def _store(self, entity_id: str, state: EntityState, before: set[str]) -> None:
+        self.entities[entity_id] = state
+        self.dirty.add(entity_id)
+        self._index(entity_id, state, before)
+
+    def _count(self, tr: Transition) -> None:
+        for note in tr.notes:
+            self.stats[note] += 1
+
+    def process(
+        self, value: Decoded, src: Source, wall_ms: int | None = None
+    ) -> list[UsageInterval]:
+        """Apply one decoded record from ``src``; return the intervals it completes.
+
+        ``wall_ms`` is the wall-clock arrival time (UTC ms) for idle advance, or None.
+        Ignored and rejected values only update counters.
+        """
+        if isinstance(value, UsageEvent):
+            return self._usage(value, src, wall_ms)
+        if isinstance(value, Enrichment):
+            return self._enrich(value, src, wall_ms)
+        if isinstance(value, AccountDeleted):
+            return self._account_deleted(value, src, wall_ms)
+        if isinstance(value, AccountCreated):
+            self._account_created(value, src, wall_ms)
+            return []
+        if isinstance(value, Ignored):
+            self.stats[f"ignored:{value.kind}"] += 1
+        elif isinstance(value, Rejected):
+            self.stats[f"rejected:{value.reason.value}"] += 1
+        return []
+
+    def _usage(self, ev: UsageEvent, src: Source, wall_ms: int | None) -> list[UsageInterval]:
+        entity_id = ev.resource_id
+        state = self.entities.get(entity_id)
+        out: list[UsageInterval] = []
+        before: set[str] = set()
+        if state is not None:
+            before = state.accounts() if state.slots else set()
+            if src.offset > state.offsets.get(src.lane, -1):
+                self._touch_cut(entity_id, state, out)
+        if state is not None and state.lane and state.lane != src.lane:
+            self.open_by_lane.get(state.lane, set()).discard(entity_id)
+        tr = apply_usage(state, ev, src, self.grid, self.domain_of)
+        self._count(tr)
+        out.extend(tr.intervals)
+        self._store(entity_id, tr.state, before)
+        self._observe(src.lane, ev.time_ms, wall_ms)
+        self.stats["applied" if "duplicate" not in tr.notes else "duplicate_record"] += 1
+        return out
+
+    def _enrich(self, ev: Enrichment, src: Source, wall_ms: int | None) -> list[UsageInterval]:
+        entity_id = ev.entity_id
+        state = self.entities.get(entity_id)
+        out: list[UsageInterval] = []
+        before: set[str] = set()
+        if state is not None:
+            before = state.accounts() if state.slots else set()
+            if src.offset > state.offsets.get(src.lane, -1):
+                self._touch_cut(entity_id, state, out)
+        if state is not None and state.lane and state.lane != src.lane:
+            self.open_by_lane.get(state.lane, set()).discard(entity_id)
+        tr = apply_enrichment(state, ev, src)
+        self._count(tr)
+        self._store(entity_id, tr.state, before)
+        self._observe(src.lane, ev.time_ms, wall_ms)
+        return out
+
+    def _account_record_is_new(self, account: AccountState, src: Source) -> bool:
+        last = account.offsets.get(src.lane)
+        if last is not None and src.offset <= last:
+            self.stats["duplicate"] += 1
+            return False
+        account.offsets[src.lane] = src.offset
+        return True
+
+    def _account_created(self, ev: AccountCreated, src: Source, wall_ms: int | None) -> None:
+        account = self.accounts.get(ev.account_id) or AccountState()
+        if self._account_record_is_new(account, src):
+            account.domain_id = ev.domain_id
+            self.stats["account_created"] += 1
+        self.accounts[ev.account_id] = account
+        self.dirty_accounts.add(ev.account_id)
+        self._observe(src.lane, ev.time_ms, wall_ms)
+
+    def _account_deleted(
+        self, ev: AccountDeleted, src: Source, wall_ms: int | None
+    ) -> list[UsageInterval]:
+        account = self.accounts.get(ev.account_id) or AccountState()
+        out: list[UsageInterval] = []
+        if self._account_record_is_new(account, src):
+            account.deleted_at = ev.time_ms
+            self.stats["account_deleted"] += 1
+            for entity_id in sorted(self.open_by_account.get(ev.account_id, ())):
+                state = self.entities.get(entity_id)
+                if state is None:
+                    continue
+                before = state.accounts()
+                self._touch_cut(entity_id, state, out)
+                tr = close_account(
+                    state, entity_id, ev.account_id, ev.time_ms, src, self.grid, self.domain_of
+                )
+                self._count(tr)
+                out.extend(tr.intervals)
+                self._store(entity_id, tr.state, before)
+        self.accounts[ev.account_id] = account
+        self.dirty_accounts.add(ev.account_id)
+        self._observe(src.lane, ev.time_ms, wall_ms)
+        return out
+
+    # ------------------------------------------------------------------ time passing
+
+    def advance(self, wall_ms: int | None = None) -> list[UsageInterval]:
+        """Emit the completed periods of every open entity (streaming ticks, rule 8).
+
+        With ``idle_advance_ms`` set and ``wall_ms`` given, a lane that received nothing for
+        longer than ``idle_advance_ms`` has its watermark moved on with the wall clock
+        (``max_event + idle - idle_advance``), so idle partitions do not hold usage back.
+        Work is proportional to the open entities of lanes whose cut boundary moved.
+        """
+        out: list[UsageInterval] = []
+        idle_limit = self.policy.idle_advance_ms
+        for lane, clock in self.lanes.items():
+            if idle_limit is not None and wall_ms is not None and clock.arrival_wall_ms:
+                idle = wall_ms - clock.arrival_wall_ms
+                if idle > idle_limit and clock.max_event_ms > NEVER:
+                    self._set_watermark(clock, clock.max_event_ms + idle - idle_limit)
+            if clock.cut_boundary <= clock.advanced_to:
+                continue  # no new period completed in this lane since the last advance
+            clock.advanced_to = clock.cut_boundary
+            for entity_id in list(self.open_by_lane.get(lane, ())):
+                state = self.entities.get(entity_id)
+                if state is None or not state.slots:
+                    continue
+                first = min(s.start for s in state.slots.values())
+                if first >= clock.cut_boundary:
+                    continue
+                emitted = cut(state, entity_id, clock.cut_boundary, self.grid, self.domain_of)
+                if emitted:
+                    out.extend(emitted)
+                    self._store(entity_id, state, state.accounts())
+        return out
+
+    def finish(self, until_ms: int | None = None) -> list[UsageInterval]:
+        """Cut every open interval at the replay horizon (rule 10).
+
+        With ``until_ms`` the horizon is that instant (``close_reason="until"`` unless it is a
+        period boundary); without it, the last period boundary at or before the newest event
+        time of any lane. Open intervals stay open in the state.
+        """
+        if until_ms is not None:
+            horizon, reason = until_ms, CloseReason.UNTIL
+        else:
+            newest = max((c.max_event_ms for c in self.lanes.values()), default=NEVER)
+            if newest == NEVER:
+                return []
+            horizon, reason = self.grid.floor(newest), CloseReason.PERIOD
+        out: list[UsageInterval] = []
+        for lane_members in list(self.open_by_lane.values()):
+            for entity_id in sorted(lane_members):
+                state = self.entities.get(entity_id)
+                if state is None or not state.slots:
+                    continue
+                emitted = cut(state, entity_id, horizon, self.grid, self.domain_of, reason)
+                if emitted:
+                    out.extend(emitted)
+                    self._store(entity_id, state, state.accounts())
+        return out

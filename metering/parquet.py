@@ -1,0 +1,104 @@
+"""The Parquet layout of usage intervals (contract section 5).
+
+A dataset directory holds Hive partitions ``usage_date=YYYY-MM-DD`` (the date of
+``period_start`` in the period time zone). Columns follow ``schemas/usage_interval.v1.schema.json``
+with ``start``, ``end`` and ``period_start`` as ``timestamp[ms, tz=UTC]``. Every file is
+written to a temporary name in its final directory and renamed into place, so a reader never
+sees a half-written file and a rerun that derives the same name replaces instead of adding.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metering.intervals import FIELDS, UsageInterval
+
+TS: Final = pa.timestamp("ms", tz="UTC")
+
+_FIELDS: list[pa.Field[Any]] = [
+    pa.field("interval_id", pa.string(), nullable=False),
+    pa.field("account_id", pa.string(), nullable=False),
+    pa.field("domain_id", pa.string()),
+    pa.field("zone_id", pa.string()),
+    pa.field("usage_type", pa.int32(), nullable=False),
+    pa.field("usage_type_name", pa.string(), nullable=False),
+    pa.field("resource_id", pa.string(), nullable=False),
+    pa.field("offering_id", pa.string()),
+    pa.field("template_id", pa.string()),
+    pa.field("start", TS, nullable=False),
+    pa.field("end", TS, nullable=False),
+    pa.field("duration_ms", pa.int64(), nullable=False),
+    pa.field("raw_usage_hours", pa.float64(), nullable=False),
+    pa.field("period_start", TS, nullable=False),
+    pa.field("final", pa.bool_(), nullable=False),
+    pa.field("close_reason", pa.string(), nullable=False),
+    pa.field("source_topic", pa.string(), nullable=False),
+    pa.field("source_partition", pa.int32(), nullable=False),
+    pa.field("source_offset", pa.int64(), nullable=False),
+    pa.field("schema_version", pa.int32(), nullable=False),
+]
+ARROW_SCHEMA: Final = pa.schema(_FIELDS)
+"""Arrow schema of one Parquet file (the partition column ``usage_date`` is in the path)."""
+
+assert tuple(ARROW_SCHEMA.names) == FIELDS, "Parquet columns must follow the contract order"
+
+PARTITION_COLUMN: Final = "usage_date"
+
+
+def to_table(rows: Sequence[UsageInterval]) -> pa.Table:
+    """Intervals -> an Arrow table with :data:`ARROW_SCHEMA` (ms integers become timestamps)."""
+    columns: list[list[Any]] = [[] for _ in FIELDS]
+    for row in rows:
+        for i, name in enumerate(FIELDS):
+            columns[i].append(getattr(row, name))
+    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def write_atomic(table: pa.Table, path: Path) -> int:
+    """Write ``table`` to ``path`` via a temporary file in the same directory; return bytes.
+
+    The temporary file is fsynced and renamed over ``path``; on failure it is removed and
+    the exception propagates (an unwritten file is never reported as written).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def partition_dir(root: Path, usage_date: str) -> Path:
+    """``root/usage_date=YYYY-MM-DD``."""
+    return root / f"{PARTITION_COLUMN}={usage_date}"
+
+
+def sort_rows(rows: Iterable[UsageInterval]) -> list[UsageInterval]:
+    """Rows in the dataset's order: account, start, usage type, resource, interval id."""
+    return sorted(
+        rows, key=lambda r: (r.account_id, r.start, r.usage_type, r.resource_id, r.interval_id)
+    )
+
+
+def read_dataset(root: Path | str) -> pa.Table:
+    """Read a whole dataset (all ``usage_date=`` partitions) as one Arrow table."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(
+        str(root), format="parquet", partitioning="hive", exclude_invalid_files=True
+    )
+    return dataset.to_table()

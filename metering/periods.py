@@ -1,0 +1,135 @@
+"""Aggregation periods: hour or day boundaries in any IANA time zone.
+
+A :class:`PeriodGrid` answers "which period holds this instant" and "where does it end".
+Boundaries are local midnights (``day``) or local whole hours (``hour``) of the grid's time
+zone, expressed as UTC epoch milliseconds; periods are half-open ``[start, end)``. Daylight
+saving transitions give 23- or 25-hour days, and hour periods follow the local clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+Period = Literal["hour", "day"]
+PERIODS: Final[tuple[Period, ...]] = ("hour", "day")
+_HOUR: Final = 3_600_000
+_DAY: Final = 86_400_000
+
+
+def load_timezone(name: str) -> dt.tzinfo:
+    """An IANA time zone by name (``UTC``, ``Europe/Berlin``); ValueError if unknown."""
+    if name.upper() in {"UTC", "Z", "ETC/UTC", "GMT"}:
+        return dt.UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as UTC or "
+                         "Europe/Berlin)") from None
+
+
+@dataclass(frozen=True)
+class PeriodGrid:
+    """Period boundaries of one length (``hour`` or ``day``) in one time zone."""
+
+    period: Period = "hour"
+    timezone: str = "UTC"
+    _tz: dt.tzinfo = field(init=False, repr=False, compare=False)
+    _fixed: int | None = field(init=False, repr=False, compare=False)
+    _cache: dict[int, tuple[int, int]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if self.period not in PERIODS:
+            raise ValueError(f"period must be one of {PERIODS}, not {self.period!r}")
+        tz = load_timezone(self.timezone)
+        object.__setattr__(self, "_tz", tz)
+        # Fast path: zones without DST and whole-hour (hour grid) or zero (day grid) offsets.
+        fixed: int | None = None
+        if tz is dt.UTC:
+            fixed = 0
+        object.__setattr__(self, "_fixed", fixed)
+
+    @property
+    def length_hint_ms(self) -> int:
+        """Nominal period length in ms (3 600 000 or 86 400 000; DST days differ)."""
+        return _HOUR if self.period == "hour" else _DAY
+
+    def _is_boundary_slow(self, ms: int) -> bool:
+        """True if the local calendar day (or hour) starts at ``ms``, a UTC quarter-hour."""
+        local = dt.datetime.fromtimestamp(ms / 1000, self._tz)
+        before = dt.datetime.fromtimestamp((ms - 900_000) / 1000, self._tz)
+        if self.period == "day":
+            return local.date() != before.date()
+        if local.minute == 0 and local.second == 0:
+            return True  # a whole local hour, also the repeated one when clocks go back
+        return (local.date(), local.hour) != (before.date(), before.hour)  # clocks jumped
+
+    def _bounds_slow(self, ms: int) -> tuple[int, int]:
+        # Every UTC offset in the tz database is a multiple of 15 minutes, so boundaries sit
+        # on UTC quarter-hours: walk quarter-hours from the instant until the local clock
+        # shows a whole hour (hour grid) or midnight (day grid). Robust across DST changes.
+        quarter = 900_000
+        limit = 30 * 24 * 4  # a month of quarter-hours: far more than any real period
+        start = ms - ms % quarter
+        for _ in range(limit):
+            if self._is_boundary_slow(start):
+                break
+            start -= quarter
+        end = ms - ms % quarter + quarter
+        for _ in range(limit):
+            if self._is_boundary_slow(end):
+                break
+            end += quarter
+        return start, end
+
+    def bounds(self, ms: int) -> tuple[int, int]:
+        """``(start, end)`` in UTC ms of the period holding instant ``ms``; start <= ms < end."""
+        fixed = self._fixed
+        if fixed is not None:
+            step = _HOUR if self.period == "hour" else _DAY
+            start = ms - (ms - fixed) % step
+            return start, start + step
+        key = ms // 900_000
+        hit = self._cache.get(key)
+        if hit is None or not (hit[0] <= ms < hit[1]):
+            hit = self._bounds_slow(ms)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def floor(self, ms: int) -> int:
+        """Start (UTC ms) of the period holding ``ms``."""
+        return self.bounds(ms)[0]
+
+    def next_boundary(self, ms: int) -> int:
+        """The first boundary strictly after ``ms`` (the end of its period), UTC ms."""
+        return self.bounds(ms)[1]
+
+    def last_boundary_at_or_before(self, ms: int) -> int:
+        """The latest boundary ``<= ms`` (equals ``floor``)."""
+        return self.bounds(ms)[0]
+
+    def is_boundary(self, ms: int) -> bool:
+        """True if ``ms`` is exactly a period boundary."""
+        return self.bounds(ms)[0] == ms
+
+    def split(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Split ``[start, end)`` at every boundary; ``[]`` if ``end <= start``."""
+        out: list[tuple[int, int]] = []
+        while start < end:
+            b = self.bounds(start)[1]
+            if b >= end:
+                out.append((start, end))
+                break
+            out.append((start, b))
+            start = b
+        return out
+
+    def local_date(self, ms: int) -> str:
+        """``YYYY-MM-DD`` of instant ``ms`` in the grid's time zone (for ``usage_date``)."""
+        return dt.datetime.fromtimestamp(ms / 1000, self._tz).date().isoformat()
