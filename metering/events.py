@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Category(StrEnum):
@@ -45,8 +46,7 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Where a record came from: Kafka coordinates, or a file name and line index for replay."""
 
     topic: str
@@ -59,8 +59,7 @@ class Source:
         return f"{self.topic}/{self.partition}"
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
     """A usage event of a metered type: acts on the intervals of ``resource_id``."""
 
     event_type: str
@@ -69,32 +68,38 @@ class UsageEvent:
     zone_id: str | None
     time_ms: int
 
-    category = Category.USAGE
+    @property
+    def category(self) -> Category:
+        """Always :attr:`Category.USAGE`."""
+        return Category.USAGE
 
 
-@dataclass(frozen=True, slots=True)
-class AccountDeleted:
+class AccountDeleted(NamedTuple):
     """A successful, completed ``ACCOUNT.DELETE``: closes every open interval of the account."""
 
     account_id: str
     time_ms: int
 
-    category = Category.ACTION
+    @property
+    def category(self) -> Category:
+        """Always :attr:`Category.ACTION`."""
+        return Category.ACTION
 
 
-@dataclass(frozen=True, slots=True)
-class AccountCreated:
+class AccountCreated(NamedTuple):
     """``ACCOUNT.CREATE`` with a ``Domain`` key: sets ``domain_id`` for the account."""
 
     account_id: str
     domain_id: str
     time_ms: int
 
-    category = Category.ACTION
+    @property
+    def category(self) -> Category:
+        """Always :attr:`Category.ACTION`."""
+        return Category.ACTION
 
 
-@dataclass(frozen=True, slots=True)
-class Enrichment:
+class Enrichment(NamedTuple):
     """Offering/template keys of a non-failed action event, for the entity ``entity_id``.
 
     ``service_offering_id`` and ``template_id`` apply to the entity's RUNNING_VM and
@@ -107,7 +112,10 @@ class Enrichment:
     template_id: str | None
     disk_offering_id: str | None
 
-    category = Category.ACTION
+    @property
+    def category(self) -> Category:
+        """Always :attr:`Category.ACTION`."""
+        return Category.ACTION
 
 
 @dataclass(frozen=True, slots=True)

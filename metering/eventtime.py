@@ -45,6 +45,9 @@ def _offset_ms(zone: str) -> int | None:
     return off if zone[0] == "+" else -off
 
 
+_parsed: dict[str, int | None] = {}
+
+
 def parse_event_time(text: object) -> int | None:
     """Parse ``yyyy-MM-dd HH:mm:ss Z`` into UTC epoch milliseconds.
 
@@ -52,7 +55,21 @@ def parse_event_time(text: object) -> int | None:
     (``2025-02-30``, hour 25, offset ``+2500``, a number instead of a string, ...).
     Bad input is a value, never an exception.
     """
-    if type(text) is not str or len(text) != 25 or text[10] != " " or text[19] != " ":
+    if type(text) is not str:
+        return None
+    try:
+        return _parsed[text]  # events cluster in time: most timestamps repeat
+    except KeyError:
+        pass
+    value = _parse_event_time(text)
+    if len(_parsed) >= 65_536:
+        _parsed.clear()
+    _parsed[text] = value
+    return value
+
+
+def _parse_event_time(text: str) -> int | None:
+    if len(text) != 25 or text[10] != " " or text[19] != " ":
         return None
     day = _day_ms(text[0:10])
     if day is None:

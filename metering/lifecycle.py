@@ -24,9 +24,17 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from metering.events import Enrichment, Source, UsageEvent
-from metering.intervals import CloseReason, UsageInterval, make_interval
+from metering.intervals import (
+    MS_PER_HOUR,
+    SCHEMA_VERSION,
+    CloseReason,
+    UsageInterval,
+    id_prefix,
+    interval_id,
+    resource_key,
+)
 from metering.periods import PeriodGrid
-from metering.usage_types import CLOSE, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
+from metering.usage_types import CLOSE, NAMES, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
 
 SERVICE_OFFERING: Final = 0
 TEMPLATE: Final = 1
@@ -114,37 +122,71 @@ def _attrs(
     return None, None
 
 
-def _piece(
+_new_row = tuple.__new__
+
+
+def _emit(
     state: EntityState,
     key: SlotKey,
     slot: Slot,
     resource_id: str,
-    a: int,
-    b: int,
-    period_start: int,
-    final: bool,
-    reason: str,
-    src: Source,
+    start: int,
+    end: int,
+    grid: PeriodGrid,
     domain_of: DomainLookup,
-) -> UsageInterval:
-    offering, template = _attrs(state, key[0], a, b)
-    return make_interval(
-        usage_type=key[0],
-        resource_id=resource_id,
-        zone_id=slot.zone_id,
-        account_id=slot.account_id,
-        domain_id=domain_of(slot.account_id),
-        offering_id=offering,
-        template_id=template,
-        start=a,
-        end=b,
-        period_start=period_start,
-        final=final,
-        close_reason=reason,
-        source_topic=src.topic,
-        source_partition=src.partition,
-        source_offset=src.offset,
-    )
+    last_final: bool,
+    last_reason: str,
+    last_src: Source,
+    out: list[UsageInterval],
+) -> None:
+    """Append the pieces of ``[start, end)`` split at period boundaries to ``out``.
+
+    Every piece but the last ends on a boundary: ``final=false``, ``close_reason="period"``,
+    lineage = the opening record. The last piece gets ``last_final``/``last_reason``/
+    ``last_src`` unless it too ends on a boundary without being final (then ``period``).
+    ``end == start`` gives one zero-length piece (only meaningful when ``last_final``).
+    """
+    usage_type = key[0]
+    name = NAMES[usage_type]
+    rkey = resource_key(usage_type, resource_id, slot.zone_id)
+    prefix = id_prefix(usage_type, rkey)
+    account = slot.account_id
+    domain = domain_of(account)
+    zone = slot.zone_id
+    opened = slot.opened_by
+    changes = state.changes
+    step = grid.fixed_step
+    a = start
+    period_start, boundary = grid.bounds(a)
+    while True:
+        b = boundary if boundary < end else end
+        last = b == end
+        if last:
+            final = last_final
+            reason = last_reason if (final or b != boundary) else CloseReason.PERIOD
+            src = last_src if (final or b != boundary) else opened
+        else:
+            final, reason, src = False, CloseReason.PERIOD, opened
+        offering = template = None
+        if changes:
+            offering, template = _attrs(state, usage_type, a, b)
+        duration = b - a
+        out.append(
+            _new_row(
+                UsageInterval,
+                (
+                    f"{prefix}{a:016x}" if duration else interval_id(usage_type, rkey, a, True),
+                    account, domain, zone,
+                    usage_type, name, resource_id, offering, template, a, b, duration,
+                    duration / MS_PER_HOUR, period_start, final, reason, src.topic,
+                    src.partition, src.offset, SCHEMA_VERSION,
+                ),
+            )
+        )
+        if last:
+            return
+        a = period_start = b
+        boundary = b + step if step else grid.next_boundary(b)
 
 
 def _cut_slot(
@@ -161,13 +203,8 @@ def _cut_slot(
     """Emit the still-open slot's pieces up to ``upto`` (not a close); move its start."""
     if upto <= slot.start:
         return
-    src = slot.opened_by
-    for a, b in grid.split(slot.start, upto):
-        reason = CloseReason.PERIOD if (b < upto or grid.is_boundary(b)) else last_reason
-        out.append(
-            _piece(state, key, slot, resource_id, a, b, grid.floor(a), False, reason, src,
-                   domain_of)
-        )
+    _emit(state, key, slot, resource_id, slot.start, upto, grid, domain_of, False,
+          last_reason, slot.opened_by, out)
     slot.start = upto
     state.ends[key] = upto
 
@@ -187,29 +224,11 @@ def _close_slot(
 ) -> None:
     """Close the slot at ``at``: period pieces, then the final piece (zero-length if early)."""
     start = slot.start
-    if at <= start:
-        if at < start:
-            notes.append("zero_length")
-        out.append(
-            _piece(state, key, slot, resource_id, start, start, grid.floor(start), True,
-                   reason, src, domain_of)
-        )
-        state.ends[key] = start
-        return
-    pieces = grid.split(start, at)
-    last = len(pieces) - 1
-    for i, (a, b) in enumerate(pieces):
-        if i == last:
-            out.append(
-                _piece(state, key, slot, resource_id, a, b, grid.floor(a), True, reason, src,
-                       domain_of)
-            )
-        else:
-            out.append(
-                _piece(state, key, slot, resource_id, a, b, grid.floor(a), False,
-                       CloseReason.PERIOD, slot.opened_by, domain_of)
-            )
-    state.ends[key] = at
+    if at < start:
+        notes.append("zero_length")
+    end = at if at > start else start
+    _emit(state, key, slot, resource_id, start, end, grid, domain_of, True, reason, src, out)
+    state.ends[key] = end
 
 
 def _prune_changes(state: EntityState) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,12 +55,19 @@ PARTITION_COLUMN: Final = "usage_date"
 
 def to_table(rows: Sequence[UsageInterval]) -> pa.Table:
     """Intervals -> an Arrow table with :data:`ARROW_SCHEMA` (ms integers become timestamps)."""
-    columns: list[list[Any]] = [[] for _ in FIELDS]
-    for row in rows:
-        for i, name in enumerate(FIELDS):
-            columns[i].append(getattr(row, name))
+    if not rows:
+        return ARROW_SCHEMA.empty_table()
+    columns = list(zip(*rows, strict=True))  # rows are tuples: one C-level transpose
     arrays = [pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA, strict=True)]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def sorted_table(rows: Sequence[UsageInterval]) -> pa.Table:
+    """:func:`to_table` sorted by account, start, usage type, resource, interval id."""
+    return to_table(rows).sort_by([(name, "ascending") for name in SORT_COLUMNS])
+
+
+SORT_COLUMNS: Final = ("account_id", "start", "usage_type", "resource_id", "interval_id")
 
 
 def write_atomic(table: pa.Table, path: Path) -> int:
@@ -87,11 +95,14 @@ def partition_dir(root: Path, usage_date: str) -> Path:
     return root / f"{PARTITION_COLUMN}={usage_date}"
 
 
+_SORT_KEY: Final = itemgetter(
+    *(FIELDS.index(n) for n in ("account_id", "start", "usage_type", "resource_id", "interval_id"))
+)
+
+
 def sort_rows(rows: Iterable[UsageInterval]) -> list[UsageInterval]:
     """Rows in the dataset's order: account, start, usage type, resource, interval id."""
-    return sorted(
-        rows, key=lambda r: (r.account_id, r.start, r.usage_type, r.resource_id, r.interval_id)
-    )
+    return sorted(rows, key=_SORT_KEY)
 
 
 def read_dataset(root: Path | str) -> pa.Table:

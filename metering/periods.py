@@ -54,6 +54,13 @@ class PeriodGrid:
         object.__setattr__(self, "_fixed", fixed)
 
     @property
+    def fixed_step(self) -> int:
+        """Period length in ms when every period has the same length (UTC), else 0."""
+        if self._fixed is None:
+            return 0
+        return _HOUR if self.period == "hour" else _DAY
+
+    @property
     def length_hint_ms(self) -> int:
         """Nominal period length in ms (3 600 000 or 86 400 000; DST days differ)."""
         return _HOUR if self.period == "hour" else _DAY

@@ -32,18 +32,11 @@ from typing import IO, Any, Final
 import orjson
 
 from metering.decode import DEFAULT_MAX_RECORD_BYTES, decode
-from metering.events import (
-    AccountCreated,
-    AccountDeleted,
-    Enrichment,
-    Rejected,
-    Source,
-    UsageEvent,
-)
+from metering.events import Category, Ignored, Rejected, Source
 from metering.eventtime import iso, parse_iso_instant
 from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
-from metering.parquet import partition_dir, sort_rows, to_table, write_atomic
+from metering.parquet import partition_dir, sorted_table, write_atomic
 from metering.periods import PERIODS, PeriodGrid
 from metering.usage_types import NAMES
 
@@ -153,13 +146,8 @@ def _envelope(line: bytes) -> tuple[bytes, Source | None, str | None] | None:
     return value, src, key if isinstance(key, str) else None
 
 
-@dataclass(frozen=True, slots=True)
-class InputRecord:
-    """One record read from a replay input: value bytes and where it came from."""
-
-    value: bytes
-    source: Source
-    key: str | None
+InputRecord = tuple[bytes, str, int, int, str | None]
+"""(value bytes, topic or file label, partition, offset, key) of one input record."""
 
 
 def read_records(
@@ -168,27 +156,35 @@ def read_records(
     counters: ReplaySummary,
     on_bytes: Callable[[int], None] = lambda _n: None,
 ) -> Iterator[InputRecord]:
-    """Yield records from the inputs in order, hashing every byte read into ``digest``."""
+    """Yield records from the inputs in order, hashing every byte read into ``digest``.
+
+    Bare lines get the file's base name as topic, partition 0 and the 0-based line index as
+    offset; kcat envelopes keep their own coordinates.
+    """
     for name in names:
         label = "stdin" if name == "-" else os.path.basename(name)
         stream = _open_input(name)
         digest.update(f"\0{label}\0".encode())
         try:
             index = -1
+            update = digest.update
             for line in stream:
-                digest.update(line)
+                update(line)
                 on_bytes(len(line))
                 index += 1
                 body = line.rstrip(b"\r\n")
-                if not body.strip():
+                if not body or body.isspace():
                     counters.blank_lines += 1
                     continue
-                env = _envelope(body) if body[:2] == b'{"' else None
+                env = _envelope(body) if body[:9] == b'{"topic":' else None
                 if env is not None:
                     value, src, key = env
-                    yield InputRecord(value, src or Source(label, 0, index), key)
+                    if src is None:
+                        yield value, label, 0, index, key
+                    else:
+                        yield value, src.topic, src.partition, src.offset, key
                 else:
-                    yield InputRecord(body, Source(label, 0, index), None)
+                    yield body, label, 0, index, None
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(f"error reading {name}: {exc}") from exc
         finally:
@@ -231,7 +227,7 @@ class DatasetWriter:
     def spill(self, tmpdir: Path) -> None:
         """Write full buffers to temporary part files (names need the final input digest)."""
         for date, part, rows in self.pending:
-            table = to_table(sort_rows(rows))
+            table = sorted_table(rows)
             write_atomic(table, tmpdir / f"{date}-{part:05d}.parquet")
         self.pending.clear()
 
@@ -284,27 +280,28 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _reject_line(rec: InputRecord, rej: Rejected) -> bytes:
+def reject_record(
+    value: bytes, rej: Rejected, topic: str | None, partition: int | None,
+    offset: int | None, key: str | None,
+) -> dict[str, Any]:
+    """The JSON form of a rejected record (rejects file and rejects topic).
+
+    ``raw`` is the original value as text; values that are not UTF-8 are shown with
+    backslash escapes and also given exactly as ``raw_base64``.
+    """
+    out: dict[str, Any] = {}
     try:
-        raw_text = rec.value.decode("utf-8")
-        extra: dict[str, Any] = {}
+        out["raw"] = value.decode("utf-8")
     except UnicodeDecodeError:
         import base64
 
-        raw_text = rec.value.decode("utf-8", "backslashreplace")
-        extra = {"raw_base64": base64.b64encode(rec.value).decode()}
-    return orjson.dumps(
-        {
-            "raw": raw_text,
-            "reason": rej.reason.value,
-            "detail": rej.detail,
-            "topic": rec.source.topic,
-            "partition": rec.source.partition,
-            "offset": rec.source.offset,
-            "key": rec.key,
-            **extra,
-        }
-    ) + b"\n"
+        out["raw"] = value.decode("utf-8", "backslashreplace")
+        out["raw_base64"] = base64.b64encode(value).decode()
+    out.update(
+        reason=rej.reason.value, detail=rej.detail, category=rej.category.value,
+        topic=topic, partition=partition, offset=offset, key=key,
+    )
+    return out
 
 
 def run_replay(options: ReplayOptions) -> ReplaySummary:
@@ -336,23 +333,31 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
     started = time.monotonic()
     categories = summary.categories
     max_bytes = options.max_record_bytes
+    ignored: Counter[str] = Counter()
+    by_category: Counter[Category] = Counter()
     try:
         count = 0
-        for rec in read_records(options.inputs, digest, summary, progress.add_bytes):
+        for raw, topic, partition, offset, key in read_records(
+            options.inputs, digest, summary, progress.add_bytes
+        ):
             count += 1
-            value = decode(rec.value, max_bytes)
-            categories[value.category.value] += 1
+            value = decode(raw, max_bytes)
+            by_category[value.category] += 1
+            if isinstance(value, Ignored):
+                ignored[value.kind] += 1
+                continue
             if isinstance(value, Rejected):
                 summary.rejects[value.reason.value] += 1
                 if rejects_fh is not None:
-                    rejects_fh.write(_reject_line(rec, value))
+                    rejects_fh.write(
+                        orjson.dumps(reject_record(raw, value, topic, partition, offset, key))
+                        + b"\n"
+                    )
                 continue
-            if until is not None and isinstance(
-                value, UsageEvent | Enrichment | AccountDeleted | AccountCreated
-            ) and value.time_ms >= until:
+            if until is not None and value.time_ms >= until:
                 summary.after_until += 1
                 continue
-            rows = meter.process(value, rec.source)
+            rows = meter.process(value, Source(topic, partition, offset))
             if rows:
                 writer.add(rows)
                 if writer.pending:
@@ -373,11 +378,11 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         tmpdir.rmdir()
     summary.seconds = time.monotonic() - started
     progress.tick(summary.records, force=True)
-    for key, n in meter.stats.items():
-        if key.startswith("ignored:"):
-            summary.ignored[key.split(":", 1)[1]] += n
-        elif not key.startswith("rejected:"):
-            summary.outcomes[key] += n
+    summary.ignored.update(ignored)
+    for cat, n in by_category.items():
+        categories[cat.value] += n
+    for name, n in meter.stats.items():
+        summary.outcomes[name] += n
     _tally(summary, writer)
     return summary
 
