@@ -1,0 +1,50 @@
+"""The Faust app: built once from :class:`metering.settings.Settings`.
+
+``faust -A agents.app worker`` and ``metering worker`` both run it. Settings come from the
+``METERING_*`` environment (``metering worker`` also takes flags and exports them before
+importing this module). Topics, tables and agents live in :mod:`agents.pipeline`.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from metering.settings import Settings, load_settings
+
+settings: Settings = load_settings()
+
+
+def make_app(s: Settings) -> faust.App:
+    """A Faust app for these settings (RocksDB store, at-least-once, web on ``web_bind``)."""
+    return faust.App(
+        s.app_id,
+        broker=f"kafka://{s.broker.split(',')[0]}"
+        + "".join(f";kafka://{b}" for b in s.broker.split(",")[1:]),
+        store="rocksdb://",
+        datadir=str(s.data_dir.resolve()),
+        topic_partitions=s.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        processing_guarantee="at_least_once",  # exactly_once has known bugs in faust 0.15
+        table_standby_replicas=s.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=16384,
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
+        web_port=s.web_port,
+        web_bind=s.web_bind,
+        web_host=s.web_bind,
+        web_tables_enabled=False,  # would expose billing state over HTTP
+        autodiscover=False,
+        key_serializer="raw",  # metering encodes and decodes every byte itself
+        value_serializer="raw",
+        recovery_consistency_check=True,
+    )
+
+
+app = make_app(settings)
+
+# Importing the pipeline registers topics, tables, agents and timers on ``app``.
+from agents import pipeline  # noqa: E402,F401  (registration by import, after app exists)

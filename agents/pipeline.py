@@ -1,0 +1,187 @@
+"""Topics, tables, agents and the tick timer of the streaming worker.
+
+Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
+
+* ``ingest``: input topic (CloudStack ``cs``, raw bytes, any key or none) -> decodes with
+  :func:`metering.decode.decode`; rejects -> rejects topic (JSON with raw, reason, source
+  coordinates); meterable events -> internal events topic keyed by resource id (account
+  events go to every partition). Faust never decodes the bytes itself, so no record can
+  throw a decode error into the stream.
+* ``meter``: internal events topic -> per-partition :class:`metering.meter.Meter` over the
+  RocksDB tables -> usage intervals to the usage topic (key = account_id, JSON value). The
+  sends are awaited *before* the state is written, so a state that reached the changelog
+  never hides an interval that did not reach the usage topic; a crash in between re-emits
+  the same intervals (same ``interval_id`` and content) after restart.
+* ``tick`` timer (leader): sends a tick with the wall clock to every partition of the
+  internal topic; ticks close completed periods of open resources, also on idle partitions.
+
+Any exception in a batch that is not data (decoding never raises) means Kafka or the disk
+failed: the process exits at once (exit code 70) instead of letting Faust ack the batch,
+so nothing is committed past it; a supervisor restarts the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from collections import Counter
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event  # private API: pinned faust <0.16 (see notes)
+
+from agents.app import app, settings
+from agents.state import PartitionMeters
+from metering.decode import BROADCAST, decode, routing_key
+from metering.events import Ignored, Rejected, Source
+from metering.replay import reject_record
+from metering.wire import Tick, WireError, decode_wire, encode_routed, encode_tick
+
+log = logging.getLogger("metering.worker")
+
+ROCKSDB_OPTIONS: dict[str, Any] = {
+    "block_cache_size": 64 << 20,  # faust's default is 2 GiB *per partition DB*
+    "write_buffer_size": 32 << 20,
+    "max_write_buffer_number": 2,
+    "max_open_files": 512,
+}
+
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                       "key_serializer": "raw", "value_serializer": "raw"}
+
+input_topic = app.topic(settings.input_topic, allow_empty=True, **RAW)
+events_topic = app.topic(settings.events_topic, partitions=settings.partitions, internal=True,
+                         allow_empty=True, **RAW)
+usage_topic = app.topic(settings.usage_topic, partitions=settings.partitions, **RAW)
+rejects_topic = app.topic(settings.rejects_topic, partitions=settings.partitions, **RAW)
+
+TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None,
+                         "partitions": settings.partitions, "options": ROCKSDB_OPTIONS}
+entities_table = app.Table("entities", **TABLE)  # resource id -> codec.encode_entity
+accounts_table = app.Table("accounts", **TABLE)  # "<partition>:<account>" -> encode_account
+
+stats: Counter[str] = Counter()
+"""Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
+
+meters = PartitionMeters(settings, entities_table, accounts_table, stats)
+
+
+def _die(what: str) -> None:
+    log.critical("%s: exiting without committing (at-least-once; restart to resume)", what,
+                 exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
+@app.task
+async def declare_output_topics() -> None:
+    """Create the usage and rejects topics if missing (brokers may disable auto-creation)."""
+    for topic in (usage_topic, rejects_topic):
+        await topic.maybe_declare()
+
+
+async def _await_all(futures: list[Any]) -> None:
+    if futures:
+        await asyncio.gather(*futures)
+
+
+@app.agent(input_topic, concurrency=1)
+async def ingest(stream: faust.StreamT[bytes]) -> None:
+    """Decode CloudStack records; forward meterable ones, reject bad ones."""
+    n_partitions = settings.partitions
+    max_bytes = settings.max_record_bytes
+    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+        try:
+            futures: list[Any] = []
+            wall = int(time.time() * 1000)
+            for event in batch:
+                msg = event.message
+                raw = event.value if isinstance(event.value, bytes) else b""
+                value = decode(raw, max_bytes)
+                stats[f"records:{value.category.value}"] += 1
+                if isinstance(value, Rejected):
+                    stats[f"rejects:{value.reason.value}"] += 1
+                    key = msg.key.decode("utf-8", "replace") if msg.key else None
+                    body = reject_record(raw, value, msg.topic, msg.partition, msg.offset, key)
+                    futures.append(await rejects_topic.send(key=msg.key, value=orjson.dumps(body)))
+                    continue
+                if isinstance(value, Ignored):
+                    stats[f"ignored:{value.kind}"] += 1
+                    continue
+                data = encode_routed(value, Source(msg.topic, msg.partition, msg.offset), wall)
+                target = routing_key(value)
+                if target == BROADCAST:
+                    for p in range(n_partitions):
+                        futures.append(await events_topic.send(value=data, partition=p))
+                elif target is not None:
+                    futures.append(await events_topic.send(key=target.encode(), value=data))
+            await _await_all(futures)
+        except Exception:
+            _die("ingest batch failed")
+
+
+@app.agent(events_topic, concurrency=1)
+async def meter(stream: faust.StreamT[bytes]) -> None:
+    """Apply forwarded events per partition; send intervals, then store the state."""
+    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+        try:
+            by_partition: dict[int, list[Any]] = {}
+            for event in batch:
+                by_partition.setdefault(event.message.partition, []).append(event)
+            futures: list[Any] = []
+            touched: list[tuple[int, Any]] = []
+            for partition, events in by_partition.items():
+                token = _current_event.set(weakref.ref(events[-1]))
+                try:
+                    pm = meters.for_partition(partition)
+                    for event in events:
+                        try:
+                            item = decode_wire(event.value)
+                        except WireError:
+                            stats["wire_errors"] += 1
+                            log.error("skipping foreign record on %s[%d]@%d",
+                                      event.message.topic, partition, event.message.offset)
+                            continue
+                        if isinstance(item, Tick):
+                            rows = pm.meter.advance(item.wall_ms)
+                        else:
+                            rows = pm.meter.process(item.value, item.source, item.wall_ms)
+                        for row in rows:
+                            stats[f"intervals:{row.usage_type_name}"] += 1
+                            futures.append(await usage_topic.send(
+                                key=row.account_id.encode(),
+                                value=orjson.dumps(row.to_dict())))
+                finally:
+                    _current_event.reset(token)
+                touched.append((partition, events[-1]))
+            await _await_all(futures)  # delivered before the state that produced them is stored
+            for partition, last_event in touched:
+                token = _current_event.set(weakref.ref(last_event))
+                try:
+                    meters.for_partition(partition).flush()
+                finally:
+                    _current_event.reset(token)
+        except Exception:
+            _die("meter batch failed")
+
+
+@app.timer(settings.tick_interval, on_leader=True)
+async def tick() -> None:
+    """Send a wall-clock tick to every partition of the internal topic."""
+    data = encode_tick(int(time.time() * 1000))
+    for p in range(settings.partitions):
+        await events_topic.send(value=data, partition=p)
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+    meters.forget({tp.partition for tp in revoked if tp.topic == settings.events_topic})
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+    meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})

@@ -1,0 +1,141 @@
+"""Per-partition metering engines over Faust's RocksDB tables.
+
+Each partition of the internal events topic gets its own :class:`metering.meter.Meter`,
+whose entity and account mappings read through to the tables (values encoded with
+:mod:`metering.codec`) and buffer writes until :meth:`PartitionMeter.flush`, which writes
+each changed key once per batch. Reads and writes must happen while Faust's current event
+belongs to that partition (the caller sets it), so they hit that partition's RocksDB and
+changelog partition.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import orjson
+
+from metering.codec import decode_account, decode_entity, encode_account, encode_entity
+from metering.lifecycle import EntityState
+from metering.meter import AccountState, LaneClock, Meter, MeterPolicy
+from metering.periods import PeriodGrid
+from metering.settings import Settings
+
+LANES_KEY_PREFIX = "__lanes__:"
+_FAUST_OFFSET_KEY = b"__faust\x00offset__"
+
+
+class _ReadThrough(MutableMapping[str, Any]):
+    """Dict cache over a Faust table; decoded on read, encoded by the owner on flush."""
+
+    def __init__(self, table: Any, decode: Any, prefix: str = "") -> None:
+        self.table = table
+        self.decode = decode
+        self.prefix = prefix
+        self.cache: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self.cache[key]
+        except KeyError:
+            raw = self.table.get((self.prefix + key).encode())
+            if raw is None:
+                raise KeyError(key) from None
+            value = self.cache[key] = self.decode(raw)
+            return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.cache[key] = value
+
+    def __delitem__(self, key: str) -> None:  # pragma: no cover - the engine never deletes
+        raise NotImplementedError("metering keeps tombstones; states are never deleted")
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - not used by the engine
+        return iter(self.cache)
+
+    def __len__(self) -> int:  # pragma: no cover
+        return len(self.cache)
+
+
+class PartitionMeter:
+    """The engine of one partition plus its table views."""
+
+    def __init__(self, partition: int, settings: Settings, entities: Any, accounts: Any,
+                 stats: Counter[str]) -> None:
+        self.partition = partition
+        self.entities_table = entities
+        self.accounts_table = accounts
+        self.stats = stats
+        self.entity_view = _ReadThrough(entities, decode_entity)
+        self.account_view = _ReadThrough(accounts, decode_account, prefix=f"{partition}:")
+        policy = MeterPolicy(
+            grid=PeriodGrid(settings.period, settings.timezone),  # type: ignore[arg-type]
+            lateness_ms=settings.lateness_ms,
+            idle_advance_ms=settings.idle_advance_ms,
+        )
+        self.meter = Meter(policy, self.entity_view, self.account_view)
+        self._restore()
+
+    def _restore(self) -> None:
+        """Rebuild the in-memory indexes and lane clocks from this partition's RocksDB."""
+        db = self.entities_table.data._db_for_partition(self.partition)  # faust private API
+        states: list[tuple[str, EntityState]] = []
+        for key, value in db.items():
+            if key == _FAUST_OFFSET_KEY or value is None:
+                continue
+            state = decode_entity(value)
+            if state.slots:
+                states.append((key.decode(), state))
+        self.meter.rebuild_index(states)
+        raw = self.accounts_table.get(f"{LANES_KEY_PREFIX}{self.partition}".encode())
+        if raw:
+            for lane, (max_event, arrival, watermark, cut, advanced) in orjson.loads(raw).items():
+                self.meter.lanes[lane] = LaneClock(max_event, arrival, watermark, cut, advanced)
+        self.stats["partition_restores"] += 1
+
+    def flush(self) -> None:
+        """Write every changed state once, then the lane clocks; clear the read caches."""
+        meter = self.meter
+        for key in meter.dirty:
+            self.entities_table[key.encode()] = encode_entity(self.entity_view.cache[key])
+        for key in meter.dirty_accounts:
+            state: AccountState = self.account_view.cache[key]
+            self.accounts_table[f"{self.partition}:{key}".encode()] = encode_account(state)
+        if meter.dirty or meter.dirty_accounts or meter.lanes:
+            lanes = {
+                lane: [c.max_event_ms, c.arrival_wall_ms, c.watermark, c.cut_boundary,
+                       c.advanced_to]
+                for lane, c in meter.lanes.items()
+            }
+            self.accounts_table[f"{LANES_KEY_PREFIX}{self.partition}".encode()] = orjson.dumps(
+                lanes)
+        meter.dirty.clear()
+        meter.dirty_accounts.clear()
+        self.entity_view.cache.clear()
+        self.account_view.cache.clear()
+
+
+class PartitionMeters:
+    """Lazily created :class:`PartitionMeter` per assigned partition."""
+
+    def __init__(self, settings: Settings, entities: Any, accounts: Any,
+                 stats: Counter[str]) -> None:
+        self.settings = settings
+        self.entities = entities
+        self.accounts = accounts
+        self.stats = stats
+        self.by_partition: dict[int, PartitionMeter] = {}
+
+    def for_partition(self, partition: int) -> PartitionMeter:
+        """The engine of ``partition`` (restored from RocksDB on first use)."""
+        pm = self.by_partition.get(partition)
+        if pm is None:
+            pm = self.by_partition[partition] = PartitionMeter(
+                partition, self.settings, self.entities, self.accounts, self.stats)
+        return pm
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop engines of revoked or re-assigned partitions (restored again on next use)."""
+        for p in partitions:
+            self.by_partition.pop(p, None)

@@ -1,0 +1,177 @@
+"""Typed, validated settings of the streaming worker.
+
+One frozen :class:`Settings` object is built at the edge from environment variables
+(``METERING_*``) and command-line flags, validated once (every problem reported together)
+and then passed down; nothing else reads the environment. Durations are seconds (floats),
+instants UTC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from metering.periods import PERIODS, load_timezone
+
+ENV_PREFIX: Final = "METERING_"
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SECRET_FIELDS: Final = frozenset({"sasl_password"})
+
+
+class SettingsError(ValueError):
+    """Invalid settings; ``problems`` lists every problem found, each naming its setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker can be configured with (env ``METERING_<NAME>`` or ``--name``)."""
+
+    broker: str = field(default="127.0.0.1:9092", metadata={
+        "help": "Kafka bootstrap servers, host:port[,host:port...]"})
+    app_id: str = field(default="metering", metadata={
+        "help": "Faust app id: consumer group, changelog and internal topic prefix"})
+    input_topic: str = field(default="cs", metadata={
+        "help": "topic CloudStack's KafkaEventBus publishes to"})
+    usage_topic: str = field(default="usage", metadata={
+        "help": "output topic of usage intervals (JSON, key = account_id)"})
+    rejects_topic: str = field(default="metering.rejected", metadata={
+        "help": "topic of rejected records (JSON with raw, reason, source coordinates)"})
+    events_topic: str = field(default="metering.events", metadata={
+        "help": "internal topic: decoded events repartitioned by resource id, plus ticks"})
+    partitions: int = field(default=4, metadata={
+        "help": "partitions of the internal topic and the state tables"})
+    data_dir: Path = field(default=Path("metering-data"), metadata={
+        "help": "directory of the RocksDB tables (one per worker)"})
+    period: str = field(default="hour", metadata={"help": "aggregation period: hour or day"})
+    timezone: str = field(default="UTC", metadata={
+        "help": "IANA time zone of period boundaries"})
+    lateness: float = field(default=60.0, metadata={
+        "help": "seconds after a period end before it counts as complete"})
+    idle_advance: float = field(default=30.0, metadata={
+        "help": "seconds without records after which a lane's watermark follows the clock"})
+    tick_interval: float = field(default=1.0, metadata={
+        "help": "seconds between period-closing ticks sent to every partition"})
+    batch_size: int = field(default=2000, metadata={
+        "help": "records per processing batch (take_events)"})
+    batch_within: float = field(default=0.5, metadata={
+        "help": "seconds to wait for a batch to fill"})
+    max_record_bytes: int = field(default=1_048_576, metadata={
+        "help": "larger records are rejected unparsed"})
+    web_port: int = field(default=6066, metadata={"help": "HTTP port for /metrics, /healthz"})
+    web_bind: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
+    standby_replicas: int = field(default=0, metadata={
+        "help": "standby table replicas (use 1 only with >= 2 workers)"})
+    sasl_password: str = field(default="", metadata={
+        "help": "SASL password (masked in check-config; SASL itself is not wired yet)"})
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(self.lateness * 1000)
+
+    @property
+    def idle_advance_ms(self) -> int:
+        return int(self.idle_advance * 1000)
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (for ``check-config`` and logs)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS:
+                value = "********" if value else ""
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+    def fingerprint(self) -> str:
+        """A short hash of the effective settings (for the build-info metric)."""
+        text = repr(sorted(self.masked().items()))
+        return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` listing every invalid setting; return if all valid."""
+        problems: list[str] = []
+        for hostport in self.broker.split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(f"broker: {hostport!r} is not host:port")
+        for name in ("input_topic", "usage_topic", "rejects_topic", "events_topic", "app_id"):
+            if not _TOPIC.match(getattr(self, name)):
+                problems.append(f"{name}: {getattr(self, name)!r} is not a valid Kafka name")
+        topics = [self.input_topic, self.usage_topic, self.rejects_topic, self.events_topic]
+        if len(set(topics)) != len(topics):
+            problems.append("topics: input, usage, rejects and events topics must differ")
+        if not 1 <= self.partitions <= 1024:
+            problems.append(f"partitions: {self.partitions} not in 1..1024")
+        if self.period not in PERIODS:
+            problems.append(f"period: {self.period!r} is not one of {', '.join(PERIODS)}")
+        try:
+            load_timezone(self.timezone)
+        except ValueError as exc:
+            problems.append(f"timezone: {exc}")
+        for name in ("lateness", "idle_advance"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0 seconds")
+        for name in ("tick_interval", "batch_within"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0 seconds")
+        if not 1 <= self.batch_size <= 100_000:
+            problems.append(f"batch_size: {self.batch_size} not in 1..100000")
+        if self.max_record_bytes <= 0:
+            problems.append("max_record_bytes: must be positive")
+        if not 0 < self.web_port < 65536:
+            problems.append(f"web_port: {self.web_port} not in 1..65535")
+        if self.standby_replicas < 0:
+            problems.append("standby_replicas: must be >= 0")
+        if problems:
+            raise SettingsError(problems)
+
+
+def _convert(name: str, kind: Any, raw: str, problems: list[str]) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(raw)
+    except ValueError:
+        kind_name = kind if isinstance(kind, str) else kind.__name__
+        problems.append(f"{name}: {raw!r} is not a valid {kind_name}")
+        return None
+    return raw
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build and validate settings: defaults < ``METERING_*`` environment < ``overrides``.
+
+    Raises :class:`SettingsError` naming every problem (unparsable values included).
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            converted = _convert(ENV_PREFIX + f.name.upper(), f.type, raw, problems)
+            if converted is not None:
+                values[f.name] = converted
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    if problems:
+        raise SettingsError(problems)
+    settings = dataclasses.replace(Settings(), **values)
+    settings.validate()
+    return settings

@@ -1,0 +1,96 @@
+"""Encoding of decoded events on the worker's internal topic (``metering.events``).
+
+The ingest agent decodes each CloudStack record once and forwards what can change metering
+state, keyed by resource id, together with its source coordinates (the lane and offset used
+for redelivery checks) and the wall-clock time it was forwarded. Ticks carry only a wall
+time and drive period closing on idle partitions. The encoding is a compact orjson array
+whose first element is a kind number; it is versioned by that number.
+
+Instants are UTC epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+import orjson
+
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Enrichment,
+    Meterable,
+    Source,
+    UsageEvent,
+)
+
+TICK: Final = 0
+USAGE: Final = 1
+ENRICH: Final = 2
+ACCOUNT_CREATED: Final = 3
+ACCOUNT_DELETED: Final = 4
+
+
+class Routed(NamedTuple):
+    """A forwarded event: the decoded value, its source record and the forwarding wall time."""
+
+    value: Meterable
+    source: Source
+    wall_ms: int
+
+
+class Tick(NamedTuple):
+    """A period-closing tick carrying the sender's wall-clock time (UTC ms)."""
+
+    wall_ms: int
+
+
+class WireError(ValueError):
+    """An internal record that this code did not write (a bug or a foreign producer)."""
+
+
+def encode_tick(wall_ms: int) -> bytes:
+    """Encode a tick."""
+    return orjson.dumps([TICK, wall_ms])
+
+
+def encode_routed(value: Meterable, src: Source, wall_ms: int) -> bytes:
+    """Encode a decoded, meterable event with its source and forwarding time."""
+    tail = [src.topic, src.partition, src.offset, wall_ms]
+    if isinstance(value, UsageEvent):
+        return orjson.dumps([USAGE, value.event_type, value.account_id, value.resource_id,
+                             value.zone_id, value.time_ms, *tail])
+    if isinstance(value, Enrichment):
+        return orjson.dumps([ENRICH, value.entity_id, value.time_ms, value.service_offering_id,
+                             value.template_id, value.disk_offering_id, *tail])
+    if isinstance(value, AccountCreated):
+        return orjson.dumps([ACCOUNT_CREATED, value.account_id, value.domain_id, value.time_ms,
+                             *tail])
+    return orjson.dumps([ACCOUNT_DELETED, value.account_id, value.time_ms, *tail])
+
+
+def decode_wire(data: bytes) -> Routed | Tick:
+    """Inverse of :func:`encode_routed` / :func:`encode_tick`; raises :class:`WireError`."""
+    try:
+        item = orjson.loads(data)
+        kind = item[0]
+        if kind == TICK:
+            return Tick(int(item[1]))
+        *head, topic, partition, offset, wall = item
+        src = Source(topic, partition, offset)
+        value: Meterable
+        if kind == USAGE:
+            value = UsageEvent(head[1], head[2], head[3], head[4], head[5])
+        elif kind == ENRICH:
+            value = Enrichment(head[1], head[2], head[3], head[4], head[5])
+        elif kind == ACCOUNT_CREATED:
+            value = AccountCreated(head[1], head[2], head[3])
+        elif kind == ACCOUNT_DELETED:
+            value = AccountDeleted(head[1], head[2])
+        else:
+            raise WireError(f"unknown internal record kind {kind!r}")
+        return Routed(value, src, wall)
+    except (orjson.JSONDecodeError, IndexError, TypeError, ValueError) as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"malformed internal record: {data[:80]!r}") from exc
