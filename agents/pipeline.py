@@ -12,8 +12,9 @@ Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
   sends are awaited *before* the state is written, so a state that reached the changelog
   never hides an interval that did not reach the usage topic; a crash in between re-emits
   the same intervals (same ``interval_id`` and content) after restart.
-* ``tick`` timer (leader): sends a tick with the wall clock to every partition of the
-  internal topic; ticks close completed periods of open resources, also on idle partitions.
+* ``tick`` timer (every worker): sends a tick with the wall clock and the progress of the
+  input partitions it ingests to every partition of the internal topic; ticks close the
+  completed periods of open resources, also on idle partitions.
 
 Any exception in a batch that is not data (decoding never raises) means Kafka or the disk
 failed: the process exits at once (exit code 70) instead of letting Faust ack the batch,
@@ -64,6 +65,11 @@ TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None
 entities_table = app.Table("entities", **TABLE)  # resource id -> codec.encode_entity
 accounts_table = app.Table("accounts", **TABLE)  # "<partition>:<account>" -> encode_account
 
+lane_progress: dict[str, tuple[int, int]] = {}
+"""Source lane -> (newest forwarded event time, wall time of its last record), UTC ms.
+
+Updated only after a batch's forwarded records are delivered; ticks carry it."""
+
 stats: Counter[str] = Counter()
 """Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
 
@@ -98,6 +104,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
         try:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
+            progress: dict[str, int] = {}
             for event in batch:
                 msg = event.message
                 raw = event.value if isinstance(event.value, bytes) else b""
@@ -112,7 +119,11 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 if isinstance(value, Ignored):
                     stats[f"ignored:{value.kind}"] += 1
                     continue
-                data = encode_routed(value, Source(msg.topic, msg.partition, msg.offset), wall)
+                src = Source(msg.topic, msg.partition, msg.offset)
+                lane = src.lane
+                if value.time_ms > progress.get(lane, -1):
+                    progress[lane] = value.time_ms
+                data = encode_routed(value, src, wall)
                 target = routing_key(value)
                 if target == BROADCAST:
                     for p in range(n_partitions):
@@ -120,6 +131,9 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 elif target is not None:
                     futures.append(await events_topic.send(key=target.encode(), value=data))
             await _await_all(futures)
+            for lane, newest in progress.items():  # delivered: ticks may now announce it
+                previous = lane_progress.get(lane, (newest, wall))[0]
+                lane_progress[lane] = (max(previous, newest), wall)
         except Exception:
             _die("ingest batch failed")
 
@@ -147,6 +161,7 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                                       event.message.topic, partition, event.message.offset)
                             continue
                         if isinstance(item, Tick):
+                            pm.meter.observe_lanes(item.lanes)
                             rows = pm.meter.advance(item.wall_ms)
                         else:
                             rows = pm.meter.process(item.value, item.source, item.wall_ms)
@@ -169,10 +184,13 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
             _die("meter batch failed")
 
 
-@app.timer(settings.tick_interval, on_leader=True)
+@app.timer(settings.tick_interval)
 async def tick() -> None:
-    """Send a wall-clock tick to every partition of the internal topic."""
-    data = encode_tick(int(time.time() * 1000))
+    """Send a tick (wall clock + this worker's lane progress) to every internal partition.
+
+    Every worker sends ticks: each knows the progress of the input partitions it ingests.
+    """
+    data = encode_tick(int(time.time() * 1000), dict(lane_progress))
     for p in range(settings.partitions):
         await events_topic.send(value=data, partition=p)
 
@@ -185,3 +203,9 @@ async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
 @app.on_partitions_assigned.connect
 async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
+
+
+@app.page("/healthz")
+async def healthz(web: Any, request: Any) -> Any:
+    """Liveness: the worker's event loop answers."""
+    return web.json({"status": "ok"})

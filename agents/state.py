@@ -90,8 +90,11 @@ class PartitionMeter:
         self.meter.rebuild_index(states)
         raw = self.accounts_table.get(f"{LANES_KEY_PREFIX}{self.partition}".encode())
         if raw:
-            for lane, (max_event, arrival, watermark, cut, advanced) in orjson.loads(raw).items():
-                self.meter.lanes[lane] = LaneClock(max_event, arrival, watermark, cut, advanced)
+            saved = orjson.loads(raw)
+            for lane, (max_event, arrival, watermark) in saved["lanes"].items():
+                self.meter.lanes[lane] = LaneClock(max_event, arrival, watermark)
+            self.meter.cut_boundary = saved["cut"]
+            self.meter.advanced_to = saved["advanced"]
         self.stats["partition_restores"] += 1
 
     def flush(self) -> None:
@@ -103,13 +106,14 @@ class PartitionMeter:
             state: AccountState = self.account_view.cache[key]
             self.accounts_table[f"{self.partition}:{key}".encode()] = encode_account(state)
         if meter.dirty or meter.dirty_accounts or meter.lanes:
-            lanes = {
-                lane: [c.max_event_ms, c.arrival_wall_ms, c.watermark, c.cut_boundary,
-                       c.advanced_to]
-                for lane, c in meter.lanes.items()
+            saved = {
+                "lanes": {lane: [c.max_event_ms, c.arrival_wall_ms, c.watermark]
+                          for lane, c in meter.lanes.items()},
+                "cut": meter.cut_boundary,
+                "advanced": meter.advanced_to,
             }
             self.accounts_table[f"{LANES_KEY_PREFIX}{self.partition}".encode()] = orjson.dumps(
-                lanes)
+                saved)
         meter.dirty.clear()
         meter.dirty_accounts.clear()
         self.entity_view.cache.clear()

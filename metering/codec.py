@@ -4,7 +4,7 @@ Format: one version byte, then an orjson array. Version 1::
 
     entity  = [lane, [[usage_type, zone_key, account, zone|null, start, topic, part, offset], ...],
                [[time, attribute, value], ...], {lane: offset}, [[usage_type, zone_key, end], ...]]
-    account = [domain|null, deleted_at|null, {lane: offset}]
+    account = [domain|null, deleted_at|null, {lane: offset}, [topic, part, offset]|null]
 
 Decoding an unknown version raises :class:`StateDecodeError` (a bug or a newer writer, never
 bad input: state is only ever written by this code).
@@ -69,10 +69,13 @@ def decode_entity(data: bytes) -> EntityState:
 
 def encode_account(state: AccountState) -> bytes:
     """Serialize an :class:`~metering.meter.AccountState` (version 1)."""
-    return _V1 + orjson.dumps([state.domain_id, state.deleted_at, state.offsets])
+    by = state.deleted_by
+    return _V1 + orjson.dumps([state.domain_id, state.deleted_at, state.offsets,
+                               None if by is None else list(by)])
 
 
 def decode_account(data: bytes) -> AccountState:
     """Inverse of :func:`encode_account`."""
-    domain, deleted_at, offsets = _body(data)
-    return AccountState(domain_id=domain, deleted_at=deleted_at, offsets=dict(offsets))
+    domain, deleted_at, offsets, by = _body(data)
+    return AccountState(domain_id=domain, deleted_at=deleted_at, offsets=dict(offsets),
+                        deleted_by=None if by is None else Source(*by))

@@ -93,6 +93,12 @@ class Transition:
 
 
 DomainLookup = Callable[[str], str | None]
+DeletionLookup = Callable[[str], "tuple[int, Source] | None"]
+"""account id -> (deletion time UTC ms, the ACCOUNT.DELETE record) or None."""
+
+
+def _never_deleted(_account: str) -> tuple[int, Source] | None:
+    return None
 
 
 def _attr(changes: list[tuple[int, int, str]], kind: int, cutoff: int) -> str | None:
@@ -263,16 +269,22 @@ def apply_usage(
     src: Source,
     grid: PeriodGrid,
     domain_of: DomainLookup,
+    deleted_of: DeletionLookup = _never_deleted,
 ) -> Transition:
     """Apply one usage event of a metered type to its resource's state (table, rules 1-4, 6).
 
     ``state`` is the resource's state or None for a resource never seen. A record already
-    applied (same lane, offset not above the last applied one) changes nothing.
+    applied (same lane, offset not above the last applied one) changes nothing. An event of
+    an account deleted at or before the event's time changes nothing (CloudStack publishes
+    nothing for a deleted account; such an event can only be a straggler).
     """
     if state is None:
         state = EntityState()
     if _is_duplicate(state, src):
         return Transition(state, (), ("duplicate",))
+    deletion = deleted_of(event.account_id)
+    if deletion is not None and event.time_ms >= deletion[0]:
+        return Transition(state, (), ("after_account_delete",))
     out: list[UsageInterval] = []
     notes: list[str] = []
     t = event.time_ms
@@ -339,7 +351,11 @@ def close_account(
     grid: PeriodGrid,
     domain_of: DomainLookup,
 ) -> Transition:
-    """Close every open interval of ``account_id`` in this entity at ``at`` (rule 5)."""
+    """Close every open interval of ``account_id`` in this entity at ``at`` now (rule 5).
+
+    The engine normally defers this until the watermark passes ``at`` (see
+    :meth:`metering.meter.Meter`); this immediate form is for a deletion that arrives late.
+    """
     out: list[UsageInterval] = []
     notes: list[str] = []
     for key in [k for k, s in state.slots.items() if s.account_id == account_id]:
@@ -357,15 +373,25 @@ def cut(
     grid: PeriodGrid,
     domain_of: DomainLookup,
     last_reason: str = CloseReason.PERIOD,
+    deleted_of: DeletionLookup = _never_deleted,
 ) -> list[UsageInterval]:
     """Emit the pieces of every open interval up to ``upto`` without closing it (rule 8, 10).
 
     Pieces ending on a period boundary are ``close_reason="period"``; a last piece ending
-    elsewhere (a replay horizon) gets ``last_reason``. All are ``final=false``.
+    elsewhere (a replay horizon) gets ``last_reason``. All are ``final=false``. An interval
+    whose account was deleted at ``D <= upto`` is instead closed at ``D`` (rule 5).
     """
     out: list[UsageInterval] = []
-    for key, slot in state.slots.items():
-        _cut_slot(state, key, slot, resource_id, upto, grid, domain_of, last_reason, out)
+    notes: list[str] = []
+    for key in list(state.slots):
+        slot = state.slots[key]
+        deletion = deleted_of(slot.account_id)
+        if deletion is not None and deletion[0] <= upto:
+            del state.slots[key]
+            _close_slot(state, key, slot, resource_id, deletion[0], CloseReason.ACCOUNT_DELETE,
+                        deletion[1], grid, domain_of, out, notes)
+        else:
+            _cut_slot(state, key, slot, resource_id, upto, grid, domain_of, last_reason, out)
     if out:
         _prune_changes(state)
     return out

@@ -39,7 +39,6 @@ from metering.lifecycle import (
     Transition,
     apply_enrichment,
     apply_usage,
-    close_account,
     cut,
 )
 from metering.periods import PeriodGrid
@@ -50,11 +49,17 @@ NEVER = -(2**62)
 
 @dataclass(slots=True)
 class AccountState:
-    """What metering remembers about an account: its domain and applied account records."""
+    """What metering remembers about an account.
+
+    ``domain_id`` comes from ``ACCOUNT.CREATE``; ``deleted_at`` (UTC ms) and ``deleted_by``
+    from a completed ``ACCOUNT.DELETE``; ``offsets`` are the last applied account records
+    per lane (redelivery, rule 6).
+    """
 
     domain_id: str | None = None
     deleted_at: int | None = None
     offsets: dict[str, int] = field(default_factory=dict)
+    deleted_by: Source | None = None
 
 
 @dataclass(slots=True)
@@ -69,8 +74,6 @@ class LaneClock:
     max_event_ms: int = NEVER
     arrival_wall_ms: int | None = None
     watermark: int = NEVER
-    cut_boundary: int = NEVER
-    advanced_to: int = NEVER
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,14 @@ class MeterPolicy:
     Attributes:
         grid: aggregation periods (hour/day in a time zone).
         lateness_ms: a period is complete once the watermark passes its end plus this.
+            None: periods are only cut when an interval closes or at :meth:`Meter.finish`
+            (batch replay: the whole input is known, so no event is ever late).
         idle_advance_ms: after this much wall-clock time without records, a lane's watermark
             moves on with the wall clock (None: never; replay uses None).
     """
 
     grid: PeriodGrid = field(default_factory=PeriodGrid)
-    lateness_ms: int = 60_000
+    lateness_ms: int | None = 60_000
     idle_advance_ms: int | None = None
 
 
@@ -110,7 +115,10 @@ class Meter:
         self.accounts: MutableMapping[str, AccountState] = {} if accounts is None else accounts
         self.lanes: dict[str, LaneClock] = {}
         self.open_by_account: dict[str, set[str]] = {}
-        self.open_by_lane: dict[str, set[str]] = {}
+        self.open_entities: set[str] = set()
+        self.cut_boundary = NEVER
+        """Periods ending at or before this instant are complete (min over lanes)."""
+        self.advanced_to = NEVER
         self.stats: Counter[str] = Counter()
         self.dirty: set[str] = set()
         self.dirty_accounts: set[str] = set()
@@ -121,7 +129,7 @@ class Meter:
     def rebuild_index(self, items: Iterable[tuple[str, EntityState]]) -> None:
         """Rebuild the open-interval indexes from stored states (after a restore)."""
         self.open_by_account.clear()
-        self.open_by_lane.clear()
+        self.open_entities.clear()
         for entity_id, state in items:
             self._index(entity_id, state, set())
 
@@ -135,16 +143,22 @@ class Meter:
                     del self.open_by_account[account]
         for account in after - before:
             self.open_by_account.setdefault(account, set()).add(entity_id)
-        lane_set = self.open_by_lane.setdefault(state.lane, set())
         if state.slots:
-            lane_set.add(entity_id)
+            self.open_entities.add(entity_id)
         else:
-            lane_set.discard(entity_id)
+            self.open_entities.discard(entity_id)
 
     def domain_of(self, account_id: str) -> str | None:
         """Domain UUID of an account, from ``ACCOUNT.CREATE`` (rule 7), or None."""
         account = self.accounts.get(account_id)
         return None if account is None else account.domain_id
+
+    def deleted_of(self, account_id: str) -> tuple[int, Source] | None:
+        """(deletion time UTC ms, ACCOUNT.DELETE record) of a deleted account, else None."""
+        account = self.accounts.get(account_id)
+        if account is None or account.deleted_at is None or account.deleted_by is None:
+            return None
+        return account.deleted_at, account.deleted_by
 
     # ------------------------------------------------------------------ watermarks
 
@@ -158,8 +172,17 @@ class Meter:
         if watermark <= clock.watermark:
             return
         clock.watermark = watermark
-        limit = watermark - self.policy.lateness_ms - 1  # periods ending before are complete
-        clock.cut_boundary = self.grid.floor(limit) if limit > NEVER // 2 else NEVER
+        lateness = self.policy.lateness_ms
+        if lateness is None:
+            return
+        # The engine's watermark is the minimum over its lanes (as in Flink): an account-wide
+        # event on one lane (ACCOUNT.DELETE/CREATE) is never late for resources on another.
+        low = min(c.watermark for c in self.lanes.values())
+        limit = low - lateness - 1  # periods ending before this are complete
+        if limit > NEVER // 2:
+            boundary = self.grid.floor(limit)
+            if boundary > self.cut_boundary:
+                self.cut_boundary = boundary
 
     def _observe(self, lane: str, time_ms: int, wall_ms: int | None) -> None:
         clock = self._lane(lane)
@@ -177,9 +200,9 @@ class Meter:
     # ------------------------------------------------------------------ processing
 
     def _touch_cut(self, entity_id: str, state: EntityState, out: list[UsageInterval]) -> None:
-        clock = self.lanes.get(state.lane)
-        if clock is not None and clock.cut_boundary > NEVER and state.slots:
-            out.extend(cut(state, entity_id, clock.cut_boundary, self.grid, self.domain_of))
+        if self.cut_boundary > NEVER and state.slots:
+            out.extend(cut(state, entity_id, self.cut_boundary, self.grid, self.domain_of,
+                           deleted_of=self.deleted_of))
 
     def _store(self, entity_id: str, state: EntityState, before: set[str]) -> None:
         self.entities[entity_id] = state
@@ -222,9 +245,7 @@ class Meter:
             before = state.accounts() if state.slots else set()
             if src.offset > state.offsets.get(src.lane, -1):
                 self._touch_cut(entity_id, state, out)
-        if state is not None and state.lane and state.lane != src.lane:
-            self.open_by_lane.get(state.lane, set()).discard(entity_id)
-        tr = apply_usage(state, ev, src, self.grid, self.domain_of)
+        tr = apply_usage(state, ev, src, self.grid, self.domain_of, self.deleted_of)
         self._count(tr)
         out.extend(tr.intervals)
         self._store(entity_id, tr.state, before)
@@ -241,8 +262,6 @@ class Meter:
             before = state.accounts() if state.slots else set()
             if src.offset > state.offsets.get(src.lane, -1):
                 self._touch_cut(entity_id, state, out)
-        if state is not None and state.lane and state.lane != src.lane:
-            self.open_by_lane.get(state.lane, set()).discard(entity_id)
         tr = apply_enrichment(state, ev, src)
         self._count(tr)
         self._store(entity_id, tr.state, before)
@@ -272,20 +291,24 @@ class Meter:
         account = self.accounts.get(ev.account_id) or AccountState()
         out: list[UsageInterval] = []
         if self._account_record_is_new(account, src):
-            account.deleted_at = ev.time_ms
+            if account.deleted_at is None or ev.time_ms < account.deleted_at:
+                account.deleted_at = ev.time_ms
+                account.deleted_by = src
             self.stats["account_deleted"] += 1
-            for entity_id in sorted(self.open_by_account.get(ev.account_id, ())):
-                state = self.entities.get(entity_id)
-                if state is None:
-                    continue
-                before = state.accounts()
-                self._touch_cut(entity_id, state, out)
-                tr = close_account(
-                    state, entity_id, ev.account_id, ev.time_ms, src, self.grid, self.domain_of
-                )
-                self._count(tr)
-                out.extend(tr.intervals)
-                self._store(entity_id, tr.state, before)
+            self.accounts[ev.account_id] = account
+            # Deferred (rule 5 by event time): the account's intervals close at the deletion
+            # time once the watermark passes it, so resource events of other lanes that are
+            # still in flight and older than the deletion are applied first. A deletion that
+            # arrives after the watermark already passed it closes at once.
+            if self.cut_boundary >= ev.time_ms:
+                for entity_id in sorted(self.open_by_account.get(ev.account_id, ())):
+                    state = self.entities.get(entity_id)
+                    if state is None:
+                        continue
+                    before = state.accounts()
+                    out.extend(cut(state, entity_id, self.cut_boundary, self.grid,
+                                   self.domain_of, deleted_of=self.deleted_of))
+                    self._store(entity_id, state, before)
         self.accounts[ev.account_id] = account
         self.dirty_accounts.add(ev.account_id)
         self._observe(src.lane, ev.time_ms, wall_ms)
@@ -293,35 +316,53 @@ class Meter:
 
     # ------------------------------------------------------------------ time passing
 
+    def observe_lanes(self, lanes: dict[str, tuple[int, int]]) -> None:
+        """Take lane progress reported by the forwarder (``max_event_ms, arrival_wall_ms``).
+
+        In the streaming worker one lane's records are spread over several partitions; ticks
+        carry the lane's watermark to all of them, so every partition cuts periods exactly
+        where ``replay`` over the same lane would.
+        """
+        for lane, (max_event, arrival) in lanes.items():
+            clock = self._lane(lane)
+            if clock.arrival_wall_ms is None or arrival > clock.arrival_wall_ms:
+                clock.arrival_wall_ms = arrival
+            if max_event > clock.max_event_ms:
+                clock.max_event_ms = max_event
+                self._set_watermark(clock, max_event)
+
     def advance(self, wall_ms: int | None = None) -> list[UsageInterval]:
         """Emit the completed periods of every open entity (streaming ticks, rule 8).
 
         With ``idle_advance_ms`` set and ``wall_ms`` given, a lane that received nothing for
         longer than ``idle_advance_ms`` has its watermark moved on with the wall clock
         (``max_event + idle - idle_advance``), so idle partitions do not hold usage back.
-        Work is proportional to the open entities of lanes whose cut boundary moved.
+        Work is proportional to the open entities, and only when a period completed.
         """
-        out: list[UsageInterval] = []
         idle_limit = self.policy.idle_advance_ms
-        for lane, clock in self.lanes.items():
-            if idle_limit is not None and wall_ms is not None and clock.arrival_wall_ms:
+        if idle_limit is not None and wall_ms is not None:
+            for clock in self.lanes.values():
+                if clock.arrival_wall_ms is None or clock.max_event_ms <= NEVER:
+                    continue
                 idle = wall_ms - clock.arrival_wall_ms
-                if idle > idle_limit and clock.max_event_ms > NEVER:
+                if idle > idle_limit:
                     self._set_watermark(clock, clock.max_event_ms + idle - idle_limit)
-            if clock.cut_boundary <= clock.advanced_to:
-                continue  # no new period completed in this lane since the last advance
-            clock.advanced_to = clock.cut_boundary
-            for entity_id in list(self.open_by_lane.get(lane, ())):
-                state = self.entities.get(entity_id)
-                if state is None or not state.slots:
-                    continue
-                first = min(s.start for s in state.slots.values())
-                if first >= clock.cut_boundary:
-                    continue
-                emitted = cut(state, entity_id, clock.cut_boundary, self.grid, self.domain_of)
-                if emitted:
-                    out.extend(emitted)
-                    self._store(entity_id, state, state.accounts())
+        if self.cut_boundary <= self.advanced_to:
+            return []  # no period completed since the last advance
+        self.advanced_to = self.cut_boundary
+        out: list[UsageInterval] = []
+        for entity_id in sorted(self.open_entities):
+            state = self.entities.get(entity_id)
+            if state is None or not state.slots:
+                continue
+            if min(s.start for s in state.slots.values()) >= self.cut_boundary:
+                continue
+            before = state.accounts()
+            emitted = cut(state, entity_id, self.cut_boundary, self.grid, self.domain_of,
+                          deleted_of=self.deleted_of)
+            if emitted:
+                out.extend(emitted)
+                self._store(entity_id, state, before)
         return out
 
     def finish(self, until_ms: int | None = None) -> list[UsageInterval]:
@@ -339,13 +380,14 @@ class Meter:
                 return []
             horizon, reason = self.grid.floor(newest), CloseReason.PERIOD
         out: list[UsageInterval] = []
-        for lane_members in list(self.open_by_lane.values()):
-            for entity_id in sorted(lane_members):
-                state = self.entities.get(entity_id)
-                if state is None or not state.slots:
-                    continue
-                emitted = cut(state, entity_id, horizon, self.grid, self.domain_of, reason)
-                if emitted:
-                    out.extend(emitted)
-                    self._store(entity_id, state, state.accounts())
+        for entity_id in sorted(self.open_entities):
+            state = self.entities.get(entity_id)
+            if state is None or not state.slots:
+                continue
+            before = state.accounts()
+            emitted = cut(state, entity_id, horizon, self.grid, self.domain_of, reason,
+                          self.deleted_of)
+            if emitted:
+                out.extend(emitted)
+                self._store(entity_id, state, before)
         return out

@@ -66,7 +66,7 @@ class ReplayOptions:
     until_ms: int | None = None
     period: str = "hour"
     timezone: str = "UTC"
-    lateness_ms: int = 60_000
+    lateness_ms: int | None = None
     rejects: Path | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     progress: bool | None = None  # None: only when stderr is a terminal
@@ -198,8 +198,15 @@ def read_records(
 class DatasetWriter:
     """Buffers intervals per ``usage_date`` and writes deterministic, atomic part files."""
 
-    def __init__(self, root: Path, grid: PeriodGrid, run_key: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        grid: PeriodGrid,
+        run_key: Callable[[], str],
+        domain_of: Callable[[str], str | None] = lambda _a: None,
+    ) -> None:
         self.root = root
+        self.domain_of = domain_of
         self.grid = grid
         self.run_key = run_key
         self.buffers: dict[str, list[UsageInterval]] = defaultdict(list)
@@ -224,10 +231,22 @@ class DatasetWriter:
                 self.parts[date] += 1
                 self.buffers[date] = []
 
+    def _fill_domains(self, rows: list[UsageInterval]) -> list[UsageInterval]:
+        """Fill ``domain_id`` of rows emitted before their account's ACCOUNT.CREATE was read
+        (inputs need not be in time order across partitions); unknown stays null."""
+        out = []
+        for row in rows:
+            if row.domain_id is None:
+                domain = self.domain_of(row.account_id)
+                if domain is not None:
+                    row = row._replace(domain_id=domain)
+            out.append(row)
+        return out
+
     def spill(self, tmpdir: Path) -> None:
         """Write full buffers to temporary part files (names need the final input digest)."""
         for date, part, rows in self.pending:
-            table = sorted_table(rows)
+            table = sorted_table(self._fill_domains(rows))
             write_atomic(table, tmpdir / f"{date}-{part:05d}.parquet")
         self.pending.clear()
 
@@ -328,7 +347,8 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         rejects_fh = open(options.rejects, "wb") if options.rejects else None  # noqa: SIM115
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
-    writer = DatasetWriter(options.output, grid, lambda: digest.hexdigest()[:20])
+    writer = DatasetWriter(options.output, grid, lambda: digest.hexdigest()[:20],
+                           meter.domain_of)
     until = options.until_ms
     started = time.monotonic()
     categories = summary.categories
@@ -462,8 +482,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--period", choices=PERIODS, default="hour", help="aggregation period")
     p.add_argument("--timezone", default="UTC", metavar="TZ",
                    help="IANA time zone of period boundaries and usage_date (default UTC)")
-    p.add_argument("--lateness", type=float, default=60.0, metavar="SECONDS",
-                   help="allowed lateness before a period counts as complete (default 60)")
+    p.add_argument("--lateness", type=float, default=None, metavar="SECONDS",
+                   help="emulate the worker: cut periods once the watermark passes their end "
+                   "plus SECONDS, so events later than that count as late. Default: off (the "
+                   "whole input is known; every event applies in order)")
     p.add_argument("--rejects", type=Path, metavar="FILE", help="write rejected records as JSONL")
     p.add_argument("--max-record-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES,
                    help="records larger than this are rejected unparsed")
@@ -482,13 +504,15 @@ def run(args: argparse.Namespace) -> int:
         PeriodGrid(args.period, args.timezone)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.lateness < 0:
+    if args.lateness is not None and args.lateness < 0:
         parser.error("--lateness must be >= 0 seconds")
     if args.max_record_bytes <= 0:
         parser.error("--max-record-bytes must be positive")
     options = ReplayOptions(
         inputs=list(args.inputs), output=args.output, until_ms=until, period=args.period,
-        timezone=args.timezone, lateness_ms=int(args.lateness * 1000), rejects=args.rejects,
+        timezone=args.timezone,
+        lateness_ms=None if args.lateness is None else int(args.lateness * 1000),
+        rejects=args.rejects,
         max_record_bytes=args.max_record_bytes, progress=args.progress,
     )
     try:

@@ -40,18 +40,25 @@ class Routed(NamedTuple):
 
 
 class Tick(NamedTuple):
-    """A period-closing tick carrying the sender's wall-clock time (UTC ms)."""
+    """A period-closing tick: the sender's wall clock and its source-lane progress.
+
+    ``lanes`` maps a source lane (``topic/partition``) to ``(max_event_ms, arrival_wall_ms)``:
+    the newest event time among the lane's meterable records that the sender had forwarded
+    (and seen delivered) before it sent this tick, and when it last received one. Because a
+    tick is produced after those records, every partition applies it after them.
+    """
 
     wall_ms: int
+    lanes: dict[str, tuple[int, int]]
 
 
 class WireError(ValueError):
     """An internal record that this code did not write (a bug or a foreign producer)."""
 
 
-def encode_tick(wall_ms: int) -> bytes:
+def encode_tick(wall_ms: int, lanes: dict[str, tuple[int, int]] | None = None) -> bytes:
     """Encode a tick."""
-    return orjson.dumps([TICK, wall_ms])
+    return orjson.dumps([TICK, wall_ms, {k: list(v) for k, v in (lanes or {}).items()}])
 
 
 def encode_routed(value: Meterable, src: Source, wall_ms: int) -> bytes:
@@ -75,7 +82,8 @@ def decode_wire(data: bytes) -> Routed | Tick:
         item = orjson.loads(data)
         kind = item[0]
         if kind == TICK:
-            return Tick(int(item[1]))
+            lanes = item[2] if len(item) > 2 else {}
+            return Tick(int(item[1]), {k: (int(v[0]), int(v[1])) for k, v in lanes.items()})
         *head, topic, partition, offset, wall = item
         src = Source(topic, partition, offset)
         value: Meterable

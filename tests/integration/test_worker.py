@@ -1,0 +1,118 @@
+"""The streaming worker on a real broker and real RocksDB equals ``metering replay``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from metering.eventtime import format_event_time
+from metering.parquet import read_dataset
+from metering.replay import ReplayOptions, run_replay
+from tests.integration.kafkautil import consume, dump_kcat, produce, usage_rows
+from tests.integration.workerproc import WorkerProc
+from tests.tracegen import START_MS, build_trace
+
+HOURS = 5.0
+SENTINEL_MS = START_MS + int((HOURS + 1.5) * 3_600_000)  # a half hour past a boundary
+
+
+def sentinel(partition: int) -> bytes:
+    """An orphan VM.STOP that moves a lane's watermark past the trace (no usage)."""
+    return orjson.dumps({
+        "eventDateTime": format_event_time(SENTINEL_MS), "event": "VM.STOP",
+        "resource": "com.cloud.vm.VirtualMachine", "id": f"sentinel-{partition}",
+        "account": "sentinel", "zone": "zone-1"})
+
+
+def replay_rows(kcat_lines: list[bytes], tmp: Path) -> dict[str, dict[str, Any]]:
+    """Replay a kcat dump; rows by interval_id with timestamps as epoch ms (like the topic)."""
+    trace = tmp / "dump.jsonl"
+    trace.write_bytes(b"\n".join(kcat_lines) + b"\n")
+    run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay", progress=False))
+    rows = {}
+    for row in read_dataset(tmp / "replay").to_pylist():
+        row.pop("usage_date")
+        for k in ("start", "end", "period_start"):
+            value: dt.datetime = row[k]
+            row[k] = int(value.timestamp() * 1000)
+        rows[row["interval_id"]] = row
+    return rows
+
+
+@pytest.fixture
+def worker_factory(
+    kafka_bootstrap: str, tmp_path: Path, unique_name: Callable[[str], str]
+) -> Iterator[Callable[..., WorkerProc]]:
+    started: list[WorkerProc] = []
+
+    def make(input_topic: str, app_id: str | None = None, **extra: str) -> WorkerProc:
+        app = app_id or unique_name("m")
+        w = WorkerProc(kafka_bootstrap, app, input_topic, tmp_path / app / "data",
+                       extra={k.upper(): v for k, v in extra.items()})
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.kill()
+
+
+def _run_and_compare(
+    kafka_bootstrap: str, topic: str, worker: WorkerProc, tmp_path: Path
+) -> dict[str, dict[str, Any]]:
+    expected = replay_rows(dump_kcat(kafka_bootstrap, topic), tmp_path)
+    assert expected, "the trace must produce usage"
+    worker.start().wait_ready()
+    got = consume(
+        kafka_bootstrap, worker.usage_topic,
+        lambda msgs: {orjson.loads(m.value)["interval_id"] for m in msgs} >= set(expected),
+        deadline_s=180,
+    )
+    rows = usage_rows(got)
+    missing = set(expected) - set(rows)
+    assert not missing, (f"{len(missing)} of {len(expected)} intervals missing, got {len(rows)}"
+                         f"; worker log:\n{worker.tail()}")
+    assert set(rows) == set(expected)
+    for interval_id, row in rows.items():
+        assert row == expected[interval_id]
+    return rows
+
+
+def test_worker_equals_replay_keyed(
+    kafka_bootstrap: str, topic_factory: Callable[..., str],
+    worker_factory: Callable[..., WorkerProc], tmp_path: Path,
+) -> None:
+    topic = topic_factory(partitions=4, prefix="cs")
+    trace = build_trace(seed=11, hours=HOURS, malformed=5)
+    produce(kafka_bootstrap, topic, trace)
+    for p in range(4):
+        produce(kafka_bootstrap, topic, [(None, sentinel(p))], partition=p)
+    worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000")
+    rows = _run_and_compare(kafka_bootstrap, topic, worker, tmp_path)
+    assert {r["close_reason"] for r in rows.values()} >= {"period", "VM.STOP",
+                                                          "account_delete"}
+    rejects = consume(kafka_bootstrap, worker.rejects_topic, lambda m: len(m) >= 5, 60)
+    reasons = sorted(orjson.loads(m.value)["reason"] for m in rejects)
+    assert reasons == sorted(["invalid_json", "not_an_object", "missing_event_time",
+                              "invalid_event_time", "invalid_utf8"])
+    assert all(orjson.loads(m.value)["topic"] == topic for m in rejects)
+    worker.stop()
+
+
+def test_null_keyed_single_partition_input_gives_the_same_result(
+    kafka_bootstrap: str, topic_factory: Callable[..., str],
+    worker_factory: Callable[..., WorkerProc], tmp_path: Path,
+) -> None:
+    """A relay that drops keys: the worker repartitions by resource id itself."""
+    topic = topic_factory(partitions=1, prefix="csnull")
+    trace = build_trace(seed=12, hours=HOURS)
+    produce(kafka_bootstrap, topic, [(None, v) for _, v in trace])
+    produce(kafka_bootstrap, topic, [(None, sentinel(0))])
+    worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000")
+    _run_and_compare(kafka_bootstrap, topic, worker, tmp_path)
+    worker.stop()
