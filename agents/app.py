@@ -29,6 +29,8 @@ def make_app(s: Settings) -> faust.App:
         table_standby_replicas=s.standby_replicas,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=s.session_timeout,
+        broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
         broker_max_poll_records=2000,
         stream_buffer_maxsize=16384,
         producer_linger=0.005,

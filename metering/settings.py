@@ -69,6 +69,8 @@ class Settings:
         "help": "larger records are rejected unparsed"})
     web_port: int = field(default=6066, metadata={"help": "HTTP port for /metrics, /healthz"})
     web_bind: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
+    session_timeout: float = field(default=30.0, metadata={
+        "help": "seconds before the group evicts a silent (crashed) worker and rebalances"}),
     standby_replicas: int = field(default=0, metadata={
         "help": "standby table replicas (use 1 only with >= 2 workers)"})
     sasl_password: str = field(default="", metadata={
@@ -130,6 +132,8 @@ class Settings:
             problems.append("max_record_bytes: must be positive")
         if not 0 < self.web_port < 65536:
             problems.append(f"web_port: {self.web_port} not in 1..65535")
+        if not 6 <= self.session_timeout <= 1800:
+            problems.append("session_timeout: must be within the broker's default 6..1800 s")
         if self.standby_replicas < 0:
             problems.append("standby_replicas: must be >= 0")
         if problems:

@@ -50,6 +50,7 @@ class WorkerProc:
             METERING_WEB_PORT=str(self.web_port),
             METERING_BATCH_WITHIN="0.2",
             METERING_TICK_INTERVAL="0.5",
+            METERING_SESSION_TIMEOUT="6",  # the broker's minimum: fast takeover after kill -9
         )
         env.update(self.extra)
         return env
