@@ -70,7 +70,7 @@ class Settings:
     web_port: int = field(default=6066, metadata={"help": "HTTP port for /metrics, /healthz"})
     web_bind: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
     session_timeout: float = field(default=30.0, metadata={
-        "help": "seconds before the group evicts a silent (crashed) worker and rebalances"}),
+        "help": "seconds before the group evicts a silent (crashed) worker and rebalances"})
     standby_replicas: int = field(default=0, metadata={
         "help": "standby table replicas (use 1 only with >= 2 workers)"})
     sasl_password: str = field(default="", metadata={
