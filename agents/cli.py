@@ -1,8 +1,8 @@
 """The ``metering`` command line.
 
 Subcommands register themselves through small ``add_arguments(parser)`` / ``run(args)``
-pairs so that pure commands (``simulate``, ``replay``) live in :mod:`metering` and the Kafka
-ones in :mod:`agents`; heavy imports happen only when a subcommand runs.
+pairs: ``replay`` lives in :mod:`metering` (pure), ``simulate`` (which can produce to Kafka)
+and the worker commands in :mod:`agents`; heavy imports happen only when a subcommand runs.
 
 Exit codes (every subcommand):
 
@@ -63,7 +63,7 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     regs: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
-    for modname in ("metering.simulate.command", "metering.replay", "agents.commands"):
+    for modname in ("agents.simulate", "metering.replay", "agents.commands"):
         try:
             module = __import__(modname, fromlist=["register"])
         except ModuleNotFoundError as exc:  # a subcommand not built yet

@@ -1,0 +1,288 @@
+"""``metering simulate``: the command line of :mod:`metering.simulate`, plus Kafka output.
+
+The simulation itself is pure (``metering.simulate``); this module parses options, shows
+progress, writes the truth, and produces to Kafka with the keys CloudStack's bus uses
+(resource UUID, ``entityuuid``, ``instanceUuid``, or null) through aiokafka, whose default
+partitioner is Kafka's murmur2, so equal keys land where a Java producer would put them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from metering.eventtime import iso, parse_iso_instant
+from metering.simulate.cloud import DAY, Cloud, SimConfig
+from metering.simulate.render import parse_offset
+from metering.simulate.run import (
+    Pacer,
+    Progress,
+    RecordWriter,
+    SimSummary,
+    stream,
+    truth_document,
+    write_records,
+    write_truth,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
+DEFAULT_START = "2025-03-01T00:00:00Z"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``simulate`` subcommand."""
+    p = sub.add_parser(
+        "simulate",
+        help="generate a realistic CloudStack event stream whose true usage is known",
+        description=(
+            "Simulate a seeded CloudStack cloud (accounts, VMs, volumes, IPs, templates, "
+            "rules, networks, deletions, ...) and write the records its event bus would "
+            "publish, in publication order, plus the true usage by construction. The same "
+            "options and seed always give the same bytes."
+        ),
+        epilog=(
+            "examples:\n"
+            "  metering simulate --accounts 1000 --days 30 --seed 1 --output x.jsonl "
+            "--truth t.json\n"
+            "  metering simulate --format kcat --output x.kcat.jsonl.gz\n"
+            "  metering simulate --to-kafka 127.0.0.1:9092 --topic cs --rate 500\n"
+            "exit codes: 0 ok, 1 Kafka failed, 2 bad options, 4 unwritable output, "
+            "130 interrupted"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("the cloud")
+    g.add_argument("--accounts", type=int, default=20, help="accounts (default 20)")
+    g.add_argument("--days", type=float, default=2.0,
+                   help="simulated days from --start (default 2)")
+    g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    g.add_argument("--start", default=DEFAULT_START,
+                   help=f"first instant, ISO 8601 (default {DEFAULT_START})")
+    g.add_argument("--until", default=None,
+                   help="end of the simulation and horizon of the truth, ISO 8601 "
+                        "(default: --start plus --days)")
+    g.add_argument("--tz-offset", default="+0530",
+                   help="management-server UTC offsets of eventDateTime, comma separated; "
+                        "each record comes from one of them (default +0530)")
+    g.add_argument("--malformed", type=float, default=0.001,
+                   help="fraction of extra malformed records (default 0.001)")
+    g.add_argument("--zones", type=int, default=3, help="zones (default 3)")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--output", type=Path, help="write records to FILE (.gz compresses)")
+    o.add_argument("--format", choices=["jsonl", "kcat"], default="jsonl",
+                   help="jsonl: one record value per line; kcat: kcat -J envelopes with "
+                        "CloudStack's keys and murmur2 partitions (default jsonl)")
+    o.add_argument("--truth", type=Path, help="write the true usage (JSON) to FILE")
+    o.add_argument("--to-kafka", metavar="BOOTSTRAP",
+                   help="also produce the records to this Kafka broker")
+    o.add_argument("--topic", default="cs", help="topic name (Kafka and kcat; default cs)")
+    o.add_argument("--partitions", type=int, default=4,
+                   help="partitions for kcat envelopes and for creating a missing topic "
+                        "(default 4)")
+    o.add_argument("--rate", type=float, default=None,
+                   help="live mode: N records per second in real time, event times = now")
+    o.add_argument("--duration", type=float, default=None,
+                   help="live mode: stop after SECONDS (default: at the simulated horizon)")
+    o.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
+    o.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> tuple[SimConfig | None, list[str]]:
+    problems: list[str] = []
+    try:
+        start = parse_iso_instant(args.start)
+    except ValueError as exc:
+        problems.append(f"--start: {exc}")
+        start = 0
+    until = start + int(args.days * DAY)
+    if args.until:
+        try:
+            until = parse_iso_instant(args.until)
+        except ValueError as exc:
+            problems.append(f"--until: {exc}")
+    if args.days <= 0:
+        problems.append("--days must be positive")
+    if until <= start:
+        problems.append("--until must be after --start")
+    offsets: list[int] = []
+    for part in str(args.tz_offset).split(","):
+        try:
+            offsets.append(parse_offset(part))
+        except ValueError as exc:
+            problems.append(f"--tz-offset: {exc}")
+    if args.accounts < 1:
+        problems.append("--accounts must be at least 1")
+    if not 0 <= args.malformed < 1:
+        problems.append("--malformed must be a fraction in [0, 1)")
+    if not 1 <= args.zones <= 50:
+        problems.append("--zones must be within 1..50")
+    if args.partitions < 1:
+        problems.append("--partitions must be at least 1")
+    if args.output is None and args.to_kafka is None and args.truth is None:
+        problems.append("nothing to do: give --output FILE, --truth FILE or --to-kafka")
+    if args.rate is not None:
+        if args.rate <= 0:
+            problems.append("--rate must be positive")
+        if args.truth is not None:
+            problems.append("--truth is not available with --rate: live event times follow "
+                            "the wall clock, so the truth is not known in advance")
+    elif args.duration is not None:
+        problems.append("--duration only applies with --rate")
+    for path in (args.output, args.truth):
+        if path is not None and not path.resolve().parent.is_dir():
+            problems.append(f"{path}: directory {path.resolve().parent} does not exist")
+    if problems:
+        return None, problems
+    return SimConfig(seed=args.seed, accounts=args.accounts, start_ms=start, until_ms=until,
+                     tz_offsets=tuple(offsets), malformed=args.malformed,
+                     zones=args.zones), []
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``metering simulate``; returns the exit code."""
+    config, problems = _config(args)
+    if config is None:
+        for problem in problems:
+            print(f"metering simulate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        if args.to_kafka:
+            summary, cloud = asyncio.run(_to_kafka(config, args, progress))
+        else:
+            summary, cloud = write_records(config, args.output, args.format, args.topic,
+                                           args.partitions, progress)
+        if args.truth is not None:
+            assert cloud is not None
+            write_truth(args.truth, truth_document(config, cloud, summary))
+    except KeyboardInterrupt:
+        print("\nmetering simulate: interrupted; partial output removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"metering simulate: cannot write: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except KafkaFailed as exc:
+        print(f"metering simulate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_summary(summary, config, args)
+    return EXIT_OK
+
+
+def _print_summary(summary: SimSummary, config: SimConfig, args: argparse.Namespace) -> None:
+    if args.json:
+        print(orjson.dumps({**summary.as_dict(), "until": iso(config.until_ms)}).decode())
+        return
+    cats = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.categories.items()))
+    where = [str(p) for p in (args.output, args.truth) if p is not None]
+    if args.to_kafka:
+        where.append(f"kafka://{args.to_kafka}/{args.topic}")
+    print(f"simulated {summary.records:,} records in {summary.seconds:.1f} s "
+          f"({summary.records_per_second:,.0f} records/s) up to {iso(config.until_ms)}")
+    print(f"  categories: {cats}")
+    print(f"  written to: {', '.join(where)}")
+
+
+class KafkaFailed(Exception):
+    """The broker could not be reached or refused the records."""
+
+
+async def _ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def _to_kafka(
+    config: SimConfig, args: argparse.Namespace, progress: bool
+) -> tuple[SimSummary, Cloud | None]:
+    """Produce the simulated records (and write ``--output`` alongside), paced if live."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(_ensure_topic(args.to_kafka, args.topic, args.partitions), 30)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise KafkaFailed(f"cannot reach Kafka at {args.to_kafka}: {exc!r}. Is the broker "
+                          "up? (make kafka-up starts a local one)") from exc
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.to_kafka, acks="all", linger_ms=5,
+        max_batch_size=256 * 1024, compression_type=None, request_timeout_ms=30_000,
+    )
+    try:
+        await producer.start()
+    except (KafkaError, OSError) as exc:
+        raise KafkaFailed(f"cannot reach Kafka at {args.to_kafka}: {exc!r}") from exc
+    cloud = Cloud(config)
+    live = args.rate is not None
+    writer = RecordWriter(args.output, args.format, args.topic, args.partitions,
+                          flush_each=live)
+    pacer = Pacer(args.rate) if live else None
+    show = Progress(progress and not live, config.start_ms, config.until_ms, "simulate")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if live:  # Ctrl-C / SIGTERM end a live run cleanly, flushing what was produced
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+    pending: list[asyncio.Future[Any]] = []
+    clock = _now_ms if live else None
+    t0 = time.monotonic()
+    try:
+        for em in stream(cloud, live_now=clock):
+            fut = await producer.send(args.topic, em.value,
+                                      key=em.key.encode() if em.key is not None else None,
+                                      timestamp_ms=em.ts_ms)
+            pending.append(fut)
+            writer.write(em, cloud.truth.malformed)
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if pacer is not None:
+                delay = pacer.delay()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if live and writer.summary.records % max(1, int(args.rate)) == 0:
+                    sys.stderr.write(f"\rsimulate (live): {writer.summary.records:,} records "
+                                     f"at {args.rate:,.0f}/s to {args.topic}   ")
+                    sys.stderr.flush()
+                if stopping.is_set() or (args.duration is not None
+                                         and pacer.elapsed() >= args.duration):
+                    break
+            elif em.position & 0x3FF == 0:
+                show.tick(writer.summary.records, em.ts_ms)
+        await asyncio.gather(*pending)
+        await producer.flush()
+        writer.commit()
+    except KafkaError as exc:
+        raise KafkaFailed(f"producing to {args.topic} failed: {exc!r}") from exc
+    finally:
+        writer.abort()
+        await producer.stop()
+    writer.summary.seconds = time.monotonic() - t0
+    if live:
+        sys.stderr.write("\n")
+    else:
+        show.tick(writer.summary.records, config.until_ms, force=True)
+    return writer.summary, (None if live else cloud)
+
+
+def _now_ms() -> int:
+    """Wall clock, UTC epoch milliseconds."""
+    return time.time_ns() // 1_000_000

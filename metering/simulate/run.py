@@ -1,0 +1,231 @@
+"""Drive a simulated cloud to bytes: the record stream, files, live pacing, progress, truth."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, NamedTuple, cast
+
+import orjson
+
+from metering.eventtime import iso
+from metering.simulate.cloud import Cloud, SimConfig, SimRecord
+from metering.simulate.render import KcatEnvelope, Malformer, Renderer
+
+
+class Emitted(NamedTuple):
+    """One record as published: key, value bytes, publication time (UTC ms), category."""
+
+    position: int
+    """0-based position of the record in the output."""
+    key: str | None
+    value: bytes
+    ts_ms: int
+    category: str
+    reject_reason: str | None
+    """For malformed extras: the reason the contract rejects it with; else None."""
+
+
+@dataclass
+class SimSummary:
+    """What a run produced (for the closing summary and ``--json``)."""
+
+    records: int = 0
+    bytes: int = 0
+    categories: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "bytes": self.bytes,
+                "categories": dict(sorted(self.categories.items())),
+                "seconds": round(self.seconds, 3),
+                "records_per_second": round(self.records_per_second, 1)}
+
+
+def stream(
+    cloud: Cloud, live_now: Callable[[], int] | None = None
+) -> Iterator[Emitted]:
+    """Every record of ``cloud`` in publication order, malformed extras included.
+
+    ``live_now`` (UTC ms clock) moves each record's times to "now" as it is rendered.
+    Malformed extras are also noted in ``cloud.truth.malformed``.
+    """
+    cfg = cloud.config
+    renderer = Renderer(cfg.tz_offsets)
+    malformer = Malformer(cfg.seed, cfg.malformed)
+    index = 0
+    rec: SimRecord
+    for rec in cloud.records():
+        shift = 0
+        ts = rec.arrival_ms
+        if live_now is not None:
+            now = live_now()
+            shift, ts = now - rec.arrival_ms, now
+        value = renderer.value(rec, shift)
+        yield Emitted(index, rec.key, value, ts, rec.category, None)
+        index += 1
+        bad = malformer.maybe(rec, value)
+        if bad is not None:
+            raw, reason = bad
+            cloud.truth.malformed.append({"index": index, "reason": reason, "key": rec.key,
+                                          "raw": raw.decode("utf-8", "replace")})
+            yield Emitted(index, rec.key, raw, ts, "malformed", reason)
+            index += 1
+
+
+class Progress:
+    """A one-line progress display on stderr (only when enabled, e.g. on a terminal)."""
+
+    def __init__(self, enabled: bool, start_ms: int, until_ms: int, label: str) -> None:
+        self.enabled = enabled
+        self.start_ms, self.until_ms = start_ms, until_ms
+        self.label = label
+        self.t0 = time.monotonic()
+        self.next_at = self.t0 + 0.5
+
+    def tick(self, records: int, sim_ms: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now < self.next_at:
+            return
+        self.next_at = now + 0.5
+        span = max(1, self.until_ms - self.start_ms)
+        pct = min(100.0, 100.0 * (sim_ms - self.start_ms) / span)
+        rate = records / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.label}: {pct:5.1f}%  sim time {iso(sim_ms)[:16]}Z  "
+                         f"{records:,} records  {rate:,.0f} rec/s   ")
+        if force:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def open_output(path: Path) -> IO[bytes]:
+    """A binary writer for ``path`` (gzip when it ends with ``.gz``)."""
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "wb", compresslevel=5))
+    return path.open("wb", buffering=1 << 20)
+
+
+class RecordWriter:
+    """Writes emitted records to a file (JSONL values or kcat ``-J`` envelopes) atomically.
+
+    Lines go to a hidden temporary file beside ``path``; :meth:`commit` renames it into
+    place, :meth:`abort` removes it. ``path`` None writes nothing (counts only).
+    """
+
+    def __init__(self, path: Path | None, fmt: str = "jsonl", topic: str = "cs",
+                 partitions: int = 4, flush_each: bool = False) -> None:
+        self.path = path
+        self.kcat = KcatEnvelope(topic, partitions) if fmt == "kcat" else None
+        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}") if path else None
+        self.fh = open_output(self.tmp) if self.tmp else None
+        self.flush_each = flush_each
+        self.summary = SimSummary()
+
+    def write(self, em: Emitted, malformed: list[dict[str, Any]] | None = None) -> None:
+        """Write one record; for a malformed extra, note its partition/offset in ``malformed``."""
+        if self.fh is not None:
+            if self.kcat is not None:
+                line, p, offset = self.kcat.line(em.key, em.value, em.ts_ms)
+                if em.reject_reason is not None and malformed:
+                    malformed[-1].update(partition=p, offset=offset)
+            else:
+                line = em.value
+            self.fh.write(line + b"\n")
+            if self.flush_each:
+                self.fh.flush()
+            self.summary.bytes += len(line) + 1
+        self.summary.records += 1
+        self.summary.categories[em.category] += 1
+
+    def commit(self) -> None:
+        if self.fh is not None and self.tmp is not None and self.path is not None:
+            self.fh.close()
+            self.tmp.replace(self.path)
+            self.fh = None
+
+    def abort(self) -> None:
+        if self.fh is not None and self.tmp is not None:
+            self.fh.close()
+            self.tmp.unlink(missing_ok=True)
+            self.fh = None
+
+
+def write_records(
+    config: SimConfig,
+    output: Path | None,
+    fmt: str = "jsonl",
+    topic: str = "cs",
+    partitions: int = 4,
+    progress: bool = False,
+) -> tuple[SimSummary, Cloud]:
+    """Simulate ``config`` into ``output`` (JSONL values or kcat envelopes), atomically.
+
+    Returns the summary and the finished cloud (whose ``truth`` is complete).
+    """
+    cloud = Cloud(config)
+    show = Progress(progress, config.start_ms, config.until_ms, "simulate")
+    writer = RecordWriter(output, fmt, topic, partitions)
+    t0 = time.monotonic()
+    try:
+        for em in stream(cloud):
+            writer.write(em, cloud.truth.malformed)
+            if em.position & 0x3FF == 0:
+                show.tick(writer.summary.records, em.ts_ms)
+        writer.commit()
+    finally:
+        writer.abort()
+    writer.summary.seconds = time.monotonic() - t0
+    show.tick(writer.summary.records, config.until_ms, force=True)
+    return writer.summary, cloud
+
+
+class Pacer:
+    """Real-time pacing: record ``n`` is due ``n / rate`` seconds after the start."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.clock = clock
+        self.t0 = clock()
+        self.count = 0
+
+    def delay(self) -> float:
+        """Count one record; seconds to wait before sending it (0 when behind)."""
+        self.count += 1
+        return max(0.0, self.t0 + self.count / self.rate - self.clock())
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t0
+
+
+def truth_document(config: SimConfig, cloud: Cloud, summary: SimSummary) -> dict[str, Any]:
+    """The ``--truth`` JSON document of a finished run."""
+    offsets = [f"{'+' if o >= 0 else '-'}{abs(o) // 60:02d}{abs(o) % 60:02d}"
+               for o in config.tz_offsets]
+    meta = {
+        "generator": "metering simulate", "seed": config.seed, "accounts": config.accounts,
+        "start": iso(config.start_ms), "start_ms": config.start_ms,
+        "tz_offsets": offsets, "malformed_fraction": config.malformed,
+        "records": summary.records, "categories": dict(sorted(summary.categories.items())),
+    }
+    return cloud.truth.to_json(meta)
+
+
+def write_truth(path: Path, doc: dict[str, Any]) -> None:
+    """Write the truth document atomically (pretty JSON, sorted rows)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    tmp.replace(path)
