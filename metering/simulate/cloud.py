@@ -528,6 +528,9 @@ class Cloud:
         self.usage(t + SECOND, acct, "NET.IP6ASSIGN", IP6_CLASS, None, zone)
         self.usage(t + SECOND, acct, "PORTABLE.IPASSIGN", PORTABLE_IP_CLASS, self.uuid(), zone)
         self.usage(t + SECOND, acct, "SNAPSHOT.COPY", SNAPSHOT_DELETE_CLASS, self.uuid(), zone)
+        self.emit(t + SECOND, None, {"event": "VM.CREATE", "status": "Completed",
+                                     "details": "contrail vm created"}, "unknown",
+                  event_ms=False)  # Juniper Contrail variant: no user, no account
         self.spawn(self._vpn_user(acct), t + 2 * SECOND)
         self.spawn(self._iso(acct), t + 3 * SECOND)
         # an upload that becomes a volume, resized, then deleted twice

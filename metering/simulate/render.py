@@ -96,17 +96,30 @@ class Malformer:
     simulated cloud itself.
     """
 
+    SHOWCASE_EVERY = 100
+    """With a positive fraction, records 100, 200, 300 and 400 (or the next usage or action
+    record) are followed by one malformed record of each kind, so every run shows all four."""
+
     def __init__(self, seed: int, fraction: float) -> None:
         self.rng = random.Random(seed * 7919 + 17)
         self.fraction = fraction
+        self.seen = 0
+        self.showcase = [0, 1, 2, 3] if fraction > 0 else []
 
     def maybe(self, rec: SimRecord, rendered: bytes) -> tuple[bytes, str] | None:
         """None, or (malformed bytes, expected reason) to publish right after ``rec``."""
-        if self.fraction <= 0 or self.rng.random() >= self.fraction:
+        if self.fraction <= 0:
             return None
+        self.seen += 1
         rng = self.rng
         dated = rec.category in ("usage", "action") and rec.value is not None
-        kind = rng.randrange(4 if dated else 2)
+        due = self.seen >= self.SHOWCASE_EVERY * (5 - len(self.showcase))
+        if self.showcase and due and dated:
+            kind = self.showcase.pop(0)
+        elif rng.random() < self.fraction:
+            kind = rng.randrange(4 if dated else 2)
+        else:
+            return None
         if kind == 0:
             cut = rng.randrange(1, max(2, len(rendered) - 1))
             return rendered[:cut], "invalid_json"

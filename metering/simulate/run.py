@@ -110,9 +110,9 @@ class Progress:
         sys.stderr.flush()
 
 
-def open_output(path: Path) -> IO[bytes]:
-    """A binary writer for ``path`` (gzip when it ends with ``.gz``)."""
-    if path.suffix == ".gz":
+def open_output(path: Path, gz: bool | None = None) -> IO[bytes]:
+    """A binary writer for ``path`` (gzip when ``gz``, by default when it ends with ``.gz``)."""
+    if path.suffix == ".gz" if gz is None else gz:
         return cast(IO[bytes], gzip.open(path, "wb", compresslevel=5))
     return path.open("wb", buffering=1 << 20)
 
@@ -129,7 +129,7 @@ class RecordWriter:
         self.path = path
         self.kcat = KcatEnvelope(topic, partitions) if fmt == "kcat" else None
         self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}") if path else None
-        self.fh = open_output(self.tmp) if self.tmp else None
+        self.fh = open_output(self.tmp, path.suffix == ".gz") if self.tmp and path else None
         self.flush_each = flush_each
         self.summary = SimSummary()
 
