@@ -34,6 +34,7 @@ import orjson
 from metering.decode import DEFAULT_MAX_RECORD_BYTES, decode
 from metering.events import Category, Ignored, Rejected, Source
 from metering.eventtime import iso, parse_iso_instant
+from metering.gctune import bulk_gc
 from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
 from metering.parquet import partition_dir, sorted_table, write_atomic
@@ -325,6 +326,11 @@ def reject_record(
 
 def run_replay(options: ReplayOptions) -> ReplaySummary:
     """Replay ``options.inputs`` into ``options.output``. Raises InputError/OutputError."""
+    with bulk_gc():
+        return _run_replay(options)
+
+
+def _run_replay(options: ReplayOptions) -> ReplaySummary:
     grid = PeriodGrid(options.period, options.timezone)  # type: ignore[arg-type]
     meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms))
     summary = ReplaySummary()
