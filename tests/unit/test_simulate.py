@@ -307,3 +307,19 @@ def test_cli_bad_options_exit_2_naming_the_problem(
     assert main(["simulate", *argv]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("seed", "offsets"), [(1, (330,)), (2, (0, -420)), (4, (345,))])
+def test_truth_agrees_with_an_independent_contract_interpreter(
+    seed: int, offsets: tuple[int, ...]
+) -> None:
+    """The truth is kept by construction; a separate reading of the contract agrees."""
+    from tests.contract_interp import reference_totals
+
+    cfg = small(seed=seed, accounts=40, days=5, tz_offsets=offsets, malformed=0.01)
+    cloud = Cloud(cfg)
+    values = [e.value for e in stream(cloud)]
+    want = {k: v for k, v in cloud.truth.totals.items()}
+    got = reference_totals(values, cfg.until_ms)
+    assert sum(want.values()) > 0
+    assert got == want
