@@ -136,6 +136,7 @@ Where to look
   usage topic       {env['METERING_USAGE_TOPIC']}   (usage intervals, JSON, key = account_id)
   rejects topic     {env['METERING_REJECTS_TOPIC']}
   worker health     http://127.0.0.1:{port}/healthz
+  worker metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)
   worker state/logs {data_dir}
 Press Ctrl-C to stop.
 """, flush=True)

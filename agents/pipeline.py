@@ -209,3 +209,43 @@ async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
 async def healthz(web: Any, request: Any) -> Any:
     """Liveness: the worker's event loop answers."""
     return web.json({"status": "ok"})
+
+
+_METRIC_FAMILIES = (
+    # stats key prefix, metric name, label, help
+    ("records:", "metering_records_consumed_total", "category",
+     "Input records consumed, by category (rejected ones count as 'invalid' or their category)"),
+    ("rejects:", "metering_records_rejected_total", "reason", "Records rejected, by reason"),
+    ("ignored:", "metering_records_ignored_total", "kind", "Well-formed records not metered"),
+    ("intervals:", "metering_intervals_emitted_total", "usage_type",
+     "Usage intervals sent to the usage topic, by usage type"),
+)
+
+
+def render_metrics() -> bytes:
+    """Prometheus text exposition of the worker's counters (a first set; labels are low
+    cardinality: categories, reasons, usage types, never account or resource ids)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily
+
+    class _Stats:
+        def collect(self) -> Any:
+            snapshot = dict(stats)
+            for prefix, name, label, doc in _METRIC_FAMILIES:
+                family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=[label])
+                for key, value in sorted(snapshot.items()):
+                    if key.startswith(prefix):
+                        family.add_metric([key[len(prefix):]], value)
+                yield family
+
+    registry = CollectorRegistry()
+    registry.register(_Stats())
+    data: bytes = generate_latest(registry)
+    return data
+
+
+@app.page("/metrics")
+async def metrics(web: Any, request: Any) -> Any:
+    """Prometheus metrics (text format)."""
+    return web.bytes(render_metrics(),
+                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,13 @@ def test_worker_equals_replay_keyed(
     rows = _run_and_compare(kafka_bootstrap, topic, worker, tmp_path)
     assert {r["close_reason"] for r in rows.values()} >= {"period", "VM.STOP",
                                                           "account_delete"}
+    scraped = urllib.request.urlopen(
+        f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5).read().decode()
+    consumed = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                   if line.startswith("metering_records_consumed_total{"))
+    assert consumed == len(trace) + 4  # every record produced, sentinels included
+    assert 'metering_records_rejected_total{reason="invalid_json"} 1.0' in scraped
+    assert 'metering_intervals_emitted_total{usage_type="RUNNING_VM"}' in scraped
     rejects = consume(kafka_bootstrap, worker.rejects_topic, lambda m: len(m) >= 5, 60)
     reasons = sorted(orjson.loads(m.value)["reason"] for m in rejects)
     assert reasons == sorted(["invalid_json", "not_an_object", "missing_event_time",
