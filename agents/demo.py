@@ -63,6 +63,7 @@ def _log(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when it ran and stopped cleanly, 1 when a part failed."""
     from agents.localkafka import BrokerError, LocalKafka, free_port
+    from agents.simulate import ensure_topic
 
     broker: LocalKafka | None = None
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="metering-demo-"))
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             _log(f"broker ready at {bootstrap} in {broker.startup_seconds:.1f} s")
         port = args.web_port if _port_free(args.web_port) else free_port()
         env = _worker_env(bootstrap, data_dir, port)
-        asyncio.run(_create_topic(bootstrap, env["METERING_INPUT_TOPIC"], 4))
+        asyncio.run(asyncio.wait_for(ensure_topic(bootstrap, env["METERING_INPUT_TOPIC"], 4), 60))
         worker_log = data_dir / "worker.log"
         procs.append(_spawn([sys.executable, "-m", "agents", "worker", "--loglevel", "info"],
                             env, worker_log))
@@ -192,20 +193,6 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-
-
-async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    await asyncio.wait_for(admin.start(), 30)
-    try:
-        if topic not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 class Tally:

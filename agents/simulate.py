@@ -196,7 +196,8 @@ class KafkaFailed(Exception):
     """The broker could not be reached or refused the records."""
 
 
-async def _ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` (replication 1) unless it exists."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -218,7 +219,7 @@ async def _to_kafka(
     from aiokafka.errors import KafkaError
 
     try:
-        await asyncio.wait_for(_ensure_topic(args.to_kafka, args.topic, args.partitions), 30)
+        await asyncio.wait_for(ensure_topic(args.to_kafka, args.topic, args.partitions), 30)
     except (KafkaError, OSError, TimeoutError) as exc:
         raise KafkaFailed(f"cannot reach Kafka at {args.to_kafka}: {exc!r}. Is the broker "
                           "up? (make kafka-up starts a local one)") from exc
