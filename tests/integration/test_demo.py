@@ -1,27 +1,57 @@
-"""``metering demo`` runs end to end on a real broker and stops cleanly."""
+"""``metering demo`` runs end to end on a real broker and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 from agents.localkafka import free_port
 
+SUMMARY = re.compile(r"── after .*?: ([\d,]+) records in .*?, ([\d,]+) intervals")
 
-def test_demo_shows_usage_flowing_and_stops_cleanly(kafka_bootstrap: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "agents", "demo", "--broker", kafka_bootstrap, "--duration", "25",
-         "--rate", "400", "--every", "5", "--web-port", str(free_port())],
-        capture_output=True, text=True, timeout=240, check=False,
+
+def test_demo_shows_usage_flowing_and_stops_cleanly_on_ctrl_c(kafka_bootstrap: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents", "demo", "--broker", kafka_bootstrap, "--rate", "400",
+         "--every", "2", "--web-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    lines: list[str] = []
+    flowing = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            m = SUMMARY.search(line)
+            if m and int(m.group(2).replace(",", "")) > 0 and int(
+                    m.group(1).replace(",", "")) >= 1000:
+                flowing.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert flowing.wait(timeout=180), "no usage within 180 s:\n" + "".join(lines[-60:])
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(timeout=90) == 0, "".join(lines[-60:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    reader.join(timeout=10)
+    out = "".join(lines)
     final = out[out.index("final summary"):]
-    m = re.search(r"([\d,]+) records in .*?, ([\d,]+) intervals", final)
-    assert m, final
-    assert int(m.group(1).replace(",", "")) >= 2000
-    assert int(m.group(2).replace(",", "")) > 0
-    assert "RUNNING_VM" in final
-    assert "rejects:" in final
+    assert "RUNNING_VM" in final or "ALLOCATED_VM" in final
     assert "demo stopped" in out
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the worker and simulator are gone too
+        left = subprocess.run(["pgrep", "-f", "agents (worker|simulate) "],
+                              capture_output=True, text=True, check=False).stdout
+        if not left.strip():
+            break
+        time.sleep(0.5)
+    assert not left.strip()
