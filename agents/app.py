@@ -8,8 +8,16 @@ importing this module). Topics, tables and agents live in :mod:`agents.pipeline`
 from __future__ import annotations
 
 import faust
+from faust.transport.producer import ProducerBuffer
 
 from metering.settings import Settings, load_settings
+
+# Table writes queue one changelog record each in Faust's ProducerBuffer; above
+# ``max_messages`` (default 100) every stream step waits for the buffer to drain one message
+# at a time ("producer buffer full" warnings), which throttled the meter agent to a few
+# thousand states per second. Each batch writes at most one record per changed key, so a
+# larger bound is safe. (faust-streaming internals, pinned < 0.16.)
+ProducerBuffer.max_messages = 20_000
 
 settings: Settings = load_settings()
 

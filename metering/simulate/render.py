@@ -5,8 +5,8 @@
   Gson style, optionally with event times moved to "now" (live mode).
 * :class:`Malformer`: a seeded stream of malformed extras, each with the reason the
   contract says it must be rejected with.
-* :func:`murmur2` / :func:`partition_for`: Kafka's default partitioner for keyed records,
-  so ``--format kcat`` shows the partitions a real producer would pick.
+* :class:`KcatEnvelope`: kcat ``-J`` lines with the partitions Kafka's default partitioner
+  (:mod:`metering.partitioning`) would pick.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from metering.partitioning import partition_for
 from metering.simulate.cloud import SimRecord
 from metering.simulate.gson import gson_dumps
 
@@ -131,40 +132,6 @@ class Malformer:
             return gson_dumps(value), "missing_event_time"
         value["eventDateTime"] = rng.choice(_IMPOSSIBLE_DATES)
         return gson_dumps(value), "invalid_event_time"
-
-
-# --------------------------------------------------------------------------- Kafka partitioning
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's ``Utils.murmur2`` (seed 0x9747b28c), as a signed 32-bit int."""
-    length = len(data)
-    m, r = 0x5BD1E995, 24
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = length % 4
-    base = length - tail
-    if tail == 3:
-        h ^= data[base + 2] << 16
-    if tail >= 2:
-        h ^= data[base + 1] << 8
-    if tail >= 1:
-        h ^= data[base]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for a non-null key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class KcatEnvelope:

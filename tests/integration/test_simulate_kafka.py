@@ -10,7 +10,7 @@ import orjson
 
 from agents.cli import main
 from metering.eventtime import parse_event_time
-from metering.simulate.render import partition_for
+from metering.partitioning import partition_for
 from tests.integration.kafkautil import consume, end_offsets
 
 

@@ -12,9 +12,10 @@ import pytest
 
 from agents.cli import main
 from metering.eventtime import format_event_time, parse_event_time
+from metering.partitioning import murmur2, partition_for
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.gson import gson_dumps, hashmap_order, java_string_hash
-from metering.simulate.render import TimeFormatter, murmur2, parse_offset, partition_for
+from metering.simulate.render import TimeFormatter, parse_offset
 from metering.simulate.run import stream, truth_document, write_records
 
 START = SimConfig().start_ms
