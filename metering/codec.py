@@ -54,17 +54,21 @@ def _body(data: bytes) -> Any:
 
 def decode_entity(data: bytes) -> EntityState:
     """Inverse of :func:`encode_entity`."""
-    lane, slots, changes, offsets, ends = _body(data)
-    return EntityState(
-        slots={
-            (ut, zk): Slot(acct, zone, start, Source(topic, part, off))
-            for ut, zk, acct, zone, start, topic, part, off in slots
-        },
-        changes=[(t, k, v) for t, k, v in changes],
-        offsets=dict(offsets),
-        ends={(ut, zk): e for ut, zk, e in ends},
-        lane=lane,
-    )
+    body = _body(data)
+    try:
+        lane, slots, changes, offsets, ends = body
+        return EntityState(
+            slots={
+                (ut, zk): Slot(acct, zone, start, Source(topic, part, off))
+                for ut, zk, acct, zone, start, topic, part, off in slots
+            },
+            changes=[(t, k, v) for t, k, v in changes],
+            offsets=dict(offsets),
+            ends={(ut, zk): e for ut, zk, e in ends},
+            lane=lane,
+        )
+    except (TypeError, ValueError) as exc:  # valid JSON of the wrong shape
+        raise StateDecodeError(f"corrupt entity state: {exc}") from exc
 
 
 def encode_account(state: AccountState) -> bytes:
@@ -76,6 +80,10 @@ def encode_account(state: AccountState) -> bytes:
 
 def decode_account(data: bytes) -> AccountState:
     """Inverse of :func:`encode_account`."""
-    domain, deleted_at, offsets, by = _body(data)
-    return AccountState(domain_id=domain, deleted_at=deleted_at, offsets=dict(offsets),
-                        deleted_by=None if by is None else Source(*by))
+    body = _body(data)
+    try:
+        domain, deleted_at, offsets, by = body
+        return AccountState(domain_id=domain, deleted_at=deleted_at, offsets=dict(offsets),
+                            deleted_by=None if by is None else Source(*by))
+    except (TypeError, ValueError) as exc:  # valid JSON of the wrong shape
+        raise StateDecodeError(f"corrupt account state: {exc}") from exc

@@ -3,24 +3,130 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[2] / "metering"
+ROOT = Path(__file__).resolve().parents[2]
+CORE = ROOT / "metering"
 FORBIDDEN = ("faust", "mode", "aiokafka", "kafka", "confluent_kafka", "rocksdict", "agents")
+CORE_FILES = sorted(CORE.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", sorted(CORE.rglob("*.py")), ids=lambda p: p.name)
-def test_core_module_imports_nothing_of_the_edge(path: Path) -> None:
+def imported_modules(path: Path, root: Path = ROOT) -> list[str]:
+    """Absolute names of every module ``path`` imports (relative imports resolved).
+
+    Covers ``import x``, ``from x import y``, relative imports (resolved against the file's
+    package under ``root``), and literal ``__import__("x")`` / ``import_module("x")`` calls,
+    at any depth (inside functions and ``if`` blocks too).
+    """
     tree = ast.parse(path.read_text(), filename=str(path))
-    imported: list[str] = []
+    package = path.relative_to(root).parts[:-1]  # the package holding the file
+    names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            imported += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.append(node.module)
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "__import__":
-            imported += [a.value for a in node.args if isinstance(a, ast.Constant)]
-    bad = [m for m in imported if m.split(".")[0] in FORBIDDEN]
-    assert not bad, f"{path.relative_to(CORE.parent)} imports {bad}"
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                if node.level > len(package):
+                    base = ["<beyond-top-level>"]
+                prefix = ".".join(base)
+                if node.module:
+                    names.append(f"{prefix}.{node.module}" if prefix else node.module)
+                else:
+                    names += [f"{prefix}.{a.name}" if prefix else a.name for a in node.names]
+            elif node.module:
+                names.append(node.module)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = getattr(func, "id", None) or getattr(func, "attr", None)
+            if called in ("__import__", "import_module"):
+                names += [
+                    a.value
+                    for a in node.args[:1]
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                ]
+    return names
+
+
+def forbidden(names: list[str]) -> list[str]:
+    return [n for n in names if n.split(".")[0] in FORBIDDEN]
+
+
+def test_the_core_has_modules_to_check() -> None:
+    names = {p.name for p in CORE_FILES}
+    assert {"decode.py", "meter.py", "lifecycle.py", "codec.py", "replay.py"} <= names
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(CORE)))
+def test_core_module_imports_nothing_of_the_edge(path: Path) -> None:
+    bad = forbidden(imported_modules(path))
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(CORE)))
+def test_core_relative_imports_stay_inside_metering(path: Path) -> None:
+    for name in imported_modules(path):
+        assert not name.startswith("<beyond-top-level>"), f"{path} imports {name}"
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ("import faust", ["faust"]),
+        ("import aiokafka.errors as e", ["aiokafka.errors"]),
+        ("from kafka import KafkaProducer", ["kafka"]),
+        ("from mode import Service", ["mode"]),
+        ("from rocksdict import Rdict", ["rocksdict"]),
+        ("from agents.app import app", ["agents.app"]),
+        ("import agents", ["agents"]),
+        ("if True:\n    import faust.web", ["faust.web"]),
+        ("def f():\n    from agents import cli", ["agents"]),
+        ("__import__('rocksdict')", ["rocksdict"]),
+        ("import importlib\nimportlib.import_module('faust')", ["faust"]),
+        ("from metering.events import Source\nimport orjson\nimport modelling", []),
+        ("from . import events", []),
+    ],
+)
+def test_the_import_walker_catches_edge_imports(
+    tmp_path: Path, source: str, caught: list[str]
+) -> None:
+    fake = tmp_path / "metering" / "fake.py"
+    fake.parent.mkdir()
+    fake.write_text(source + "\n")
+    assert forbidden(imported_modules(fake, tmp_path)) == caught
+
+
+def test_relative_imports_are_resolved(tmp_path: Path) -> None:
+    fake = tmp_path / "metering" / "sub" / "fake.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from . import a\nfrom ..events import Source\nfrom ... import agents\n")
+    assert imported_modules(fake, tmp_path) == [
+        "metering.sub.a",
+        "metering.events",
+        "<beyond-top-level>.agents",
+    ]
+
+
+def test_importing_every_core_module_loads_no_edge_package() -> None:
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import metering\n"
+        "for m in pkgutil.walk_packages(metering.__path__, 'metering.'):\n"
+        "    importlib.import_module(m.name)\n"
+        f"bad = sorted(n for n in sys.modules if n.split('.')[0] in {FORBIDDEN!r})\n"
+        "print(','.join(bad))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"importing metering loads {done.stdout.strip()}"

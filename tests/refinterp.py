@@ -1,0 +1,178 @@
+"""A small reference interpreter of the metering contract, for tests only.
+
+Written from ``metering-contract.md`` (sections 1 to 4) and imports nothing from ``metering``,
+so the core, the simulator's truth and this file can check each other. It computes **totals
+only** (no period splitting): :func:`reference_usage` returns the metered milliseconds per
+key, where a key is ``(account_id, usage_type, resource_key)``:
+
+* ``account_id``: the account of the usage event that opened the interval;
+* ``usage_type``: the CloudStack usage type id (``1`` = RUNNING_VM, ...), an ``int``;
+* ``resource_key``: the event's ``id``; for TEMPLATE (7) and ISO (8) it is
+  ``f"{id}@{zone}"`` with an empty zone when the event has none (``"tmpl-1@"``), the same
+  string ``metering.intervals.resource_key`` forms, so results compare directly.
+
+Keys whose total is zero (a close earlier than its open) are left out.
+
+Semantics, as read from the contract:
+
+* records are classified by their keys in the contract's order; only usage events of the
+  table's types meter; a Completed ``ACCOUNT.DELETE`` action event whose description does not
+  start with ``Error`` and that has an ``entityuuid`` closes the account's open intervals at
+  its time (the earliest one wins if there are several);
+* bad records (not UTF-8, not JSON, not an object, missing or malformed ``eventDateTime``,
+  metered usage event without ``id`` or ``account``) are skipped;
+* an interval is keyed by (usage type, resource key): opening what is open does nothing,
+  closing what is not open does nothing, a split closes and reopens (or just opens), a close
+  earlier than the open gives zero, and a reopen never starts before the end of the previous
+  interval of the same key (no double counting);
+* usage events of an account deleted at or before the event's time are ignored, and no
+  interval of a deleted account extends past the deletion: its open intervals end at the
+  deletion time (by event time, so a deletion record that arrives before older events of the
+  account still lets them apply);
+* records at or after ``until_ms`` are not applied (``replay --until``); intervals still
+  open at the end are closed at ``until_ms``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable
+
+OPEN, CLOSE, SPLIT = "open", "close", "split"
+
+# Contract section 3, row by row: usage type id -> (opens, closes, splits).
+ROWS: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    1: (("VM.START",), ("VM.STOP", "VM.DESTROY"), ("VM.DYNAMIC.SCALE",)),
+    2: (("VM.CREATE",), ("VM.DESTROY",), ("VM.UPGRADE", "VM.DYNAMIC.SCALE")),
+    3: (("NET.IPASSIGN",), ("NET.IPRELEASE",), ()),
+    6: (("VOLUME.CREATE",), ("VOLUME.DELETE",), ("VOLUME.RESIZE",)),
+    7: (("TEMPLATE.CREATE", "TEMPLATE.COPY"), ("TEMPLATE.DELETE",), ()),
+    8: (("ISO.CREATE", "ISO.COPY"), ("ISO.DELETE",), ()),
+    9: (("SNAPSHOT.CREATE",), ("SNAPSHOT.DELETE",), ()),
+    10: (("SG.ASSIGN",), ("SG.REMOVE",), ()),
+    11: (("LB.CREATE",), ("LB.DELETE",), ()),
+    12: (("NET.RULEADD",), ("NET.RULEDELETE",), ()),
+    13: (("NETWORK.OFFERING.ASSIGN",), ("NETWORK.OFFERING.REMOVE", "VM.DESTROY"), ()),
+    14: (("VPN.USER.ADD",), ("VPN.USER.REMOVE",), ()),
+    25: (("VMSNAPSHOT.CREATE",), ("VMSNAPSHOT.DELETE",), ()),
+    26: (("VOLUME.UPLOAD",), ("VOLUME.CREATE", "VOLUME.DELETE"), ()),
+    27: (("VMSNAPSHOT.ON_PRIMARY",), ("VMSNAPSHOT.OFF_PRIMARY",), ()),
+    28: (("BACKUP.OFFERING.ASSIGN",), ("BACKUP.OFFERING.BACKUPS.DEL",), ()),
+    30: (("NETWORK.CREATE",), ("NETWORK.DELETE",), ("NETWORK.UPDATE",)),
+    31: (("VPC.CREATE",), ("VPC.DELETE",), ()),
+}
+PER_ZONE = frozenset({7, 8})
+
+# event type -> [(usage type, action)], derived from the rows above
+ACTIONS: dict[str, list[tuple[int, str]]] = {}
+for _type, (_opens, _closes, _splits) in ROWS.items():
+    for _names, _action in ((_opens, OPEN), (_closes, CLOSE), (_splits, SPLIT)):
+        for _name in _names:
+            ACTIONS.setdefault(_name, []).append((_type, _action))
+
+Key = tuple[str, int, str]
+Slot = tuple[int, str, str]  # (usage type, resource id, zone or "")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
+
+
+def parse_time(value: object) -> int | None:
+    """``yyyy-MM-dd HH:mm:ss Z`` (e.g. ``2025-03-14 10:22:31 +0530``) -> UTC epoch ms."""
+    if not isinstance(value, str) or not _TIME.fullmatch(value):
+        return None
+    try:
+        parsed = dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S %z")
+    except ValueError:
+        return None
+    return int(parsed.timestamp()) * 1000
+
+
+def category(d: dict[str, object]) -> str:
+    """Contract section 1: the category of a JSON object, by its keys, in order."""
+    if "old-state" in d:
+        return "resource_state"
+    if "jobId" in d:
+        return "async_job"
+    event = d.get("event")
+    if "subject" in d or (isinstance(event, str) and event.startswith("ALERT.")):
+        return "alert"
+    if "user" in d and "status" in d:
+        return "action"
+    if "account" in d and "event" in d:
+        return "usage"
+    return "unknown"
+
+
+def _load(raw: bytes | str) -> dict[str, object] | None:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _nonempty(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def reference_usage(records: Iterable[bytes | str], until_ms: int) -> dict[Key, int]:
+    """Metered milliseconds per ``(account_id, usage_type, resource_key)``.
+
+    ``records`` are raw record values (CloudStack JSON) in arrival order.
+    """
+    open_: dict[Slot, tuple[str, int]] = {}  # -> (account, start)
+    last_end: dict[Slot, int] = {}
+    deleted: dict[str, int] = {}  # account -> earliest deletion time
+    totals: dict[Key, int] = {}
+
+    def close(k: Slot, t: int) -> None:
+        account, start = open_.pop(k)
+        if account in deleted:  # nothing of a deleted account runs past its deletion
+            t = min(t, deleted[account])
+        end = max(t, start)  # a close earlier than the open gives zero, never negative
+        rkey = f"{k[1]}@{k[2]}" if k[0] in PER_ZONE else k[1]
+        totals[(account, k[0], rkey)] = totals.get((account, k[0], rkey), 0) + end - start
+        last_end[k] = end
+
+    for raw in records:
+        d = _load(raw)
+        if d is None:
+            continue
+        kind = category(d)
+        t = parse_time(d.get("eventDateTime"))
+        if t is None or t >= until_ms:
+            continue
+        if kind == "action":
+            description = d.get("description")
+            failed = isinstance(description, str) and description.startswith("Error")
+            victim = _nonempty(d.get("entityuuid"))
+            completed = d.get("event") == "ACCOUNT.DELETE" and d.get("status") == "Completed"
+            if completed and not failed and victim is not None:
+                deleted[victim] = min(t, deleted.get(victim, t))
+            continue
+        if kind != "usage":
+            continue
+        event, rid, account = d.get("event"), _nonempty(d.get("id")), _nonempty(d.get("account"))
+        zone = d.get("zone")
+        if not isinstance(event, str) or event not in ACTIONS or rid is None or account is None:
+            continue
+        if zone is not None and not isinstance(zone, str):
+            continue
+        if account in deleted and t >= deleted[account]:
+            continue
+        for usage_type, action in ACTIONS[event]:
+            zoned = usage_type in PER_ZONE
+            k: Slot = (usage_type, rid, (zone or "") if zoned else "")
+            if zoned and action == CLOSE and not zone:  # a delete without zone: every zone
+                for other in [o for o in open_ if o[:2] == (usage_type, rid)]:
+                    close(other, t)
+                continue
+            if action in (CLOSE, SPLIT) and k in open_:
+                close(k, t)
+            if action in (OPEN, SPLIT) and k not in open_:
+                open_[k] = (account, max(t, last_end.get(k, t)))  # never overlaps the last
+    for k in list(open_):
+        close(k, until_ms)
+    return {k: ms for k, ms in totals.items() if ms > 0}
