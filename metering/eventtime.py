@@ -45,7 +45,11 @@ def _offset_ms(zone: str) -> int | None:
     return off if zone[0] == "+" else -off
 
 
-_parsed: dict[str, int | None] = {}
+_TWO_DIGITS: dict[str, int] = {f"{n:02d}": n for n in range(60)}
+"""``"00"``-``"59"`` -> int: minutes and seconds validated and converted by one lookup."""
+
+_hours: dict[str, int | None] = {}
+"""``"yyyy-MM-dd HH +hhmm"`` -> UTC epoch ms of that hour (None: not a real instant)."""
 
 
 def parse_event_time(text: object) -> int | None:
@@ -54,38 +58,46 @@ def parse_event_time(text: object) -> int | None:
     Returns None for anything that is not exactly that format or not a real instant
     (``2025-02-30``, hour 25, offset ``+2500``, a number instead of a string, ...).
     Bad input is a value, never an exception.
+
+    Events cluster in time, so the date, hour and offset part is parsed once per distinct
+    hour and cached; minutes and seconds are two dictionary lookups.
     """
-    if type(text) is not str:
+    if type(text) is not str or len(text) != 25 or text[13] != ":" or text[16] != ":":
         return None
+    prefix = text[0:13] + text[19:25]
     try:
-        return _parsed[text]  # events cluster in time: most timestamps repeat
+        hour = _hours[prefix]
     except KeyError:
-        pass
-    value = _parse_event_time(text)
-    if len(_parsed) >= 65_536:
-        _parsed.clear()
-    _parsed[text] = value
-    return value
-
-
-def _parse_event_time(text: str) -> int | None:
-    if len(text) != 25 or text[10] != " " or text[19] != " ":
+        hour = _parse_hour(prefix)
+        if len(_hours) >= 65_536:
+            _hours.clear()
+        _hours[prefix] = hour
+    if hour is None:
         return None
-    day = _day_ms(text[0:10])
+    minute = _TWO_DIGITS.get(text[14:16])
+    second = _TWO_DIGITS.get(text[17:19])
+    if minute is None or second is None:
+        return None
+    return hour + (minute * 60 + second) * 1000
+
+
+def _parse_hour(prefix: str) -> int | None:
+    """``"yyyy-MM-dd HH +hhmm"`` (19 characters) -> UTC epoch ms of the hour, or None."""
+    if prefix[10] != " " or prefix[13] != " ":
+        return None
+    day = _day_ms(prefix[0:10])
     if day is None:
         return None
-    off = _offset_ms(text[20:25])
+    off = _offset_ms(prefix[14:19])
     if off is None:
         return None
-    if text[13] != ":" or text[16] != ":":
+    hh = prefix[11:13]
+    if not (hh.isdigit() and hh.isascii()):
         return None
-    hh, mi, ss = text[11:13], text[14:16], text[17:19]
-    if not (hh.isdigit() and mi.isdigit() and ss.isdigit() and (hh + mi + ss).isascii()):
+    h = int(hh)
+    if h > 23:
         return None
-    h, m, s = int(hh), int(mi), int(ss)
-    if h > 23 or m > 59 or s > 59:
-        return None
-    return day + ((h * 60 + m) * 60 + s) * 1000 - off
+    return day + h * 3_600_000 - off
 
 
 def format_event_time(ms: int, offset_minutes: int = 0) -> str:
