@@ -1,4 +1,4 @@
-"""Subcommands of ``metering`` that run the worker: ``worker`` and ``check-config``."""
+"""Subcommands of ``metering`` that run Faust apps: ``worker``, ``archive``, ``check-config``."""
 
 from __future__ import annotations
 
@@ -50,21 +50,30 @@ def _export(overrides: dict[str, object]) -> None:
         os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
+    import importlib
+
     from metering.settings import SettingsError, load_settings
 
     overrides = _overrides(args)
     try:
         load_settings(overrides=overrides)
     except SettingsError as exc:
-        print(f"metering worker: {exc}", file=sys.stderr)
+        print(f"metering {command}: {exc}", file=sys.stderr)
         return 2
-    _export(overrides)  # agents.app reads the environment when imported
-    from agents.app import app
-
-    sys.argv = ["metering-worker", "worker", "--loglevel", args.loglevel]
+    _export(overrides)  # the app module reads the environment when imported
+    app = importlib.import_module(module).app
+    sys.argv = [f"metering-{command}", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    return _run_app(args, "worker", "agents.app")
+
+
+def _archive(args: argparse.Namespace) -> int:
+    return _run_app(args, "archive", "agents.archive")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +86,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    choices=["debug", "info", "warn", "error"])
     _add_settings_flags(w)
     w.set_defaults(func=_worker)
+    a = sub.add_parser(
+        "archive", help="run the archive worker (usage topic -> Parquet dataset)",
+        description="Run the archive worker: its own consumer group reads the usage topic "
+        "and writes the Parquet dataset under --archive-dir, committing offsets only after "
+        "the files are durable. Same as `faust -A agents.archive worker`.")
+    a.add_argument("--loglevel", "-l", default="info",
+                   choices=["debug", "info", "warn", "error"])
+    _add_settings_flags(a)
+    a.set_defaults(func=_archive)
     c = sub.add_parser(
         "check-config", help="print the effective settings (secrets masked); exit 2 if invalid",
         description="Validate the worker settings from METERING_* and flags; every problem "

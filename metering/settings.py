@@ -73,6 +73,14 @@ class Settings:
         "help": "seconds before the group evicts a silent (crashed) worker and rebalances"})
     standby_replicas: int = field(default=0, metadata={
         "help": "standby table replicas (use 1 only with >= 2 workers)"})
+    archive_dir: Path = field(default=Path("metering-archive"), metadata={
+        "help": "Parquet dataset written by `metering archive` (usage_date= partitions)"})
+    archive_batch_records: int = field(default=50_000, metadata={
+        "help": "archive: most usage records per batch (one file per partition and day)"})
+    archive_flush_seconds: float = field(default=10.0, metadata={
+        "help": "archive: longest wait before a partial batch is written"})
+    archive_web_port: int = field(default=6067, metadata={
+        "help": "HTTP port of the archive worker (/metrics, /healthz)"})
     sasl_password: str = field(default="", metadata={
         "help": "SASL password (masked in check-config; SASL itself is not wired yet)"})
 
@@ -123,15 +131,19 @@ class Settings:
         for name in ("lateness", "idle_advance"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0 seconds")
-        for name in ("tick_interval", "batch_within"):
+        for name in ("tick_interval", "batch_within", "archive_flush_seconds"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name}: must be > 0 seconds")
         if not 1 <= self.batch_size <= 100_000:
             problems.append(f"batch_size: {self.batch_size} not in 1..100000")
+        if not 1 <= self.archive_batch_records <= 1_000_000:
+            problems.append(
+                f"archive_batch_records: {self.archive_batch_records} not in 1..1000000")
         if self.max_record_bytes <= 0:
             problems.append("max_record_bytes: must be positive")
-        if not 0 < self.web_port < 65536:
-            problems.append(f"web_port: {self.web_port} not in 1..65535")
+        for name in ("web_port", "archive_web_port"):
+            if not 0 < getattr(self, name) < 65536:
+                problems.append(f"{name}: {getattr(self, name)} not in 1..65535")
         if not 6 <= self.session_timeout <= 1800:
             problems.append("session_timeout: must be within the broker's default 6..1800 s")
         if self.standby_replicas < 0:

@@ -27,6 +27,12 @@ class WorkerProc:
     web_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    command: str = "worker"
+    """``worker`` or ``archive`` (the archive writes ``archive_dir``)."""
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir.parent / "archive"
 
     @property
     def usage_topic(self) -> str:
@@ -48,6 +54,8 @@ class WorkerProc:
             METERING_PARTITIONS=str(self.partitions),
             METERING_DATA_DIR=str(self.data_dir),
             METERING_WEB_PORT=str(self.web_port),
+            METERING_ARCHIVE_WEB_PORT=str(self.web_port),
+            METERING_ARCHIVE_DIR=str(self.archive_dir),
             METERING_BATCH_WITHIN="0.2",
             METERING_TICK_INTERVAL="0.5",
             METERING_SESSION_TIMEOUT="6",  # the broker's minimum: fast takeover after kill -9
@@ -61,7 +69,7 @@ class WorkerProc:
         self.log_path = self.data_dir.parent / f"{self.app_id}-{int(time.time() * 1000)}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agents", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", "agents", self.command, "--loglevel", "info"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

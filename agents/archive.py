@@ -1,0 +1,204 @@
+"""The archive worker: the ``usage`` topic -> the Parquet dataset (its own consumer group).
+
+``metering archive`` (or ``faust -A agents.archive worker``) runs a Faust app whose id is
+``<app_id>-archive``, so it reads the usage topic independently of billing consumers. One
+agent takes batches (at most ``archive_batch_records`` records, at most
+``archive_flush_seconds`` old) and hands each topic-partition's share to
+:class:`metering.archive.ArchiveWriter`, which writes the files and the checkpoint. The
+batch body returns (and Faust acks the records, then commits) only once every file is on
+disk:
+
+* a disk error (``OSError``) is retried with backoff inside the body, for as long as it
+  takes: offsets stop advancing, nothing is acked, ``metering_archive_write_failures_total``
+  grows and the log says what failed and what to fix;
+* anything else is a bug: the process exits at once (code 70) without acking.
+
+On assignment, part files past a partition's checkpoint (a batch interrupted by a crash)
+are removed before consuming; Kafka re-delivers their records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import faust
+
+from agents.faustapp import make_app
+from metering.archive import ArchiveWriter, BatchResult
+from metering.periods import PeriodGrid
+from metering.settings import Settings, load_settings
+
+log = logging.getLogger("metering.archive")
+
+settings: Settings = load_settings()
+app = make_app(settings, app_id=f"{settings.app_id}-archive",
+               web_port=settings.archive_web_port)
+usage_topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw", allow_empty=True)
+writer = ArchiveWriter(settings.archive_dir.resolve(),
+                       PeriodGrid(settings.period, settings.timezone))  # type: ignore[arg-type]
+
+FAULT = os.environ.get("METERING_FAULT_INJECT", "")
+"""Test-only crash points (kill -9 of this process): ``archive_after_files`` (files durable,
+checkpoint not written) and ``archive_after_checkpoint`` (checkpoint written, batch not
+yet acked or committed). Used by the integration tests; never set it in production."""
+
+
+def _crash() -> None:
+    log.warning("METERING_FAULT_INJECT=%s: killing this process (SIGKILL)", FAULT)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if FAULT == "archive_after_files":
+    writer.on_files_written = _crash
+
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+"""Backoff (seconds) between attempts to write a batch after a disk error."""
+
+
+class ArchiveStats:
+    """Counters of the archive worker (read by ``/metrics``). Times are UTC epoch seconds."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.rows = 0
+        self.rejected = 0
+        self.skipped = 0
+        self.failures = 0
+        self.last_success: float = 0.0
+        self.failing = False
+
+    def add(self, result: BatchResult) -> None:
+        self.files += len(result.files)
+        self.bytes += result.bytes
+        self.rows += result.rows
+        self.rejected += result.rejected
+        self.skipped += result.skipped
+        self.last_success = time.time()
+        self.failing = False
+
+
+stats = ArchiveStats()
+
+
+async def write_durably(topic: str, partition: int, records: list[tuple[int, bytes]]) -> None:
+    """Write one partition's share of a batch, retrying disk errors until it is durable."""
+    loop = asyncio.get_running_loop()
+    delay = RETRY_FIRST
+    while True:
+        try:
+            result = await loop.run_in_executor(None, writer.write_batch, topic, partition,
+                                                records)
+        except OSError as exc:
+            stats.failures += 1
+            stats.failing = True
+            log.error("archive write of %s[%d] offsets %d..%d failed: %s; nothing is "
+                      "committed past it; retrying in %.1f s (fix the disk or permissions "
+                      "of %s)", topic, partition, records[0][0], records[-1][0], exc, delay,
+                      writer.root)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            continue
+        stats.add(result)
+        if FAULT == "archive_after_checkpoint" and result.rows:
+            _crash()
+        return
+
+
+@app.agent(usage_topic, concurrency=1)
+async def archive(stream: faust.StreamT[bytes]) -> None:
+    """Batches of usage intervals -> Parquet files, durable before the batch is acked."""
+    async for batch in stream.take_events(settings.archive_batch_records,
+                                          within=settings.archive_flush_seconds):
+        try:
+            shares: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+            for event in batch:
+                msg = event.message
+                value = event.value if isinstance(event.value, bytes) else b""
+                shares.setdefault((msg.topic, msg.partition), []).append((msg.offset, value))
+            for (topic, partition), records in sorted(shares.items()):
+                records.sort()
+                await write_durably(topic, partition, records)
+        except Exception:
+            log.critical("archive batch failed: exiting without committing (restart to "
+                         "resume)", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+    for tp in sorted(assigned):
+        if tp.topic != settings.usage_topic:
+            continue
+        try:
+            removed = writer.recover(tp.topic, tp.partition)
+        except OSError:
+            log.critical("cannot recover the archive of %s[%d] under %s: exiting",
+                         tp.topic, tp.partition, writer.root, exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+        if removed:
+            log.warning("removed %d part file(s) of %s[%d] written after its checkpoint "
+                        "(interrupted batch; Kafka re-delivers its records): %s",
+                        len(removed), tp.topic, tp.partition, ", ".join(removed))
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+    for tp in revoked:
+        writer.forget(tp.topic, tp.partition)
+
+
+def render_metrics() -> bytes:
+    """Prometheus text exposition of the archive's counters (bytes, files, UTC seconds)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Any:
+            for name, value, doc in (
+                ("metering_archive_files_written", stats.files, "Parquet part files written"),
+                ("metering_archive_bytes_written", stats.bytes, "Bytes of part files written"),
+                ("metering_archive_rows_written", stats.rows, "Intervals written to Parquet"),
+                ("metering_archive_records_rejected", stats.rejected,
+                 "Usage-topic records that are not intervals (kept under _rejected/)"),
+                ("metering_archive_records_skipped", stats.skipped,
+                 "Re-delivered records already archived (at or below the checkpoint)"),
+                ("metering_archive_write_failures", stats.failures,
+                 "Failed attempts to write a batch (retried; offsets do not advance)"),
+            ):
+                yield CounterMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(
+                "metering_archive_last_success_timestamp_seconds",
+                "UTC epoch seconds of the last batch made durable (0: none yet)",
+                value=stats.last_success)
+            yield GaugeMetricFamily(
+                "metering_archive_failing", "1 while the last write attempt failed",
+                value=1.0 if stats.failing else 0.0)
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    data: bytes = generate_latest(registry)
+    return data
+
+
+@app.page("/metrics")
+async def metrics(web: Any, request: Any) -> Any:
+    """Prometheus metrics (text format)."""
+    return web.bytes(render_metrics(),
+                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+@app.page("/healthz")
+async def healthz(web: Any, request: Any) -> Any:
+    """Liveness, plus whether the archive is currently failing to write."""
+    return web.json({"status": "failing" if stats.failing else "ok",
+                     "last_success": stats.last_success})

@@ -1,0 +1,51 @@
+"""Construction of Faust apps from :class:`metering.settings.Settings` (shared by the
+streaming worker, :mod:`agents.app`, and the archive, :mod:`agents.archive`)."""
+
+from __future__ import annotations
+
+import faust
+from faust.transport.producer import ProducerBuffer
+
+from metering.settings import Settings
+
+# Table writes queue one changelog record each in Faust's ProducerBuffer; above
+# ``max_messages`` (default 100) every stream step waits for the buffer to drain one message
+# at a time ("producer buffer full" warnings), which throttled the meter agent to a few
+# thousand states per second. Each batch writes at most one record per changed key, so a
+# larger bound is safe. (faust-streaming internals, pinned < 0.16.)
+ProducerBuffer.max_messages = 20_000
+
+def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None) -> faust.App:
+    """A Faust app for these settings (RocksDB store, at-least-once, web on ``web_bind``).
+
+    ``app_id`` (the consumer group) and ``web_port`` default to the worker's settings; the
+    archive app passes its own.
+    """
+    return faust.App(
+        app_id or s.app_id,
+        broker=f"kafka://{s.broker.split(',')[0]}"
+        + "".join(f";kafka://{b}" for b in s.broker.split(",")[1:]),
+        store="rocksdb://",
+        datadir=str(s.data_dir.resolve()),
+        topic_partitions=s.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        processing_guarantee="at_least_once",  # exactly_once has known bugs in faust 0.15
+        table_standby_replicas=s.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_session_timeout=s.session_timeout,
+        broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=16384,
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
+        web_port=web_port or s.web_port,
+        web_bind=s.web_bind,
+        web_host=s.web_bind,
+        web_tables_enabled=False,  # would expose billing state over HTTP
+        autodiscover=False,
+        key_serializer="raw",  # metering encodes and decodes every byte itself
+        value_serializer="raw",
+        recovery_consistency_check=True,
+    )

@@ -1,0 +1,146 @@
+"""The archive writer: durable batches, checkpoint, crash leftovers, bad usage records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pyarrow.dataset as ds
+import pytest
+
+from metering.archive import ArchiveWriter, parse_interval, parse_part_name, part_name
+from metering.intervals import UsageInterval, make_interval
+from metering.periods import PeriodGrid
+
+HOUR = 3_600_000
+DAY0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
+
+
+def interval(i: int, day: int = 0) -> UsageInterval:
+    start = DAY0 + day * 24 * HOUR + (i % 24) * HOUR
+    return make_interval(
+        usage_type=1, resource_id=f"vm-{i}", zone_id="z1", account_id=f"acct-{i % 3}",
+        domain_id=None, offering_id=None, template_id=None, start=start, end=start + HOUR,
+        period_start=start, final=False, close_reason="period", source_topic="metering.events",
+        source_partition=0, source_offset=i,
+    )
+
+
+def value(row: UsageInterval) -> bytes:
+    return orjson.dumps(row.to_dict())
+
+
+def records(rows: list[UsageInterval], first_offset: int = 0) -> list[tuple[int, bytes]]:
+    return [(first_offset + n, value(r)) for n, r in enumerate(rows)]
+
+
+def read_ids(root: Path) -> list[str]:
+    table = ds.dataset(str(root), format="parquet", partitioning="hive").to_table()
+    return sorted(table.column("interval_id").to_pylist())
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> ArchiveWriter:
+    return ArchiveWriter(tmp_path / "ds", PeriodGrid("hour", "UTC"))
+
+
+def test_part_names_round_trip_and_sort_by_offset() -> None:
+    name = part_name("usage", 3, 1200, 1299)
+    assert parse_part_name(name) == ("usage", 3, 1200, 1299)
+    assert parse_part_name("my.topic-x-p0001-" + "0" * 20 + "-" + "1".zfill(20) + ".jsonl") == (
+        "my.topic-x", 1, 0, 1)
+    assert part_name("usage", 0, 9, 10) < part_name("usage", 0, 10, 11)
+    assert parse_part_name("part-compacted.parquet") is None
+
+
+def test_parse_interval_round_trips_and_rejects_wrong_shapes() -> None:
+    row = interval(5)
+    assert parse_interval(value(row)) == row
+    assert "JSON" in str(parse_interval(b"{oops"))
+    assert parse_interval(b"[1]") == "not a JSON object"
+    broken = row.to_dict() | {"start": "yesterday"}
+    assert "start" in str(parse_interval(orjson.dumps(broken)))
+    inverted = row.to_dict() | {"end": row.start - 1}
+    assert isinstance(parse_interval(orjson.dumps(inverted)), str)
+
+
+def test_batch_writes_one_file_per_day_and_a_checkpoint(writer: ArchiveWriter) -> None:
+    rows = [interval(i, day=i % 2) for i in range(10)]
+    result = writer.write_batch("usage", 2, records(rows, 100))
+    assert result.rows == 10 and result.rejected == 0 and result.skipped == 0
+    assert sorted(Path(f).parent.name for f in result.files) == [
+        "usage_date=2025-03-14", "usage_date=2025-03-15"]
+    assert all(Path(f).name == part_name("usage", 2, 100, 109) for f in result.files)
+    assert result.bytes == sum(Path(f).stat().st_size for f in result.files)
+    assert writer.checkpoint("usage", 2) == 109
+    assert read_ids(writer.root) == sorted(r.interval_id for r in rows)
+    assert not list(writer.root.rglob("*.tmp"))
+
+
+def test_redelivered_records_are_skipped(writer: ArchiveWriter) -> None:
+    rows = [interval(i) for i in range(6)]
+    writer.write_batch("usage", 0, records(rows[:4]))
+    again = writer.write_batch("usage", 0, records(rows))  # Kafka re-delivers from 0
+    assert again.skipped == 4 and again.rows == 2
+    fresh = ArchiveWriter(writer.root, writer.grid)  # a restarted process reads the checkpoint
+    assert fresh.write_batch("usage", 0, records(rows)).skipped == 6
+    assert read_ids(writer.root) == sorted(r.interval_id for r in rows)
+
+
+def test_recover_removes_files_of_a_batch_that_crashed_before_its_checkpoint(
+    writer: ArchiveWriter,
+) -> None:
+    rows = [interval(i, day=i % 2) for i in range(8)]
+    writer.write_batch("usage", 1, records(rows[:4]))
+    # the crash: part files of offsets 4..7 reached the disk, the checkpoint did not
+    crashed = ArchiveWriter(writer.root, writer.grid)
+    crashed._checkpoints[("usage", 1)] = 3
+    result = crashed.write_batch("usage", 1, records(rows[4:], 4))
+    writer.root.joinpath("_archive", "usage-1.json").write_bytes(
+        orjson.dumps({"last_offset": 3}))
+    other = writer.write_batch("usage", 5, records(rows[:2]))  # another partition: untouched
+    restarted = ArchiveWriter(writer.root, writer.grid)
+    removed = restarted.recover("usage", 1)
+    assert sorted(removed) == sorted(result.files)
+    assert all(Path(f).exists() for f in other.files)
+    # re-delivery from offset 4 with a different batch boundary: no duplicates
+    restarted.write_batch("usage", 1, records(rows[4:6], 4))
+    restarted.write_batch("usage", 1, records(rows[6:], 6))
+    ids = read_ids(writer.root)
+    assert ids == sorted([r.interval_id for r in rows] + [r.interval_id for r in rows[:2]])
+
+
+def test_records_that_are_not_intervals_go_to_rejected_files(writer: ArchiveWriter) -> None:
+    batch = [(0, value(interval(0))), (1, b"not json"), (2, b'{"interval_id": 1}')]
+    result = writer.write_batch("usage", 0, batch)
+    assert result.rows == 1 and result.rejected == 2
+    lines = (writer.root / "_rejected" / part_name("usage", 0, 0, 2).replace(
+        ".parquet", ".jsonl")).read_bytes().splitlines()
+    reasons = [orjson.loads(line) for line in lines]
+    assert [r["offset"] for r in reasons] == [1, 2]
+    assert reasons[0]["raw"] == "not json" and reasons[0]["reason"]
+    assert writer.checkpoint("usage", 0) == 2
+    assert len(read_ids(writer.root)) == 1  # readers never see _rejected or _archive
+
+
+def test_failed_write_is_not_checkpointed_and_a_retry_completes(writer: ArchiveWriter) -> None:
+    rows = [interval(i, day=i % 2) for i in range(4)]
+    writer.root.mkdir(parents=True)
+    blocker = writer.root / "usage_date=2025-03-15"
+    blocker.write_text("a file where a directory must be")  # disk trouble, even as root
+    with pytest.raises(OSError):
+        writer.write_batch("usage", 0, records(rows))
+    assert writer.checkpoint("usage", 0) == -1
+    assert not (writer.root / "_archive").exists()
+    blocker.unlink()
+    result = writer.write_batch("usage", 0, records(rows))
+    assert result.rows == 4 and writer.checkpoint("usage", 0) == 3
+    assert read_ids(writer.root) == sorted(r.interval_id for r in rows)
+
+
+def test_damaged_checkpoint_is_an_error_naming_the_file(writer: ArchiveWriter) -> None:
+    path = writer.root / "_archive" / "usage-0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{")
+    with pytest.raises(OSError, match="usage-0.json"):
+        writer.checkpoint("usage", 0)
