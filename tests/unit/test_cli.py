@@ -34,3 +34,14 @@ def test_console_script_help_runs() -> None:
         [sys.executable, "-m", "agents", "--help"], capture_output=True, text=True, check=True
     )
     assert "Exit codes" in out.stdout
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from metering.settings import Settings
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [f.name for f in fields(Settings) if f"`METERING_{f.name.upper()}`" not in readme]
+    assert not missing, f"README configuration table lacks {missing}"
