@@ -38,7 +38,13 @@ from typing import Any, Final
 import orjson
 
 from metering.intervals import FIELDS, UsageInterval
-from metering.parquet import PARTITION_COLUMN, partition_dir, sorted_table, write_atomic
+from metering.parquet import (
+    PARTITION_COLUMN,
+    fsync_dir,
+    partition_dir,
+    sorted_table,
+    write_atomic,
+)
 from metering.periods import PeriodGrid
 
 CHECKPOINT_DIR: Final = "_archive"
@@ -115,14 +121,6 @@ class BatchResult:
     """Records at or below the checkpoint: already archived (redelivery after a crash)."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -135,7 +133,7 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class ArchiveWriter:
@@ -224,7 +222,7 @@ class ArchiveWriter:
             rows = by_date[date]
             path = partition_dir(self.root, date) / name
             result.bytes += write_atomic(sorted_table(rows), path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             result.files.append(str(path))
             result.rows += len(rows)
         if self.on_files_written is not None:

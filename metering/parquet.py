@@ -90,6 +90,15 @@ def write_atomic(table: pa.Table, path: Path) -> int:
     return path.stat().st_size
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that a rename or unlink inside it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def partition_dir(root: Path, usage_date: str) -> Path:
     """``root/usage_date=YYYY-MM-DD``."""
     return root / f"{PARTITION_COLUMN}={usage_date}"
