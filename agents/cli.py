@@ -63,7 +63,8 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     regs: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
-    for modname in ("agents.simulate", "metering.replay", "agents.commands", "agents.demo"):
+    for modname in ("agents.simulate", "metering.replay", "metering.compact", "metering.report",
+                    "agents.commands", "agents.demo"):
         try:
             module = __import__(modname, fromlist=["register"])
         except ModuleNotFoundError as exc:  # a subcommand not built yet

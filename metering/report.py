@@ -1,0 +1,332 @@
+"""``metering report``: usage hours per account, usage type and/or day from a dataset.
+
+Reads the Hive-partitioned Parquet dataset (``DIR/usage_date=YYYY-MM-DD/*.parquet``,
+contract section 5) with :mod:`pyarrow.dataset`, keeps only the ``usage_date`` partitions in
+``[from, to]`` (both **inclusive**; a date names a whole day in the period time zone the
+dataset was written with), and for each group reports:
+
+* ``intervals``: the number of distinct ``interval_id``;
+* ``hours``: the sum of ``raw_usage_hours`` over them, computed exactly as
+  ``sum(duration_ms) / 3 600 000`` (the contract defines ``raw_usage_hours`` as
+  ``duration_ms / 3 600 000``). Summing the integer milliseconds makes the result independent
+  of row order and file layout: a day reports the same hours before and after compaction.
+
+The archive may hold an interval more than once until ``metering compact`` has merged its
+day, so rows are deduplicated by ``interval_id`` first. If the versions of an id differ, the
+one :func:`metering.compact.dedupe` keeps is counted (highest ``source_offset``; the same
+version ``compact --on-conflict keep-latest`` keeps) and the number of such ids is reported
+on stderr.
+
+Formats: ``table`` (aligned columns and a total row, for people), ``csv`` (a header and one
+line per group, no total) and ``json`` (an object with the groups, the total and the
+dedup counts), for scripts. Exit codes are those of :mod:`agents.cli`: 0 ok, 2 bad options,
+3 unreadable input (DIR missing, without any ``usage_date`` partition, or a file that cannot
+be read). A date range that selects no partition is not an error: the report is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from metering.compact import (
+    PREFERENCE,
+    InputError,
+    dedupe,
+    list_days,
+    part_files,
+    valid_date,
+)
+from metering.intervals import MS_PER_HOUR
+from metering.parquet import PARTITION_COLUMN
+
+EXIT_OK: Final = 0
+EXIT_USAGE: Final = 2
+EXIT_INPUT: Final = 3
+
+GROUP_BY: Final = ("account", "usage_type", "day")
+FORMATS: Final = ("table", "csv", "json")
+
+GROUP_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "account": ("account_id",),
+    "usage_type": ("usage_type", "usage_type_name"),
+    "day": (PARTITION_COLUMN,),
+}
+"""Output columns of each ``--by`` key (the name follows the usage type id)."""
+
+_READ: Final = tuple(
+    dict.fromkeys(
+        (
+            "interval_id",
+            "duration_ms",
+            "account_id",
+            "usage_type",
+            "usage_type_name",
+            *(name for name, _ in PREFERENCE),
+        )
+    )
+)
+"""Columns read: the groups, the sum, and what :func:`~metering.compact.dedupe` prefers by."""
+
+
+@dataclass
+class Report:
+    """Usage per group. Hours are ``sum(duration_ms) / 3 600 000`` (= the sum of
+    ``raw_usage_hours``); dates are ``usage_date`` values ``YYYY-MM-DD``."""
+
+    by: list[str]
+    columns: list[str]
+    """Group columns, then ``intervals`` and ``hours``."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """One dict per group, sorted by the group columns."""
+    date_from: str | None = None
+    date_to: str | None = None
+    days: int = 0
+    """Partitions read."""
+    files: int = 0
+    rows_read: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+
+    total_ms: int = 0
+    """Sum of ``duration_ms`` over all groups (exact)."""
+
+    @property
+    def total_intervals(self) -> int:
+        return sum(int(r["intervals"]) for r in self.rows)
+
+    @property
+    def total_hours(self) -> float:
+        return self.total_ms / MS_PER_HOUR
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "by": self.by,
+            "from": self.date_from,
+            "to": self.date_to,
+            "to_inclusive": True,
+            "groups": self.rows,
+            "total": {"intervals": self.total_intervals, "hours": self.total_hours},
+            "days": self.days,
+            "files": self.files,
+            "rows_read": self.rows_read,
+            "duplicates_dropped": self.duplicates,
+            "conflicting_interval_ids": self.conflicts,
+        }
+
+
+def _normalise_by(by: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for key in by:
+        if key not in GROUP_COLUMNS:
+            raise ValueError(f"cannot group by {key!r} (choose from {', '.join(GROUP_BY)})")
+        if key not in out:
+            out.append(key)
+    return out or ["account"]
+
+
+def usage_report(
+    root: Path,
+    by: Sequence[str] = ("account",),
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> Report:
+    """Usage of ``root`` per group of ``by``, for ``usage_date`` in ``[date_from, date_to]``
+    (inclusive; None: unbounded). Raises InputError (unreadable input) or ValueError."""
+    keys = _normalise_by(by)
+    group_cols = [c for k in keys for c in GROUP_COLUMNS[k]]
+    report = Report(keys, [*group_cols, "intervals", "hours"], date_from=date_from, date_to=date_to)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such dataset directory")
+    days = list_days(root)
+    if not days:
+        raise InputError(
+            f"{root} holds no {PARTITION_COLUMN}=YYYY-MM-DD partition "
+            "(not a metering dataset, or nothing written yet)"
+        )
+    # partition pruning: only the selected day directories are listed and read
+    selected = [
+        d
+        for d in days
+        if (date_from is None or d >= date_from) and (date_to is None or d <= date_to)
+    ]
+    files = [str(p) for d in selected for p in part_files(days[d])]
+    report.days, report.files = len(selected), len(files)
+    if not files:
+        return report
+    partitioning = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
+    try:
+        dataset = ds.dataset(
+            files, format="parquet", partitioning=partitioning, partition_base_dir=str(root)
+        )
+        expr = None
+        if date_from is not None:
+            expr = ds.field(PARTITION_COLUMN) >= date_from
+        if date_to is not None:
+            upper = ds.field(PARTITION_COLUMN) <= date_to
+            expr = upper if expr is None else expr & upper
+        table = dataset.to_table(columns=[*_READ, PARTITION_COLUMN], filter=expr)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"cannot read the dataset under {root}: {exc}") from exc
+    report.rows_read = table.num_rows
+    result = dedupe(table, max_details=0)
+    report.duplicates, report.conflicts = result.duplicates, result.conflict_count
+    report.rows = _aggregate(result.table, group_cols)
+    report.total_ms = int(pc.sum(result.table.column("duration_ms")).as_py() or 0)
+    return report
+
+
+def _aggregate(table: pa.Table, group_cols: list[str]) -> list[dict[str, Any]]:
+    agg = table.group_by(group_cols, use_threads=False).aggregate(
+        [("interval_id", "count"), ("duration_ms", "sum")]
+    )
+    agg = agg.select([*group_cols, "interval_id_count", "duration_ms_sum"])
+    agg = agg.rename_columns([*group_cols, "intervals", "hours"])
+    agg = agg.sort_by([(c, "ascending") for c in group_cols])
+    rows: list[dict[str, Any]] = agg.to_pylist()
+    for row in rows:  # exact integer ms -> hours, rounded once
+        row["hours"] = int(row["hours"] or 0) / MS_PER_HOUR
+    if table.num_rows and pc.sum(agg.column("intervals")).as_py() != table.num_rows:
+        raise AssertionError("group counts do not add up to the deduplicated rows")
+    return rows
+
+
+# ---------------------------------------------------------------------------- formats
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def format_table(report: Report) -> str:
+    """Aligned columns with a total row; hours with 3 decimals."""
+    group_cols = report.columns[:-2]
+    header = [*group_cols, "intervals", "hours"]
+    body = [
+        [*(_cell(r[c]) for c in group_cols), f"{r['intervals']:,}", f"{r['hours']:,.3f}"]
+        for r in report.rows
+    ]
+    total = [
+        "TOTAL",
+        *([""] * (len(group_cols) - 1)),
+        f"{report.total_intervals:,}",
+        f"{report.total_hours:,.3f}",
+    ]
+    widths = [max(len(row[i]) for row in [header, *body, total]) for i in range(len(header))]
+    numeric = {len(header) - 2, len(header) - 1}
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule, *(line(b) for b in body), rule, line(total)]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(report: Report) -> str:
+    """A header line and one line per group (no total); hours at full precision."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(report.columns)
+    for r in report.rows:
+        writer.writerow([_cell(r[c]) if c != "hours" else repr(r[c]) for c in report.columns])
+    return out.getvalue()
+
+
+def format_json(report: Report) -> str:
+    """:meth:`Report.as_dict` as indented JSON."""
+    return orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``report`` to the ``metering`` command line."""
+    p = sub.add_parser(
+        "report",
+        help="usage hours and interval counts per account, usage type and/or day",
+        description=(
+            "Sum raw_usage_hours and count intervals per group from a metering Parquet "
+            "dataset, counting each interval_id once (the archive may hold repeats until "
+            "compacted). Exit codes: 0 ok, 2 bad options, 3 unreadable input (DIR missing or "
+            "without usage_date partitions)."
+        ),
+    )
+    p.add_argument("root", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument(
+        "--by",
+        action="append",
+        choices=GROUP_BY,
+        metavar="{account,usage_type,day}",
+        help="group by this key; repeat for several (in that order; default account)",
+    )
+    p.add_argument(
+        "--from",
+        dest="date_from",
+        metavar="YYYY-MM-DD",
+        help="first usage_date included (inclusive)",
+    )
+    p.add_argument(
+        "--to",
+        dest="date_to",
+        metavar="YYYY-MM-DD",
+        help="last usage_date included (INCLUSIVE: --from 2025-03-01 --to 2025-03-31 is March)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (people, with a total row), csv or json (scripts)",
+    )
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``metering report`` from parsed arguments; return the exit code."""
+    parser: argparse.ArgumentParser = args._parser
+    try:
+        date_from = valid_date(args.date_from) if args.date_from else None
+        date_to = valid_date(args.date_to) if args.date_to else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if date_from and date_to and date_from > date_to:
+        parser.error(f"--from {date_from} is after --to {date_to}")
+    try:
+        report = usage_report(args.root, args.by or ["account"], date_from, date_to)
+    except InputError as exc:
+        print(f"metering report: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
+    sys.stdout.write(formatter(report))
+    if report.conflicts:
+        print(
+            f"metering report: {report.conflicts:,} interval id(s) have versions that "
+            "differ; counted the one with the highest source_offset (see metering compact)",
+            file=sys.stderr,
+        )
+    if args.format == "table":
+        if report.duplicates:
+            print(
+                f"({report.duplicates:,} repeated row(s) counted once; metering compact "
+                "removes them)",
+                file=sys.stderr,
+            )
+        if not report.files:
+            print("(no data in the selected days)", file=sys.stderr)
+    return EXIT_OK
