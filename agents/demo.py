@@ -2,11 +2,14 @@
 
 1. starts a local single-node KRaft broker (Maven Central jars; or uses ``--broker``),
 2. creates the input topic,
-3. starts ``metering worker`` (a subprocess, its own RocksDB data directory),
+3. starts ``metering worker`` (a subprocess, its own RocksDB data directory) and
+   ``metering archive`` (the usage topic -> the Parquet dataset ``<data-dir>/archive``),
 4. feeds it a simulated cloud in real time (``metering simulate --to-kafka --rate``),
 5. prints a live summary every few seconds: records in and records/s, intervals and usage
    hours by usage type (read back from the ``usage`` topic), rejects by reason, consumer lag,
-6. stops everything cleanly on Ctrl-C (or after ``--duration`` seconds).
+6. stops everything cleanly on Ctrl-C (or after ``--duration`` seconds) and prints the
+   archived usage hours per account (``metering report``); the data directory stays, so the
+   dataset can be explored afterwards.
 
 Every wait has a deadline; a failure says which part failed and where its log is.
 """
@@ -21,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -48,8 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--accounts", type=int, default=300, help="simulated accounts (default 300)")
     p.add_argument("--broker", default=None,
                    help="use this running broker (host:port) instead of starting one")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="worker state and logs (default: a fresh temporary directory)")
+    p.add_argument("--data-dir", type=Path, default=Path("demo-data"),
+                   help="worker state, Parquet archive and logs; emptied at start and kept "
+                   "afterwards (default ./demo-data)")
     p.add_argument("--web-port", type=int, default=6066, help="worker HTTP port (default 6066)")
     p.add_argument("--every", type=float, default=3.0,
                    help="seconds between summaries (default 3)")
@@ -66,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from agents.simulate import ensure_topic
 
     broker: LocalKafka | None = None
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="metering-demo-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir: Path = args.data_dir
+    _fresh_dir(data_dir)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         if args.broker:
@@ -89,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
                             env, worker_log))
         _wait_http(f"http://127.0.0.1:{port}/healthz", procs[0], worker_log, deadline_s=120)
         _log(f"worker ready: http://127.0.0.1:{port}/healthz  (log: {worker_log})")
+        archive_log = data_dir / "archive.log"
+        env["METERING_ARCHIVE_WEB_PORT"] = str(archive_port := free_port())
+        procs.append(_spawn([sys.executable, "-m", "agents", "archive", "--loglevel", "info"],
+                            env, archive_log))
+        _wait_http(f"http://127.0.0.1:{archive_port}/healthz", procs[1], archive_log,
+                   deadline_s=120)
+        _log(f"archive ready: Parquet under {env['METERING_ARCHIVE_DIR']}  (log: {archive_log})")
         sim_log = data_dir / "simulate.log"
         procs.append(_spawn(
             [sys.executable, "-m", "agents", "simulate", "--to-kafka", bootstrap,
@@ -97,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             dict(os.environ), sim_log))
         _log(f"simulator feeding {args.rate:,.0f} records/s into topic "
              f"{env['METERING_INPUT_TOPIC']} (log: {sim_log})")
-        _print_where(bootstrap, env, port, data_dir)
+        _print_where(bootstrap, env, port, archive_port, data_dir)
         asyncio.run(_monitor(bootstrap, env, procs, args))
         return 0
     except DemoError as exc:
@@ -112,9 +122,8 @@ def run(args: argparse.Namespace) -> int:
                 _stop(proc)
             if broker is not None:
                 broker.stop()
-            if args.data_dir is None:
-                shutil.rmtree(data_dir, ignore_errors=True)
             _log("demo stopped")
+            _report(data_dir / "archive")
 
 
 def _worker_env(bootstrap: str, data_dir: Path, port: int) -> dict[str, str]:
@@ -124,12 +133,40 @@ def _worker_env(bootstrap: str, data_dir: Path, port: int) -> dict[str, str]:
         METERING_USAGE_TOPIC="usage", METERING_REJECTS_TOPIC="metering.rejected",
         METERING_EVENTS_TOPIC="metering-demo.events", METERING_DATA_DIR=str(data_dir / "state"),
         METERING_WEB_PORT=str(port), METERING_IDLE_ADVANCE="5", METERING_LATENESS="5",
-        METERING_SESSION_TIMEOUT="10",
+        METERING_SESSION_TIMEOUT="10", METERING_ARCHIVE_DIR=str(data_dir / "archive"),
+        METERING_ARCHIVE_FLUSH_SECONDS="5",
     )
     return env
 
 
-def _print_where(bootstrap: str, env: dict[str, str], port: int, data_dir: Path) -> None:
+def _fresh_dir(data_dir: Path) -> None:
+    """Empty the demo's data directory (state of an earlier demo belongs to another broker);
+    refuse directories that do not look like one of ours."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        ours = {"state", "archive", "worker.log", "archive.log", "simulate.log"}
+        foreign = sorted(p.name for p in data_dir.iterdir() if p.name not in ours)
+        if foreign:
+            raise SystemExit(f"metering demo: {data_dir} holds files the demo did not write "
+                             f"({', '.join(foreign[:5])}); choose another --data-dir")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _report(dataset: Path) -> None:
+    """Print the archived usage hours per account (what ``metering report`` shows)."""
+    if not any(dataset.glob("usage_date=*/*.parquet")):
+        _log(f"no usage archived under {dataset} yet (let the demo run longer)")
+        return
+    print(f"\nArchived usage per account ({dataset}); explore it with:\n"
+          f"  metering report {dataset} --by account --by usage_type\n"
+          f"  METERING_DATASET={dataset.resolve()} jupyter lab notebooks/usage-analysis.ipynb\n",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "agents", "report", str(dataset), "--by", "account"],
+                   check=False)
+
+
+def _print_where(bootstrap: str, env: dict[str, str], port: int, archive_port: int,
+                 data_dir: Path) -> None:
     print(f"""
 Where to look
   broker            {bootstrap}
@@ -138,6 +175,8 @@ Where to look
   rejects topic     {env['METERING_REJECTS_TOPIC']}
   worker health     http://127.0.0.1:{port}/healthz
   worker metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)
+  archive (Parquet) {env['METERING_ARCHIVE_DIR']}
+  archive metrics   http://127.0.0.1:{archive_port}/metrics
   worker state/logs {data_dir}
 Press Ctrl-C to stop.
 """, flush=True)
@@ -243,7 +282,7 @@ async def _monitor(bootstrap: str, env: dict[str, str], procs: list[subprocess.P
         while not stop.is_set():
             if args.duration and time.monotonic() - started >= args.duration:
                 break
-            for name, proc in zip(("worker", "simulator"), procs, strict=False):
+            for name, proc in zip(("worker", "archive", "simulator"), procs, strict=False):
                 if proc.poll() is not None:
                     raise DemoError(f"the {name} exited with code {proc.returncode}; "
                                     "see its log above the summary")
