@@ -24,11 +24,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import faust
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.faustapp import make_app
+from agents.observe import Observability, family
 from metering.archive import ArchiveWriter, BatchResult
 from metering.periods import PeriodGrid
 from metering.settings import Settings, load_settings
@@ -157,48 +160,28 @@ async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         writer.forget(tp.topic, tp.partition)
 
 
-def render_metrics() -> bytes:
-    """Prometheus text exposition of the archive's counters (bytes, files, UTC seconds)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-    class _Collector:
-        def collect(self) -> Any:
-            for name, value, doc in (
-                ("metering_archive_files_written", stats.files, "Parquet part files written"),
-                ("metering_archive_bytes_written", stats.bytes, "Bytes of part files written"),
-                ("metering_archive_rows_written", stats.rows, "Intervals written to Parquet"),
-                ("metering_archive_records_rejected", stats.rejected,
-                 "Usage-topic records that are not intervals (kept under _rejected/)"),
-                ("metering_archive_records_skipped", stats.skipped,
-                 "Re-delivered records already archived (at or below the checkpoint)"),
-                ("metering_archive_write_failures", stats.failures,
-                 "Failed attempts to write a batch (retried; offsets do not advance)"),
-            ):
-                yield CounterMetricFamily(name, doc, value=value)
-            yield GaugeMetricFamily(
-                "metering_archive_last_success_timestamp_seconds",
-                "UTC epoch seconds of the last batch made durable (0: none yet)",
-                value=stats.last_success)
-            yield GaugeMetricFamily(
-                "metering_archive_failing", "1 while the last write attempt failed",
-                value=1.0 if stats.failing else 0.0)
-
-    registry = CollectorRegistry()
-    registry.register(_Collector())
-    data: bytes = generate_latest(registry)
-    return data
+def _archive_families() -> Iterable[Any]:
+    """The archive's own metric families (see :mod:`agents.catalogue`)."""
+    for name, value in (
+        ("metering_archive_files_written_total", stats.files),
+        ("metering_archive_bytes_written_total", stats.bytes),
+        ("metering_archive_rows_written_total", stats.rows),
+        ("metering_archive_records_rejected_total", stats.rejected),
+        ("metering_archive_records_skipped_total", stats.skipped),
+        ("metering_archive_write_failures_total", stats.failures),
+    ):
+        yield family(name, CounterMetricFamily, value=value)
+    yield family("metering_archive_last_success_timestamp_seconds", GaugeMetricFamily,
+                 value=stats.last_success)
+    yield family("metering_archive_failing", GaugeMetricFamily,
+                 value=1.0 if stats.failing else 0.0)
 
 
-@app.page("/metrics")
-async def metrics(web: Any, request: Any) -> Any:
-    """Prometheus metrics (text format)."""
-    return web.bytes(render_metrics(),
-                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+def _health() -> dict[str, Any]:
+    """Liveness details: whether writes currently fail, and the last durable batch."""
+    return {"status": "failing" if stats.failing else "ok", "last_success": stats.last_success}
 
 
-@app.page("/healthz")
-async def healthz(web: Any, request: Any) -> Any:
-    """Liveness, plus whether the archive is currently failing to write."""
-    return web.json({"status": "failing" if stats.failing else "ok",
-                     "last_success": stats.last_success})
+observability = Observability(app, settings, "archive", f"{settings.app_id}-archive",
+                              {settings.usage_topic}, _archive_families, _health)
+"""``/metrics``, ``/healthz`` and ``/readyz`` on ``archive_web_port``."""

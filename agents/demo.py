@@ -173,7 +173,7 @@ Where to look
   input topic       {env['METERING_INPUT_TOPIC']}   (CloudStack event-bus records)
   usage topic       {env['METERING_USAGE_TOPIC']}   (usage intervals, JSON, key = account_id)
   rejects topic     {env['METERING_REJECTS_TOPIC']}
-  worker health     http://127.0.0.1:{port}/healthz
+  worker health     http://127.0.0.1:{port}/healthz   and /readyz (caught up?)
   worker metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)
   archive (Parquet) {env['METERING_ARCHIVE_DIR']}
   archive metrics   http://127.0.0.1:{archive_port}/metrics

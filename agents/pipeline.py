@@ -29,18 +29,23 @@ import os
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import faust
 import orjson
 from faust.streams import _current_event  # private API: pinned faust <0.16 (see notes)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
+from agents.observe import Observability, dir_bytes, family
 from agents.state import PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.events import Ignored, Rejected, Source
+from metering.observe import event_time_lag_seconds
 from metering.partitioning import partition_for
 from metering.replay import reject_record
+from metering.usage_types import NAMES
 from metering.wire import Tick, WireError, decode_wire, encode_routed, encode_tick
 
 log = logging.getLogger("metering.worker")
@@ -181,21 +186,25 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 msg = event.message
                 raw = event.value if isinstance(event.value, bytes) else b""
                 value = decode(raw, max_bytes)
-                stats[f"records:{value.category.value}"] += 1
+                category = value.category.value
                 if isinstance(value, Rejected):
+                    stats[f"records:{category}:rejected"] += 1
                     stats[f"rejects:{value.reason.value}"] += 1
                     key = msg.key.decode("utf-8", "replace") if msg.key else None
                     body = reject_record(raw, value, msg.topic, msg.partition, msg.offset, key)
                     futures.append(await send(rejects_name, msg.key, orjson.dumps(body)))
                     continue
                 if isinstance(value, Ignored):
+                    stats[f"records:{category}:ignored"] += 1
                     stats[f"ignored:{value.kind}"] += 1
                     continue
+                stats[f"records:{category}:metered"] += 1
                 src = Source(msg.topic, msg.partition, msg.offset)
                 lane = src.lane
                 if value.time_ms > progress.get(lane, -1):
                     progress[lane] = value.time_ms
-                data = encode_routed(value, src, wall)
+                data = encode_routed(value, src, wall,
+                                     int(msg.timestamp * 1000) if msg.timestamp else None)
                 target = routing_key(value)
                 if target == BROADCAST:
                     for p in range(n_partitions):
@@ -220,6 +229,7 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
             for event in batch:
                 by_partition.setdefault(event.message.partition, []).append(event)
             touched: list[tuple[int, Any]] = []
+            closed_by: list[int] = []  # record timestamps (UTC ms) of event-closed intervals
             for partition, events in by_partition.items():
                 token = _current_event.set(weakref.ref(events[-1]))
                 try:
@@ -237,14 +247,21 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                             rows = pm.meter.advance(item.wall_ms)
                         else:
                             rows = pm.meter.process(item.value, item.source, item.wall_ms)
+                            if rows and item.record_ms is not None:
+                                closed_by.extend([item.record_ms] * len(rows))
                         for row in rows:
                             stats[f"intervals:{row.usage_type_name}"] += 1
+                            stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
                             await usage_out.add(row.account_id.encode(),
                                                 orjson.dumps(row.to_dict()))
                 finally:
                     _current_event.reset(token)
                 touched.append((partition, events[-1]))
             await usage_out.flush()  # delivered before the state that produced them is stored
+            if closed_by:
+                now = time.time()
+                for record_ms in closed_by:
+                    observability.latency.observe(now - record_ms / 1000)
             for partition, last_event in touched:
                 token = _current_event.set(weakref.ref(last_event))
                 try:
@@ -276,47 +293,49 @@ async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
 
 
-@app.page("/healthz")
-async def healthz(web: Any, request: Any) -> Any:
-    """Liveness: the worker's event loop answers."""
-    return web.json({"status": "ok"})
+def _worker_families() -> Iterable[Any]:
+    """The worker's own metric families (see :mod:`agents.catalogue`), read at each scrape."""
+    snapshot = dict(stats)
+    consumed = family("metering_records_consumed_total", CounterMetricFamily,
+                      labels=["category", "outcome"])
+    for key, value in sorted(snapshot.items()):
+        if key.startswith("records:"):
+            consumed.add_metric(key.split(":")[1:3], value)
+    yield consumed
+    for prefix, name, label in (
+        ("rejects:", "metering_records_rejected_total", "reason"),
+        ("intervals:", "metering_intervals_emitted_total", "usage_type"),
+    ):
+        fam = family(name, CounterMetricFamily, labels=[label])
+        for key, value in sorted(snapshot.items()):
+            if key.startswith(prefix):
+                fam.add_metric([key[len(prefix):]], value)
+        yield fam
+    usage = family("metering_usage_emitted_seconds_total", CounterMetricFamily,
+                   labels=["usage_type"])
+    for key, value in sorted(snapshot.items()):
+        if key.startswith("usage_ms:"):
+            usage.add_metric([key[len("usage_ms:"):]], value / 1000.0)
+    yield usage
+    engines = list(meters.by_partition.items())
+    open_counts: Counter[int] = Counter()
+    for _, pm in engines:
+        open_counts.update(pm.meter.open_counts)
+    opened = family("metering_open_resources", GaugeMetricFamily, labels=["usage_type"])
+    for usage_type, count in sorted(open_counts.items()):
+        opened.add_metric([NAMES.get(usage_type, str(usage_type))], count)
+    yield opened
+    lag = family("metering_event_time_lag_seconds", GaugeMetricFamily, labels=["partition"])
+    now = int(time.time() * 1000)
+    for partition, pm in sorted(engines):
+        seconds = event_time_lag_seconds(now, pm.meter.low_watermark())
+        if seconds is not None:
+            lag.add_metric([str(partition)], seconds)
+    yield lag
+    yield family("metering_state_store_bytes", GaugeMetricFamily,
+                 value=dir_bytes(settings.data_dir))
 
 
-_METRIC_FAMILIES = (
-    # stats key prefix, metric name, label, help
-    ("records:", "metering_records_consumed_total", "category",
-     "Input records consumed, by category (rejected ones count as 'invalid' or their category)"),
-    ("rejects:", "metering_records_rejected_total", "reason", "Records rejected, by reason"),
-    ("ignored:", "metering_records_ignored_total", "kind", "Well-formed records not metered"),
-    ("intervals:", "metering_intervals_emitted_total", "usage_type",
-     "Usage intervals sent to the usage topic, by usage type"),
-)
-
-
-def render_metrics() -> bytes:
-    """Prometheus text exposition of the worker's counters (a first set; labels are low
-    cardinality: categories, reasons, usage types, never account or resource ids)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily
-
-    class _Stats:
-        def collect(self) -> Any:
-            snapshot = dict(stats)
-            for prefix, name, label, doc in _METRIC_FAMILIES:
-                family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=[label])
-                for key, value in sorted(snapshot.items()):
-                    if key.startswith(prefix):
-                        family.add_metric([key[len(prefix):]], value)
-                yield family
-
-    registry = CollectorRegistry()
-    registry.register(_Stats())
-    data: bytes = generate_latest(registry)
-    return data
-
-
-@app.page("/metrics")
-async def metrics(web: Any, request: Any) -> Any:
-    """Prometheus metrics (text format)."""
-    return web.bytes(render_metrics(),
-                     headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+observability = Observability(app, settings, "worker", settings.app_id,
+                              {settings.input_topic, settings.events_topic}, _worker_families)
+"""``/metrics``, ``/healthz`` and ``/readyz`` on the worker's web port."""

@@ -115,7 +115,10 @@ class Meter:
         self.accounts: MutableMapping[str, AccountState] = {} if accounts is None else accounts
         self.lanes: dict[str, LaneClock] = {}
         self.open_by_account: dict[str, set[str]] = {}
-        self.open_entities: set[str] = set()
+        self.open_entities: dict[str, tuple[int, ...]] = {}
+        """Entities with open intervals -> the usage types of their open slots."""
+        self.open_counts: Counter[int] = Counter()
+        """Open slots per usage type (kept with :attr:`open_entities`; for metrics)."""
         self.cut_boundary = NEVER
         """Periods ending at or before this instant are complete (min over lanes)."""
         self.advanced_to = NEVER
@@ -130,6 +133,7 @@ class Meter:
         """Rebuild the open-interval indexes from stored states (after a restore)."""
         self.open_by_account.clear()
         self.open_entities.clear()
+        self.open_counts.clear()
         for entity_id, state in items:
             self._index(entity_id, state, set())
 
@@ -143,10 +147,18 @@ class Meter:
                     del self.open_by_account[account]
         for account in after - before:
             self.open_by_account.setdefault(account, set()).add(entity_id)
-        if state.slots:
-            self.open_entities.add(entity_id)
+        types = tuple(key[0] for key in state.slots)
+        old = self.open_entities.get(entity_id, ())
+        if types != old:
+            counts = self.open_counts
+            for usage_type in old:
+                counts[usage_type] -= 1
+            for usage_type in types:
+                counts[usage_type] += 1
+        if types:
+            self.open_entities[entity_id] = types
         else:
-            self.open_entities.discard(entity_id)
+            self.open_entities.pop(entity_id, None)
 
     def domain_of(self, account_id: str) -> str | None:
         """Domain UUID of an account, from ``ACCOUNT.CREATE`` (rule 7), or None."""
@@ -191,6 +203,10 @@ class Meter:
         if time_ms > clock.max_event_ms:
             clock.max_event_ms = time_ms
             self._set_watermark(clock, time_ms)
+
+    def low_watermark(self) -> int:
+        """The engine's watermark (UTC ms): the minimum over its lanes; :data:`NEVER` if none."""
+        return min((c.watermark for c in self.lanes.values()), default=NEVER)
 
     def watermark(self, lane: str) -> int:
         """Effective watermark (UTC ms) of a lane; :data:`NEVER` if it has seen nothing."""

@@ -81,6 +81,11 @@ class Settings:
         "help": "archive: longest wait before a partial batch is written"})
     archive_web_port: int = field(default=6067, metadata={
         "help": "HTTP port of the archive worker (/metrics, /healthz)"})
+    metrics_interval: float = field(default=10.0, metadata={
+        "help": "seconds between refreshes of consumer lag and store size for /metrics"})
+    ready_max_lag: int = field(default=10_000, metadata={
+        "help": "/readyz answers 200 once every assigned partition lags at most this many "
+        "records"})
     sasl_password: str = field(default="", metadata={
         "help": "SASL password (masked in check-config; SASL itself is not wired yet)"})
 
@@ -131,7 +136,8 @@ class Settings:
         for name in ("lateness", "idle_advance"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0 seconds")
-        for name in ("tick_interval", "batch_within", "archive_flush_seconds"):
+        for name in ("tick_interval", "batch_within", "archive_flush_seconds",
+                     "metrics_interval"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name}: must be > 0 seconds")
         if not 1 <= self.batch_size <= 100_000:
@@ -146,6 +152,8 @@ class Settings:
                 problems.append(f"{name}: {getattr(self, name)} not in 1..65535")
         if not 6 <= self.session_timeout <= 1800:
             problems.append("session_timeout: must be within the broker's default 6..1800 s")
+        if self.ready_max_lag < 0:
+            problems.append("ready_max_lag: must be >= 0 records")
         if self.standby_replicas < 0:
             problems.append("standby_replicas: must be >= 0")
         if problems:

@@ -32,11 +32,16 @@ ACCOUNT_DELETED: Final = 4
 
 
 class Routed(NamedTuple):
-    """A forwarded event: the decoded value, its source record and the forwarding wall time."""
+    """A forwarded event: the decoded value, its source record and the forwarding wall time.
+
+    ``record_ms`` is the Kafka timestamp of the source record (UTC ms), for the processing
+    latency metric; None when unknown (records written before it was carried).
+    """
 
     value: Meterable
     source: Source
     wall_ms: int
+    record_ms: int | None = None
 
 
 class Tick(NamedTuple):
@@ -61,9 +66,15 @@ def encode_tick(wall_ms: int, lanes: dict[str, tuple[int, int]] | None = None) -
     return orjson.dumps([TICK, wall_ms, {k: list(v) for k, v in (lanes or {}).items()}])
 
 
-def encode_routed(value: Meterable, src: Source, wall_ms: int) -> bytes:
-    """Encode a decoded, meterable event with its source and forwarding time."""
-    tail = [src.topic, src.partition, src.offset, wall_ms]
+def encode_routed(value: Meterable, src: Source, wall_ms: int,
+                  record_ms: int | None = None) -> bytes:
+    """Encode a decoded, meterable event with its source and forwarding time.
+
+    The last element is ``wall_ms``, or ``[wall_ms, record_ms]`` when the source record's
+    timestamp is known (both forms decode).
+    """
+    tail = [src.topic, src.partition, src.offset,
+            wall_ms if record_ms is None else [wall_ms, record_ms]]
     if isinstance(value, UsageEvent):
         return orjson.dumps([USAGE, value.event_type, value.account_id, value.resource_id,
                              value.zone_id, value.time_ms, *tail])
@@ -86,6 +97,9 @@ def decode_wire(data: bytes) -> Routed | Tick:
             return Tick(int(item[1]), {k: (int(v[0]), int(v[1])) for k, v in lanes.items()})
         *head, topic, partition, offset, wall = item
         src = Source(topic, partition, offset)
+        record_ms = None
+        if isinstance(wall, list):
+            wall, record_ms = wall
         value: Meterable
         if kind == USAGE:
             value = UsageEvent(head[1], head[2], head[3], head[4], head[5])
@@ -97,7 +111,7 @@ def decode_wire(data: bytes) -> Routed | Tick:
             value = AccountDeleted(head[1], head[2])
         else:
             raise WireError(f"unknown internal record kind {kind!r}")
-        return Routed(value, src, wall)
+        return Routed(value, src, wall, record_ms)
     except (orjson.JSONDecodeError, IndexError, TypeError, ValueError) as exc:
         if isinstance(exc, WireError):
             raise

@@ -77,6 +77,21 @@ def wait_exit(w: WorkerProc, deadline_s: float = 90.0) -> int:
         raise AssertionError(f"archive did not crash as injected:\n{w.tail()}") from None
 
 
+def wait_archive_lag_zero(w: WorkerProc, deadline_s: float = 60.0) -> str:
+    """Poll /metrics until the archive group's lag is measured at 0 on every partition."""
+    end = time.monotonic() + deadline_s
+    while True:
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{w.web_port}/metrics", timeout=5).read().decode()
+        lags = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("metering_consumer_lag_records{")]
+        if len(lags) == PARTITIONS and not any(lags):
+            assert 'role="archive"' in text
+            return text
+        assert time.monotonic() < end, f"archive lag not 0: {lags}\n{w.tail()}"
+        time.sleep(0.25)  # poll with a deadline
+
+
 def dataset_ids(root: Path) -> list[str]:
     table = ds.dataset(str(root), format="parquet", partitioning="hive").to_table(
         columns=["interval_id"])
@@ -94,6 +109,7 @@ def archive_factory(
         w = WorkerProc(kafka_bootstrap, app, "unused-input", tmp_path / "data",
                        partitions=PARTITIONS, command="archive",
                        extra={"METERING_ARCHIVE_BATCH_RECORDS": "400",
+                              "METERING_METRICS_INTERVAL": "0.5",
                               "METERING_ARCHIVE_FLUSH_SECONDS": "0.3",
                               **{k.upper(): v for k, v in extra.items()}})
         started.append(w)
@@ -127,8 +143,7 @@ def test_kill9_loses_nothing_and_compaction_leaves_each_interval_once(
     restarted = archive_factory()
     restarted.start()
     wait_archived(restarted, ends)
-    metrics = urllib.request.urlopen(
-        f"http://127.0.0.1:{restarted.web_port}/metrics", timeout=5).read().decode()
+    metrics = wait_archive_lag_zero(restarted)
     assert restarted.stop() == 0
 
     # Nothing lost, nothing doubled by the crash: one row per record on the topic.
