@@ -41,8 +41,12 @@ log = logging.getLogger("metering.archive")
 settings: Settings = load_settings()
 app = make_app(settings, app_id=f"{settings.app_id}-archive",
                web_port=settings.archive_web_port)
+# internal=True: Faust creates the topic at start-up if it is missing (the archive may start
+# before the worker has produced anything; subscribing to a missing topic would wait for a
+# metadata refresh, minutes). An existing topic is used as it is.
 usage_topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
-                        key_serializer="raw", value_serializer="raw", allow_empty=True)
+                        key_serializer="raw", value_serializer="raw", allow_empty=True,
+                        internal=True, partitions=settings.partitions)
 writer = ArchiveWriter(settings.archive_dir.resolve(),
                        PeriodGrid(settings.period, settings.timezone))  # type: ignore[arg-type]
 
