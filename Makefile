@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: help install test test-unit test-integration lint fmt demo kafka-up kafka-down kafka-status bench clean
+.PHONY: help install test test-unit test-integration lint fmt demo kafka-up kafka-down kafka-status bench promtool clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,7 @@ fmt: install ## Format the code with ruff
 	$(BIN)/ruff check --fix metering agents tests
 
 test: install lint ## Lint, then the whole suite (unit, property, contract, real-broker integration)
+	@$(MAKE) --no-print-directory promtool || echo "promtool unavailable: its checks will be skipped"
 	$(BIN)/python -m pytest -q
 
 test-unit: install ## Only the tests that need no broker
@@ -55,6 +56,24 @@ kafka-status: install ## Is the local broker running?
 
 bench: install ## Benchmarks; writes BENCHMARKS.md
 	$(BIN)/python -m bench
+
+# promtool checks compose/prometheus/rules.yml (tests/unit/test_compose.py uses it when found).
+# Debian's `prometheus` package (apt-get download + dpkg -x, no root, a few seconds), cached
+# outside the repository; override the cache with METERING_CACHE_DIR.
+PROMTOOL_CACHE := $(or $(METERING_CACHE_DIR),$(HOME)/.cache/metering)
+promtool: ## Fetch promtool into ~/.cache/metering/promtool/ (Debian package; prints its path)
+	@set -euo pipefail; dest="$(PROMTOOL_CACHE)/promtool/promtool"; \
+	if [ ! -x "$$dest" ]; then \
+	  command -v apt-get >/dev/null && command -v dpkg >/dev/null \
+	    || { echo "promtool: needs apt-get and dpkg (Debian/Ubuntu); or put promtool on PATH" >&2; exit 1; }; \
+	  work="$$(mktemp -d)"; trap 'rm -rf "$$work"' EXIT; \
+	  (cd "$$work" && apt-get download -q prometheus >/dev/null 2>&1) \
+	    || { echo "promtool: 'apt-get download prometheus' failed (run apt-get update?)" >&2; exit 1; }; \
+	  dpkg -x "$$work"/prometheus_*.deb "$$work/root"; \
+	  mkdir -p "$$(dirname "$$dest")"; \
+	  install -m 0755 "$$work/root/usr/bin/promtool" "$$dest.tmp" && mv "$$dest.tmp" "$$dest"; \
+	fi; \
+	"$$dest" --version 2>&1 | head -n 1; echo "promtool: $$dest"
 
 clean: ## Remove the venv and caches (keeps the Maven/Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

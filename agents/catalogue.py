@@ -28,18 +28,19 @@ class MetricSpec:
     labels: tuple[str, ...]
     help: str
     role: Role
-    alert: str = ""
-    """Name of the alert rule (``compose/prometheus/rules.yml``) it feeds, if any."""
+    alerts: tuple[str, ...] = ()
+    """Names of the alert rules (``compose/prometheus/rules.yml``) it feeds."""
 
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec("metering_records_consumed_total", "counter", ("category", "outcome"),
                "Input records consumed from the CloudStack topic, by category (usage, "
                "action, resource_state, async_job, alert, invalid) and outcome (metered, "
-               "ignored, rejected)", "worker", "MeteringRejectRateHigh"),
+               "ignored, rejected)", "worker",
+               ("MeteringRejectRateHigh",)),
     MetricSpec("metering_records_rejected_total", "counter", ("reason",),
                "Input records rejected (sent to the rejects topic), by reason", "worker",
-               "MeteringRejectRateHigh"),
+               ("MeteringRejectRateHigh",)),
     MetricSpec("metering_intervals_emitted_total", "counter", ("usage_type",),
                "Usage intervals sent to the usage topic, by usage type name", "worker"),
     MetricSpec("metering_usage_emitted_seconds_total", "counter", ("usage_type",),
@@ -51,15 +52,17 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec("metering_consumer_lag_records", "gauge", ("group", "topic", "partition"),
                "Records not yet committed by the consumer group: end offset minus committed "
                "offset, per assigned partition (refreshed every metrics_interval seconds "
-               "and after each rebalance)", "both", "MeteringConsumerLagGrowing"),
+               "and after each rebalance)", "both",
+               ("MeteringConsumerLagGrowing", "MeteringArchiveStalled")),
     MetricSpec("metering_event_time_lag_seconds", "gauge", ("partition",),
                "Wall clock minus the event-time watermark of each internal partition (how "
                "far behind CloudStack's clock metering runs)", "worker",
-               "MeteringEventTimeLagHigh"),
+               ("MeteringEventTimeLagHigh",)),
     MetricSpec("metering_processing_latency_seconds", "histogram", (),
                "Input record timestamp to its interval acknowledged on the usage topic, for "
                "intervals closed by an event (period cuts wait for the period by design)",
-               "worker", "MeteringProcessingSlow"),
+               "worker",
+               ("MeteringProcessingSlow",)),
     MetricSpec("metering_state_store_bytes", "gauge", (),
                "Bytes of this worker's RocksDB table files on disk", "worker"),
     MetricSpec("metering_assigned_partitions", "gauge", ("topic",),
@@ -78,13 +81,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
                "archive"),
     MetricSpec("metering_archive_write_failures_total", "counter", (),
                "Failed attempts to write a batch (retried; offsets do not advance)",
-               "archive", "MeteringArchiveFailing"),
+               "archive",
+               ("MeteringArchiveFailing",)),
     MetricSpec("metering_archive_last_success_timestamp_seconds", "gauge", (),
                "UTC epoch seconds of the last batch made durable (0: none yet)", "archive",
-               "MeteringArchiveStalled"),
+               ("MeteringArchiveStalled",)),
     MetricSpec("metering_archive_failing", "gauge", (),
                "1 while the archive's last write attempt failed, else 0", "archive",
-               "MeteringArchiveFailing"),
+               ("MeteringArchiveFailing",)),
     MetricSpec("metering_build_info", "gauge", ("version", "config_hash", "role"),
                "Always 1; labels carry the version and a hash of the effective settings",
                "both"),
@@ -103,16 +107,16 @@ event-time lag are the better signals). Twelve buckets keep the series count sma
 
 def sample_names(spec: MetricSpec) -> tuple[str, ...]:
     """Names of the samples a family produces in the text format (histograms have three)."""
-    if spec.kind == "histogram":
+    if spec.kind == "histogram":  # prometheus_client also adds <name>_created
         return (f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count")
     return (spec.name,)
 
 
 def markdown_table() -> str:
     """The README's metric table (checked against the README by a test)."""
-    lines = ["| metric | type | labels | meaning | alert |", "|---|---|---|---|---|"]
+    lines = ["| metric | type | labels | meaning | alerts |", "|---|---|---|---|---|"]
     for m in METRICS:
         labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
-        alert = f"`{m.alert}`" if m.alert else "-"
+        alert = ", ".join(f"`{a}`" for a in m.alerts) or "-"
         lines.append(f"| `{m.name}` | {m.kind} | {labels} | {m.help} | {alert} |")
     return "\n".join(lines) + "\n"
