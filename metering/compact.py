@@ -190,6 +190,11 @@ def dedupe(table: pa.Table, max_details: int = MAX_CONFLICT_DETAILS) -> Deduplic
     repeated_ids = pc.unique(sorted_ids.filter(pc.invert(first)))
     repeated = ordered.filter(pc.is_in(sorted_ids, value_set=repeated_ids))
     content = [c for c in table.column_names if c not in LINEAGE_COLUMNS]
+    if "duration_ms" in content:
+        # Zero-length intervals bill nothing. Two of them at the same instant (a resource
+        # opened and closed twice within CloudStack's one-second clock resolution) share an
+        # id and may differ in close_reason or final: that is no conflict; one is kept.
+        repeated = repeated.filter(pc.not_equal(repeated.column("duration_ms"), 0))
     distinct = repeated.select(content).group_by(content, use_threads=False).aggregate([])
     versions = distinct.group_by("interval_id", use_threads=False).aggregate(
         [("interval_id", "count")]

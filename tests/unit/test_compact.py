@@ -240,6 +240,30 @@ def test_conflicting_versions_leave_the_day_unchanged_by_default(dataset: Path) 
     assert summary.days[1].action == "compacted"  # other days still compacted
 
 
+def test_zero_length_repeats_at_one_instant_are_no_conflict(tmp_path: Path) -> None:
+    """Opened and closed twice within one second: two empty intervals share an id (rule 9)
+    and differ in close_reason; they bill nothing, so the day is compacted, one kept."""
+    start = DAY0 + 5 * HOUR
+
+    def empty(reason: str, offset: int) -> UsageInterval:
+        return make_interval(
+            usage_type=1, resource_id="vm-1", zone_id="z1", account_id="acct-1",
+            domain_id=None, offering_id=None, template_id=None, start=start, end=start,
+            period_start=start, final=True, close_reason=reason, source_topic="cs",
+            source_partition=0, source_offset=offset)
+
+    first, second = empty("VM.STOP", 128), empty("VM.DESTROY", 142)
+    assert first.interval_id == second.interval_id
+    put(tmp_path, DATES[0], "a.parquet", [first, interval(1)])
+    put(tmp_path, DATES[0], "b.parquet", [second])
+    summary = run_compact(CompactOptions(tmp_path, now_ms=NOW))
+    assert summary.days_refused == []
+    assert summary.conflicts == 0
+    rows = rows_of(partition_dir(tmp_path, DATES[0]) / COMPACTED_NAME)
+    assert len(rows) == 2
+    assert [r["close_reason"] for r in rows if r["duration_ms"] == 0] == ["VM.DESTROY"]
+
+
 def test_keep_latest_keeps_the_highest_source_offset(dataset: Path) -> None:
     short, long = conflicted(dataset)
     summary = run_compact(CompactOptions(dataset, on_conflict="keep-latest", now_ms=NOW))
