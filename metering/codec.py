@@ -29,13 +29,19 @@ class StateDecodeError(ValueError):
 
 
 def encode_entity(state: EntityState) -> bytes:
-    """Serialize an :class:`EntityState` to bytes (version 1)."""
+    """Serialize an :class:`EntityState` to bytes (version 1).
+
+    An ``ends`` entry is ``[usage type, zone key, end]``, with a fourth element ``1`` when
+    the slot's last interval was zero-length (older states have no fourth element).
+    """
     slots = [
         [k[0], k[1], s.account_id, s.zone_id, s.start, s.opened_by.topic,
          s.opened_by.partition, s.opened_by.offset]
         for k, s in state.slots.items()
     ]
-    ends = [[k[0], k[1], e] for k, e in state.ends.items()]
+    empty = state.empty_ends
+    ends = [[k[0], k[1], e, 1] if k in empty else [k[0], k[1], e]
+            for k, e in state.ends.items()]
     return _V1 + orjson.dumps(
         [state.lane, slots, [list(c) for c in state.changes], state.offsets, ends]
     )
@@ -64,8 +70,9 @@ def decode_entity(data: bytes) -> EntityState:
             },
             changes=[(t, k, v) for t, k, v in changes],
             offsets=dict(offsets),
-            ends={(ut, zk): e for ut, zk, e in ends},
+            ends={(end[0], end[1]): end[2] for end in ends},
             lane=lane,
+            empty_ends={(end[0], end[1]) for end in ends if len(end) > 3 and end[3]},
         )
     except (TypeError, ValueError) as exc:  # valid JSON of the wrong shape
         raise StateDecodeError(f"corrupt entity state: {exc}") from exc

@@ -65,6 +65,9 @@ class EntityState:
         offsets: last applied record offset per source lane (``topic/partition``).
         ends: end (UTC ms) of the last interval emitted per slot key, so a reopen never
             overlaps what was already emitted.
+        empty_ends: slot keys whose last emitted interval was zero-length (at ``ends``):
+            a second zero-length close at that instant would repeat its ``interval_id``
+            with other content, so it is not emitted (counted ``zero_length_repeat``).
         lane: the lane of the last applied record; its watermark cuts this entity's periods.
     """
 
@@ -73,6 +76,7 @@ class EntityState:
     offsets: dict[str, int] = field(default_factory=dict)
     ends: dict[SlotKey, int] = field(default_factory=dict)
     lane: str = ""
+    empty_ends: set[SlotKey] = field(default_factory=set)
 
     def accounts(self) -> set[str]:
         """Accounts owning at least one open interval of this entity."""
@@ -213,6 +217,7 @@ def _cut_slot(
           last_reason, slot.opened_by, out)
     slot.start = upto
     state.ends[key] = upto
+    state.empty_ends.discard(key)
 
 
 def _close_slot(
@@ -233,6 +238,16 @@ def _close_slot(
     if at < start:
         notes.append("zero_length")
     end = at if at > start else start
+    if end == start:
+        # Opened and closed twice at one instant (CloudStack's clock has 1 s resolution; a
+        # resize or restart on a period boundary): the first zero-length interval already
+        # says it; a second would share its id (rule 9) with different content.
+        if key in state.empty_ends and state.ends.get(key) == start:
+            notes.append("zero_length_repeat")
+            return
+        state.empty_ends.add(key)
+    else:
+        state.empty_ends.discard(key)
     _emit(state, key, slot, resource_id, start, end, grid, domain_of, True, reason, src, out)
     state.ends[key] = end
 

@@ -29,6 +29,7 @@ ENTITY = EntityState(
     offsets={"cs/3": 17, "cs.x/0": 0},
     ends={(1, ""): 1_741_946_399_000, (7, "zone-1"): 3},
     lane="cs/3",
+    empty_ends={(7, "zone-1")},
 )
 ACCOUNT = AccountState(
     domain_id="dom-1",
@@ -46,6 +47,13 @@ def test_entity_round_trip() -> None:
     assert isinstance(back.slots[(1, "")].opened_by, Source)
     assert back.slots[(7, "")].zone_id is None
     assert encode_entity(back) == data  # stable: encode(decode(x)) == x
+
+
+def test_states_written_before_empty_ends_still_decode() -> None:
+    old = bytes([VERSION]) + orjson.dumps(["cs/0", [], [], {}, [[1, "", 7]]])
+    state = decode_entity(old)
+    assert state.ends == {(1, ""): 7}
+    assert state.empty_ends == set()
 
 
 def test_empty_entity_round_trip() -> None:
@@ -126,10 +134,13 @@ usage_types = st.sampled_from([1, 2, 3, 6, 7, 8, 9, 13, 26, 31])
     st.dictionaries(ids, st.integers(0, 2**62), max_size=3),
     st.dictionaries(st.tuples(usage_types, st.just("") | ids), ms, max_size=5),
     st.text(max_size=12),
+    st.data(),
 )
-def test_entity_round_trip_property(slots_, changes, offsets, ends, lane) -> None:  # type: ignore[no-untyped-def]
+def test_entity_round_trip_property(slots_, changes, offsets, ends, lane, data) -> None:  # type: ignore[no-untyped-def]
+    empty = data.draw(st.sets(st.sampled_from(sorted(ends)))) if ends else set()
     state = EntityState(
-        slots=slots_, changes=sorted(changes), offsets=offsets, ends=ends, lane=lane
+        slots=slots_, changes=sorted(changes), offsets=offsets, ends=ends, lane=lane,
+        empty_ends=empty,
     )
     assert decode_entity(encode_entity(state)) == state
 
