@@ -243,7 +243,7 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                                       event.message.topic, partition, event.message.offset)
                             continue
                         if isinstance(item, Tick):
-                            pm.meter.observe_lanes(item.lanes)
+                            pm.meter.observe_lanes(item.lanes, item.inputs, item.wall_ms)
                             rows = pm.meter.advance(item.wall_ms)
                         else:
                             rows = pm.meter.process(item.value, item.source, item.wall_ms)
@@ -272,13 +272,40 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
             _die("meter batch failed")
 
 
+_input_partitions: list[float] = []
+"""[partition count of the input topic, monotonic time it was read] (refreshed every 60 s)."""
+
+
+async def input_partitions() -> int | None:
+    """Partition count of the input topic from the producer's metadata (None if unknown)."""
+    now = time.monotonic()
+    if _input_partitions and now - _input_partitions[1] < 60:
+        return int(_input_partitions[0])
+    producer = app.producer._ensure_producer()  # the driver's aiokafka producer (private API)
+    try:
+        await asyncio.wait_for(producer.client._wait_on_metadata(settings.input_topic), 5)
+    except Exception:  # no metadata yet (topic missing, broker away): no tick this time
+        return int(_input_partitions[0]) if _input_partitions else None
+    parts = producer.client.cluster.partitions_for_topic(settings.input_topic)
+    if not parts:
+        return None
+    _input_partitions[:] = [len(parts), now]
+    return len(parts)
+
+
 @app.timer(settings.tick_interval)
 async def tick() -> None:
     """Send a tick (wall clock + this worker's lane progress) to every internal partition.
 
     Every worker sends ticks: each knows the progress of the input partitions it ingests.
+    Each tick also names every input partition, so a partition that nobody has reported
+    yet holds period closing back instead of being overlooked.
     """
-    data = encode_tick(int(time.time() * 1000), dict(lane_progress))
+    count = await input_partitions()
+    if not count:
+        return  # without the full set of lanes a tick could close periods too early
+    inputs = {settings.input_topic: count}
+    data = encode_tick(int(time.time() * 1000), dict(lane_progress), inputs)
     for p in range(settings.partitions):
         await events_topic.send(value=data, partition=p)
 
@@ -291,6 +318,68 @@ async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
 @app.on_partitions_assigned.connect
 async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
+    inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+    if inputs:
+        _pending.append(asyncio.ensure_future(recover_lane_progress(inputs)))
+
+
+_pending: list[asyncio.Future[None]] = []
+
+RECOVER_WINDOW = 500
+"""Records read back before the committed offset to find a lane's progress."""
+
+
+async def recover_lane_progress(partitions: list[int]) -> None:
+    """Rebuild ``lane_progress`` of newly assigned input partitions after a restart.
+
+    Everything before the group's committed offset was forwarded and delivered by an
+    earlier process, so the newest event time among the last records before it is a safe
+    lower bound of the lane's progress. Without it, a lane whose records were all consumed
+    before a crash would never be reported again, and ticks (which name every input
+    partition) would hold period closing back until idle advance.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topic = settings.input_topic
+    tps = [TopicPartition(topic, p) for p in partitions]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=10_000)
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+                              enable_auto_commit=False, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        await reader.start()
+        committed = await asyncio.wait_for(
+            admin.list_consumer_group_offsets(settings.app_id, partitions=tps), 15)
+        reader.assign(tps)
+        wall = int(time.time() * 1000)
+        for tp in tps:
+            meta = committed.get(tp)
+            end = -1 if meta is None else meta.offset
+            if end <= 0:
+                continue
+            reader.seek(tp, max(0, end - RECOVER_WINDOW))
+            newest = -1
+            deadline = time.monotonic() + 15
+            position = max(0, end - RECOVER_WINDOW)
+            while position < end and time.monotonic() < deadline:
+                got = await reader.getmany(tp, timeout_ms=1000, max_records=RECOVER_WINDOW)
+                for msg in got.get(tp, []):
+                    position = msg.offset + 1
+                    if msg.offset >= end:
+                        break
+                    value = decode(msg.value or b"", settings.max_record_bytes)
+                    if not isinstance(value, Rejected | Ignored):
+                        newest = max(newest, value.time_ms)
+            if newest >= 0:
+                lane = f"{topic}/{tp.partition}"
+                previous = lane_progress.get(lane, (newest, wall))[0]
+                lane_progress[lane] = (max(previous, newest), wall)
+    except Exception as exc:  # progress comes back with new records, or by idle advance
+        log.warning("lane progress of %s%s not recovered: %r", topic, partitions, exc)
+    finally:
+        await reader.stop()
+        await admin.close()
 
 
 def _worker_families() -> Iterable[Any]:

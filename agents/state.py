@@ -75,6 +75,7 @@ class PartitionMeter:
             grid=PeriodGrid(settings.period, settings.timezone),  # type: ignore[arg-type]
             lateness_ms=settings.lateness_ms,
             idle_advance_ms=settings.idle_advance_ms,
+            wait_for_inputs=True,  # the first tick names every input partition
         )
         self.meter = Meter(policy, self.entity_view, self.account_view)
         self._restore()

@@ -87,11 +87,15 @@ class MeterPolicy:
             (batch replay: the whole input is known, so no event is ever late).
         idle_advance_ms: after this much wall-clock time without records, a lane's watermark
             moves on with the wall clock (None: never; replay uses None).
+        wait_for_inputs: close no period until :meth:`Meter.observe_lanes` named every
+            input lane (the streaming worker: records of some lanes can reach a partition
+            before any record of another lane, which must still hold the watermark back).
     """
 
     grid: PeriodGrid = field(default_factory=PeriodGrid)
     lateness_ms: int | None = 60_000
     idle_advance_ms: int | None = None
+    wait_for_inputs: bool = False
 
 
 class Meter:
@@ -119,6 +123,8 @@ class Meter:
         """Entities with open intervals -> the usage types of their open slots."""
         self.open_counts: Counter[int] = Counter()
         """Open slots per usage type (kept with :attr:`open_entities`; for metrics)."""
+        self.inputs_known = not self.policy.wait_for_inputs
+        """False until the set of input lanes is known (see ``wait_for_inputs``)."""
         self.cut_boundary = NEVER
         """Periods ending at or before this instant are complete (min over lanes)."""
         self.advanced_to = NEVER
@@ -184,8 +190,11 @@ class Meter:
         if watermark <= clock.watermark:
             return
         clock.watermark = watermark
+        self._recompute_cut()
+
+    def _recompute_cut(self) -> None:
         lateness = self.policy.lateness_ms
-        if lateness is None:
+        if lateness is None or not self.inputs_known or not self.lanes:
             return
         # The engine's watermark is the minimum over its lanes (as in Flink): an account-wide
         # event on one lane (ACCOUNT.DELETE/CREATE) is never late for resources on another.
@@ -332,13 +341,27 @@ class Meter:
 
     # ------------------------------------------------------------------ time passing
 
-    def observe_lanes(self, lanes: dict[str, tuple[int, int]]) -> None:
+    def observe_lanes(self, lanes: dict[str, tuple[int, int]],
+                      inputs: dict[str, int] | None = None, wall_ms: int | None = None) -> None:
         """Take lane progress reported by the forwarder (``max_event_ms, arrival_wall_ms``).
 
         In the streaming worker one lane's records are spread over several partitions; ticks
         carry the lane's watermark to all of them, so every partition cuts periods exactly
-        where ``replay`` over the same lane would.
+        where ``replay`` over the same lane would. ``inputs`` (input topic -> partition
+        count) names every lane, also those no forwarder has reported yet: such a lane is
+        registered with no progress and holds the watermark back (an input partition that
+        is read later than the others, e.g. after a restart or by another worker, must not
+        find its periods already closed); idle advance releases it after ``idle_advance_ms``
+        of ``wall_ms``.
         """
+        for topic, count in (inputs or {}).items():
+            for partition in range(count):
+                lane = f"{topic}/{partition}"
+                if lane not in self.lanes:
+                    self.lanes[lane] = LaneClock(arrival_wall_ms=wall_ms)
+        if inputs and not self.inputs_known:
+            self.inputs_known = True
+            self._recompute_cut()
         for lane, (max_event, arrival) in lanes.items():
             clock = self._lane(lane)
             if clock.arrival_wall_ms is None or arrival > clock.arrival_wall_ms:
@@ -357,12 +380,25 @@ class Meter:
         """
         idle_limit = self.policy.idle_advance_ms
         if idle_limit is not None and wall_ms is not None:
+            silent: list[LaneClock] = []
             for clock in self.lanes.values():
-                if clock.arrival_wall_ms is None or clock.max_event_ms <= NEVER:
+                if clock.arrival_wall_ms is None:
                     continue
                 idle = wall_ms - clock.arrival_wall_ms
-                if idle > idle_limit:
+                if idle <= idle_limit:
+                    continue
+                if clock.max_event_ms <= NEVER:
+                    silent.append(clock)  # registered, never delivered anything
+                else:
                     self._set_watermark(clock, clock.max_event_ms + idle - idle_limit)
+            if silent:
+                # An input partition idle since it became known (empty, or its reader is
+                # gone) follows the slowest lane that has data, so it stops holding back.
+                floor = min((c.watermark for c in self.lanes.values()
+                             if c.max_event_ms > NEVER), default=NEVER)
+                if floor > NEVER:
+                    for clock in silent:
+                        self._set_watermark(clock, floor)
         if self.cut_boundary <= self.advanced_to:
             return []  # no period completed since the last advance
         self.advanced_to = self.cut_boundary

@@ -55,15 +55,21 @@ class Tick(NamedTuple):
 
     wall_ms: int
     lanes: dict[str, tuple[int, int]]
+    inputs: dict[str, int] = {}  # noqa: RUF012 (NamedTuple default, never mutated)
+    """Input topic -> its partition count: every ``topic/partition`` is a lane that must
+    hold the watermark back until it reports progress (or idles), even one that has not
+    delivered a record yet."""
 
 
 class WireError(ValueError):
     """An internal record that this code did not write (a bug or a foreign producer)."""
 
 
-def encode_tick(wall_ms: int, lanes: dict[str, tuple[int, int]] | None = None) -> bytes:
-    """Encode a tick."""
-    return orjson.dumps([TICK, wall_ms, {k: list(v) for k, v in (lanes or {}).items()}])
+def encode_tick(wall_ms: int, lanes: dict[str, tuple[int, int]] | None = None,
+                inputs: dict[str, int] | None = None) -> bytes:
+    """Encode a tick (``inputs``: input topic -> partition count, see :class:`Tick`)."""
+    return orjson.dumps([TICK, wall_ms, {k: list(v) for k, v in (lanes or {}).items()},
+                         inputs or {}])
 
 
 def encode_routed(value: Meterable, src: Source, wall_ms: int,
@@ -94,7 +100,9 @@ def decode_wire(data: bytes) -> Routed | Tick:
         kind = item[0]
         if kind == TICK:
             lanes = item[2] if len(item) > 2 else {}
-            return Tick(int(item[1]), {k: (int(v[0]), int(v[1])) for k, v in lanes.items()})
+            inputs = item[3] if len(item) > 3 else {}
+            return Tick(int(item[1]), {k: (int(v[0]), int(v[1])) for k, v in lanes.items()},
+                        {str(t): int(n) for t, n in inputs.items()})
         *head, topic, partition, offset, wall = item
         src = Source(topic, partition, offset)
         record_ms = None

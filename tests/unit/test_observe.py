@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from agents.catalogue import BY_NAME, LATENCY_BUCKETS, METRICS, markdown_table
 from metering.events import Source, UsageEvent
-from metering.meter import NEVER, Meter
+from metering.intervals import UsageInterval
+from metering.meter import NEVER, Meter, MeterPolicy
 from metering.observe import consumer_lag, event_time_lag_seconds, readiness
 from metering.usage_types import UsageType
 from metering.wire import Routed, decode_wire, encode_routed
@@ -98,3 +99,61 @@ def test_catalogue_follows_prometheus_conventions() -> None:
 def test_readme_lists_every_metric_as_in_the_catalogue() -> None:
     assert markdown_table() in README.read_text(), (
         "README metric table is stale: paste agents.catalogue.markdown_table()")
+
+
+HOUR_MS = 3_600_000
+T = 1_740_787_200_000  # 2025-03-01T00:00:00Z
+
+
+def _lane2_usage(inputs: dict[str, int] | None) -> list[UsageInterval]:
+    meter = Meter(MeterPolicy(lateness_ms=0))
+    meter.observe_lanes({"cs/0": (T + 5 * HOUR_MS, T), "cs/1": (T + 5 * HOUR_MS, T)},
+                        inputs, T)
+    rows = meter.advance(T)
+    rows += meter.process(_usage("VM.START", "vm-2", T + 60_000), Source("cs", 2, 0), T)
+    rows += meter.process(_usage("VM.STOP", "vm-2", T + 2 * HOUR_MS), Source("cs", 2, 1), T)
+    return rows
+
+
+def test_an_input_partition_nobody_reported_yet_holds_period_closing_back() -> None:
+    """Lanes 0 and 1 far ahead must not close the periods of lane 2, whose records were not
+    forwarded yet (seen after restarts: lane 2's usage was cut before its closing events
+    arrived, and the closes became zero-length). Ticks name every input partition."""
+    rows = _lane2_usage({"cs": 3})
+    assert sum(r.duration_ms for r in rows) == 2 * HOUR_MS - 60_000
+    assert rows[-1].close_reason == "VM.STOP"
+    unnamed = _lane2_usage(None)  # without the partition count lane 2 is overlooked
+    assert sum(r.duration_ms for r in unnamed) != 2 * HOUR_MS - 60_000
+
+
+def test_a_silent_registered_lane_is_released_by_idle_advance() -> None:
+    meter = Meter(MeterPolicy(lateness_ms=0, idle_advance_ms=10_000))
+    meter.process(_usage("VM.START", "vm-0", T + 60_000), Source("cs", 0, 0), T)
+    meter.observe_lanes({"cs/0": (T + 3 * HOUR_MS, T)}, {"cs": 2}, T)
+    assert meter.advance(T + 5_000) == []  # cs/1 silent for 5 s only: held back
+    rows = meter.advance(T + 20_000)  # 20 s > idle_advance: cs/1 follows cs/0
+    assert [r.end for r in rows if r.resource_id == "vm-0"][:1] == [T + HOUR_MS]
+
+
+def test_ticks_carry_the_input_partition_counts_and_old_ticks_decode() -> None:
+    from metering.wire import Tick, encode_tick
+
+    tick = decode_wire(encode_tick(5, {"cs/0": (1, 2)}, {"cs": 4}))
+    assert tick == Tick(5, {"cs/0": (1, 2)}, {"cs": 4})
+    assert decode_wire(b'[0, 5, {"cs/0": [1, 2]}]') == Tick(5, {"cs/0": (1, 2)}, {})
+
+
+def test_records_before_the_first_tick_close_no_period() -> None:
+    """A partition may receive lane 0's records before any of lane 1's and before the first
+    tick: lane 1's usage must not be cut meanwhile (worker and replay then agree)."""
+    meter = Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True))
+    rows = meter.process(_usage("VM.START", "vm-1", T + 60_000), Source("cs", 1, 0), T)
+    rows += meter.process(_usage("VM.START", "vm-0", T + 5 * HOUR_MS), Source("cs", 0, 0), T)
+    assert meter.cut_boundary == NEVER
+    rows += meter.process(_usage("VM.STOP", "vm-1", T + 2 * HOUR_MS), Source("cs", 1, 1), T)
+    mine = [r for r in rows if r.resource_id == "vm-1"]
+    assert sum(r.duration_ms for r in mine) == 2 * HOUR_MS - 60_000
+    assert mine[-1].close_reason == "VM.STOP"
+    meter.observe_lanes({}, {"cs": 2}, T)  # the first tick: now lanes 0 and 1 are known
+    assert meter.inputs_known
+    assert meter.cut_boundary == T + HOUR_MS  # lane 1 at T + 2 h holds the rest back
