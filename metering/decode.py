@@ -60,9 +60,15 @@ def parse_json(raw: bytes) -> Any | Rejected:
         except UnicodeDecodeError as uexc:
             return Rejected(RejectReason.INVALID_UTF8, f"not valid UTF-8 at byte {uexc.start}")
         try:  # orjson is stricter than JSON (64-bit integers, nesting depth)
-            return json.loads(text)
+            obj = json.loads(text)
         except (ValueError, RecursionError):
             return Rejected(RejectReason.INVALID_JSON, f"not valid JSON: {exc}"[:200])
+        try:  # \ud800-style escapes decode to lone surrogates: text no encoder accepts
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            return Rejected(RejectReason.INVALID_JSON,
+                            "not valid JSON: a \\u escape encodes a lone UTF-16 surrogate")
+        return obj
 
 
 def classify(obj: dict[str, Any]) -> Category:

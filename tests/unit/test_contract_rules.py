@@ -391,6 +391,28 @@ def test_repeated_stop_changes_nothing() -> None:
     assert meter.stats["orphan_close"] == 2
 
 
+def test_two_zero_length_closes_at_one_instant_emit_one_interval() -> None:
+    """Opened and closed twice within CloudStack's one-second resolution: the second empty
+    interval would repeat the first one's id (rule 9) with other content; it is counted."""
+    rows, meter = run(
+        [
+            usage("VM.START", "vm", T0 + 5000),
+            usage("VM.STOP", "vm", T0 + 5000),
+            usage("VM.START", "vm", T0 + 5000),
+            usage("VM.STOP", "vm", T0 + 5000),
+            usage("VM.START", "vm", T0 + 5000),
+            usage("VM.STOP", "vm", T0 + MIN),
+        ],
+        until=T0 + HOUR,
+    )
+    assert spans(rows, 1) == [
+        (1, "vm", Z1, T0 + 5000, T0 + 5000, True, "VM.STOP"),
+        (1, "vm", Z1, T0 + 5000, T0 + MIN, True, "VM.STOP"),
+    ]
+    assert len({r.interval_id for r in rows}) == len(rows)
+    assert meter.stats["zero_length_repeat"] == 1
+
+
 def test_close_before_open_gives_a_zero_length_interval_never_negative() -> None:
     rows, meter = run(
         [usage("VM.START", "vm", T0 + 5000), usage("VM.STOP", "vm", T0)], until=T0 + HOUR
@@ -866,3 +888,16 @@ def test_replay_horizon() -> None:
         (1, "vm", Z1, T0 + 10 * MIN, T0 + HOUR, False, "period"),
         (1, "vm", Z1, T0 + HOUR, T0 + 2 * HOUR, False, "period"),
     ]
+
+
+@pytest.mark.parametrize("field", ["account", "id", "zone", "event"])
+def test_a_lone_surrogate_escape_is_rejected_not_a_poison_pill(field: str) -> None:
+    """orjson refuses ``\\ud800``; the stdlib fallback would accept it and hand on a string
+    no encoder can write (the worker would die on it after every restart)."""
+    record = {"eventDateTime": "2025-03-01 00:00:00 +0000", "event": "VM.START",
+              "account": "acct", "id": "vm-1", "zone": "z"}
+    record[field] = "x\\ud800"
+    raw = json.dumps(record).replace("\\\\ud800", "\\ud800").encode()
+    value = decode(raw)
+    assert isinstance(value, Rejected)
+    assert value.reason == RejectReason.INVALID_JSON
