@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: help install test test-unit test-integration lint fmt demo kafka-up kafka-down kafka-status bench promtool clean
+.PHONY: help install test test-unit test-integration test-reliability lint fmt demo kafka-up kafka-down kafka-status bench promtool clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ fmt: install ## Format the code with ruff
 test: install lint ## Lint, then the whole suite (unit, property, contract, real-broker integration)
 	@$(MAKE) --no-print-directory promtool || echo "promtool unavailable: its checks will be skipped"
 	$(BIN)/python -m pytest -q
+
+test-reliability: install ## Reliability suite at full size (300k-record crash loop, 10k fuzzed records, ...)
+	METERING_RELIABILITY=full METERING_FUZZ_RECORDS=10000 $(BIN)/python -m pytest -q -s -m reliability
 
 test-unit: install ## Only the tests that need no broker
 	$(BIN)/python -m pytest -q -m "not kafka"

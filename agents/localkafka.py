@@ -236,11 +236,13 @@ class LocalKafka:
             return "(no broker log)"
 
     def start(self, log: Callable[[str], None] = lambda _m: None) -> LocalKafka:
-        """Format storage and start the broker; return once it serves admin requests."""
+        """Format storage (unless already formatted: a restart keeps its data) and start the
+        broker; return once it serves admin requests."""
         klibs = ensure_jars(self.version, log)
         if shutil.which("java") is None:
             raise BrokerError("java is not on PATH: install a JDK 17")
-        self.workdir = Path(tempfile.mkdtemp(prefix="metering-kafka-"))
+        if self.workdir is None or not self.workdir.exists():  # else: a restart, same data
+            self.workdir = Path(tempfile.mkdtemp(prefix="metering-kafka-"))
         self.client_port = self.client_port or free_port()
         self.controller_port = self.controller_port or free_port()
         data = self.workdir / "data"
@@ -261,12 +263,14 @@ class LocalKafka:
         import base64
 
         cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
-        fmt = subprocess.run(
-            ["java", "-Xmx256m", *common, "kafka.tools.StorageTool", "format",
-             "-t", cid, "-c", str(props), "--ignore-formatted"],
-            capture_output=True, text=True, check=False,
-        )
-        if fmt.returncode != 0:
+        fmt = None
+        if not (data / "meta.properties").exists():  # else a restart: keep id and data
+            fmt = subprocess.run(
+                ["java", "-Xmx256m", *common, "kafka.tools.StorageTool", "format",
+                 "-t", cid, "-c", str(props), "--ignore-formatted"],
+                capture_output=True, text=True, check=False,
+            )
+        if fmt is not None and fmt.returncode != 0:
             raise BrokerStartError(
                 f"kafka StorageTool format failed (exit {fmt.returncode}):\n"
                 f"{(fmt.stdout + fmt.stderr)[-3000:]}"
@@ -320,6 +324,11 @@ class LocalKafka:
                 self.process.wait(timeout=10)
         if self.workdir is not None and not keep_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, log: Callable[[str], None] = lambda _m: None) -> LocalKafka:
+        """Stop the broker (SIGTERM) and start it again on the same ports and data."""
+        self.stop(keep_dir=True)
+        return self.start(log)
 
     def kill(self) -> None:
         """SIGKILL the broker at once (failure tests); its directory is kept for a restart."""

@@ -194,7 +194,8 @@ def dedupe(table: pa.Table, max_details: int = MAX_CONFLICT_DETAILS) -> Deduplic
         # Zero-length intervals bill nothing. Two of them at the same instant (a resource
         # opened and closed twice within CloudStack's one-second clock resolution) share an
         # id and may differ in close_reason or final: that is no conflict; one is kept.
-        repeated = repeated.filter(pc.not_equal(repeated.column("duration_ms"), 0))
+        nonzero = pc.not_equal(repeated.column("duration_ms"), pa.scalar(0, pa.int64()))
+        repeated = repeated.filter(nonzero)
     distinct = repeated.select(content).group_by(content, use_threads=False).aggregate([])
     versions = distinct.group_by("interval_id", use_threads=False).aggregate(
         [("interval_id", "count")]
