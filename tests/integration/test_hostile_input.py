@@ -377,10 +377,12 @@ def test_lone_surrogate_escape_is_not_a_poison_pill(
     worker_factory: Callable[..., WorkerProc],
 ) -> None:
     """A record orjson refuses but the stdlib parser accepts, with a lone UTF-16 surrogate
-    in ``account`` and ``id``: the worker must consume it (meter or reject it) and live."""
+    in ``account`` and ``id``: the worker rejects it (invalid_json) and lives."""
     poison = (b'{"eventDateTime":"2025-03-01 00:00:00 +0000","event":"VM.START",'
               b'"account":"a\\ud800","id":"vm-\\udfff","zone":"zone-1"}')
-    assert not isinstance(decode(poison), Rejected)  # accepted by the pure decoder
+    rejected = decode(poison)
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason.value == "invalid_json"
     topic = topic_factory(partitions=1, prefix="cspoison")
     produce(kafka_bootstrap, topic, [(None, poison), (None, sentinel(0))])
     worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000",
@@ -403,4 +405,6 @@ def test_lone_surrogate_escape_is_not_a_poison_pill(
         assert time.monotonic() < deadline, worker.tail()
         time.sleep(0.25)  # poll with a deadline
     assert worker.process.poll() is None, worker.tail(30)
+    assert any(lab.get("reason") == "invalid_json" and v >= 1
+               for lab, v in samples.get("metering_records_rejected_total", []))
     assert worker.stop() == 0, worker.tail()
