@@ -73,7 +73,7 @@ def test_crash_loop_kill9_five_times_loses_and_doubles_nothing(
     """kill -9 at 5 seeded points; the restarted worker keeps its RocksDB directory
     (``kept``: a process crash) or starts with an empty one (``lost``: the machine is
     replaced; state comes back from the changelog topics)."""
-    accounts, days = (1000, 9.4) if FULL else (50, 3)  # ~300 000 / ~5 000 records
+    accounts, days = (1340, 9.4) if FULL else (50, 3)  # ~300 000 / ~6 700 records
     cloud = simulated_cloud(kafka_bootstrap, unique_name("cscrash"), tmp_path, accounts, days,
                             seed=2026)
     app, data = unique_name("crash"), tmp_path / "crash-data"
