@@ -37,7 +37,7 @@ test: install lint ## Lint, then the whole suite (unit, property, contract, real
 	$(BIN)/python -m pytest -q
 
 test-reliability: install ## Reliability suite at full size (300k-record crash loop, 10k fuzzed records, ...)
-	METERING_RELIABILITY=full METERING_FUZZ_RECORDS=10000 $(BIN)/python -m pytest -q -s -m reliability
+	METERING_RELIABILITY=full METERING_FUZZ_RECORDS=10000 $(BIN)/python -m pytest -q -s -m reliability --timeout 3600
 
 test-unit: install ## Only the tests that need no broker
 	$(BIN)/python -m pytest -q -m "not kafka"

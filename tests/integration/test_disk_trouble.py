@@ -29,6 +29,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import _create_topic
@@ -72,7 +73,15 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         await admin.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            got = await admin.list_consumer_group_offsets(group, partitions=tps)
+            deadline = time.monotonic() + 30
+            while True:  # a fresh broker answers "coordinator not available" for a while
+                try:
+                    got = await admin.list_consumer_group_offsets(group, partitions=tps)
+                    break
+                except GroupCoordinatorNotAvailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)  # poll with a deadline
         finally:
             await admin.close()
         return {tp.partition: max(0, meta.offset) if meta is not None else 0
