@@ -228,7 +228,7 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
                 by_partition.setdefault(event.message.partition, []).append(event)
-            touched: list[tuple[int, Any]] = []
+            touched: list[tuple[Any, Any]] = []  # (PartitionMeter, its last event)
             closed_by: list[int] = []  # record timestamps (UTC ms) of event-closed intervals
             for partition, events in by_partition.items():
                 token = _current_event.set(weakref.ref(events[-1]))
@@ -246,9 +246,8 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                             pm.meter.observe_lanes(item.lanes, item.inputs, item.wall_ms)
                             rows = pm.meter.advance(item.wall_ms)
                         else:
-                            rows = pm.meter.process(item.value, item.source, item.wall_ms)
-                            if rows and item.record_ms is not None:
-                                closed_by.extend([item.record_ms] * len(rows))
+                            rows = pm.meter.process(item.value, item.source, item.wall_ms,
+                                                    item.record_ms)
                         for row in rows:
                             stats[f"intervals:{row.usage_type_name}"] += 1
                             stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
@@ -256,16 +255,21 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                                                 orjson.dumps(row.to_dict()))
                 finally:
                     _current_event.reset(token)
-                touched.append((partition, events[-1]))
+                touched.append((pm, events[-1]))
+                closed_by.extend(pm.meter.closed_record_ms)
+                pm.meter.closed_record_ms.clear()
             await usage_out.flush()  # delivered before the state that produced them is stored
             if closed_by:
                 now = time.time()
                 for record_ms in closed_by:
                     observability.latency.observe(now - record_ms / 1000)
-            for partition, last_event in touched:
+            # Flush the very engines this batch used: a rebalance callback may have dropped
+            # them from ``meters`` meanwhile, and a fresh engine (restored from RocksDB
+            # before these writes) would silently lose the batch's state changes.
+            for pm, last_event in touched:
                 token = _current_event.set(weakref.ref(last_event))
                 try:
-                    meters.for_partition(partition).flush()
+                    pm.flush()
                 finally:
                     _current_event.reset(token)
         except Exception:
@@ -375,6 +379,8 @@ async def recover_lane_progress(partitions: list[int]) -> None:
                 lane = f"{topic}/{tp.partition}"
                 previous = lane_progress.get(lane, (newest, wall))[0]
                 lane_progress[lane] = (max(previous, newest), wall)
+            log.info("lane progress of %s/%d: committed %d, newest event %d",
+                     topic, tp.partition, end, newest)
     except Exception as exc:  # progress comes back with new records, or by idle advance
         log.warning("lane progress of %s%s not recovered: %r", topic, partitions, exc)
     finally:

@@ -3,7 +3,10 @@
 Format: one version byte, then an orjson array. Version 1::
 
     entity  = [lane, [[usage_type, zone_key, account, zone|null, start, topic, part, offset], ...],
-               [[time, attribute, value], ...], {lane: offset}, [[usage_type, zone_key, end], ...]]
+               [[time, attribute, value], ...], {lane: offset}, [[usage_type, zone_key, end], ...],
+               held]    (``held`` optional: closed intervals not emitted yet)
+    held    = [[usage_type, zone_key, account, zone|null, start, topic, part, offset,
+                end, reason, topic, part, offset, record_ms|null], ...]
     account = [domain|null, deleted_at|null, {lane: offset}, [topic, part, offset]|null]
 
 Decoding an unknown version raises :class:`StateDecodeError` (a bug or a newer writer, never
@@ -17,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from metering.events import Source
-from metering.lifecycle import EntityState, Slot
+from metering.lifecycle import EntityState, Held, Slot
 from metering.meter import AccountState
 
 VERSION: Final = 1
@@ -42,9 +45,15 @@ def encode_entity(state: EntityState) -> bytes:
     empty = state.empty_ends
     ends = [[k[0], k[1], e, 1] if k in empty else [k[0], k[1], e]
             for k, e in state.ends.items()]
-    return _V1 + orjson.dumps(
-        [state.lane, slots, [list(c) for c in state.changes], state.offsets, ends]
-    )
+    body = [state.lane, slots, [list(c) for c in state.changes], state.offsets, ends]
+    if state.held:
+        body.append([
+            [h.key[0], h.key[1], h.slot.account_id, h.slot.zone_id, h.slot.start,
+             h.slot.opened_by.topic, h.slot.opened_by.partition, h.slot.opened_by.offset,
+             h.end, h.reason, h.src.topic, h.src.partition, h.src.offset, h.record_ms]
+            for h in state.held
+        ])
+    return _V1 + orjson.dumps(body)
 
 
 def _body(data: bytes) -> Any:
@@ -62,7 +71,15 @@ def decode_entity(data: bytes) -> EntityState:
     """Inverse of :func:`encode_entity`."""
     body = _body(data)
     try:
-        lane, slots, changes, offsets, ends = body
+        lane, slots, changes, offsets, ends, *rest = body
+        if len(rest) > 1:
+            raise ValueError(f"{len(body)} fields")
+        held = [
+            Held((ut, zk), Slot(acct, zone, start, Source(topic, part, off)), end, reason,
+                 Source(htopic, hpart, hoff), record_ms)
+            for (ut, zk, acct, zone, start, topic, part, off, end, reason, htopic, hpart, hoff,
+                 record_ms) in (rest[0] if rest else ())
+        ]
         return EntityState(
             slots={
                 (ut, zk): Slot(acct, zone, start, Source(topic, part, off))
@@ -73,6 +90,7 @@ def decode_entity(data: bytes) -> EntityState:
             ends={(end[0], end[1]): end[2] for end in ends},
             lane=lane,
             empty_ends={(end[0], end[1]) for end in ends if len(end) > 3 and end[3]},
+            held=held,
         )
     except (TypeError, ValueError) as exc:  # valid JSON of the wrong shape
         raise StateDecodeError(f"corrupt entity state: {exc}") from exc

@@ -10,6 +10,12 @@ the state they are given and return it (updated in place for speed) with the int
 emit. Instants are UTC epoch milliseconds; intervals are half-open ``[start, end)``.
 
 Determinism: an emitted row depends only on the input records, not on when it is emitted.
+Records of one resource arrive through several source lanes (CloudStack keys its usage and
+action events differently), so a close may be applied before an action event of another lane
+that precedes it in event time (for instance ``VM.UPGRADE``'s new offering). A closed
+interval is therefore *held* (:class:`Held`) until every lane has passed its end (the
+``settled`` instant the engine passes in), and only then built and emitted by
+:func:`release`, with whatever attributes and deletions event time says.
 Pieces that end at a period boundary while the resource stays open are always
 ``final=false, close_reason="period"`` with the opening record as lineage, whether a tick
 (streaming), a later event or the end of a replay emits them; attributes are looked up by
@@ -40,6 +46,9 @@ SERVICE_OFFERING: Final = 0
 TEMPLATE: Final = 1
 DISK_OFFERING: Final = 2
 
+FOREVER: Final = 2**62
+"""A ``settled`` instant after every event: closed intervals are emitted at once."""
+
 SlotKey = tuple[int, str]
 """(usage type, zone key); the zone key is ``""`` unless the type is TEMPLATE or ISO."""
 
@@ -52,6 +61,22 @@ class Slot:
     zone_id: str | None
     start: int
     opened_by: Source
+
+
+@dataclass(slots=True)
+class Held:
+    """A closed interval ``[slot.start, end)`` not yet emitted (see :func:`release`).
+
+    ``reason`` and ``src`` are the closing event type and record (UTC ms for ``end``);
+    ``record_ms`` the closing record's timestamp (UTC ms) if known, for latency metrics.
+    """
+
+    key: SlotKey
+    slot: Slot
+    end: int
+    reason: str
+    src: Source
+    record_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -69,6 +94,8 @@ class EntityState:
             a second zero-length close at that instant would repeat its ``interval_id``
             with other content, so it is not emitted (counted ``zero_length_repeat``).
         lane: the lane of the last applied record; its watermark cuts this entity's periods.
+        held: closed intervals waiting until every lane has passed their end (in close
+            order); their attributes are looked up when they are released.
     """
 
     slots: dict[SlotKey, Slot] = field(default_factory=dict)
@@ -77,6 +104,7 @@ class EntityState:
     ends: dict[SlotKey, int] = field(default_factory=dict)
     lane: str = ""
     empty_ends: set[SlotKey] = field(default_factory=set)
+    held: list[Held] = field(default_factory=list)
 
     def accounts(self) -> set[str]:
         """Accounts owning at least one open interval of this entity."""
@@ -232,8 +260,12 @@ def _close_slot(
     domain_of: DomainLookup,
     out: list[UsageInterval],
     notes: list[str],
+    settled: int = FOREVER,
 ) -> None:
-    """Close the slot at ``at``: period pieces, then the final piece (zero-length if early)."""
+    """Close the slot at ``at``: period pieces, then the final piece (zero-length if early).
+
+    If ``at`` is after ``settled`` the pieces are held (:class:`Held`) instead of emitted.
+    """
     start = slot.start
     if at < start:
         notes.append("zero_length")
@@ -248,20 +280,35 @@ def _close_slot(
         state.empty_ends.add(key)
     else:
         state.empty_ends.discard(key)
-    _emit(state, key, slot, resource_id, start, end, grid, domain_of, True, reason, src, out)
     state.ends[key] = end
+    if end > settled:
+        slot.start = start
+        state.held.append(Held(key, slot, end, reason, src))
+        return
+    _emit(state, key, slot, resource_id, start, end, grid, domain_of, True, reason, src, out)
 
 
-def _prune_changes(state: EntityState) -> None:
-    """Drop attribute changes no open or future piece can see."""
+def prune_changes(state: EntityState, bound: int) -> None:
+    """Drop attribute changes that no open, held or future piece can see.
+
+    ``bound`` (UTC ms) is the earliest instant a record still to come may open an interval
+    at (the engine's settled watermark); changes are kept from the latest one at or before
+    the earliest of ``bound``, the open slots' starts and the held intervals' starts.
+    """
     changes = state.changes
     if len(changes) <= 1:
         return
-    horizon = min((s.start for s in state.slots.values()), default=None)
+    horizon = bound
+    for slot in state.slots.values():
+        if slot.start < horizon:
+            horizon = slot.start
+    for held in state.held:
+        if held.slot.start < horizon:
+            horizon = held.slot.start
     keep: list[tuple[int, int, str]] = []
     latest_before: dict[int, tuple[int, int, str]] = {}
     for change in changes:
-        if horizon is None or change[0] <= horizon:
+        if change[0] <= horizon:
             latest_before[change[1]] = change
         else:
             keep.append(change)
@@ -285,13 +332,15 @@ def apply_usage(
     grid: PeriodGrid,
     domain_of: DomainLookup,
     deleted_of: DeletionLookup = _never_deleted,
+    settled: int = FOREVER,
 ) -> Transition:
     """Apply one usage event of a metered type to its resource's state (table, rules 1-4, 6).
 
     ``state`` is the resource's state or None for a resource never seen. A record already
     applied (same lane, offset not above the last applied one) changes nothing. An event of
     an account deleted at or before the event's time changes nothing (CloudStack publishes
-    nothing for a deleted account; such an event can only be a straggler).
+    nothing for a deleted account; such an event can only be a straggler). Intervals
+    closed after ``settled`` (UTC ms) are held for :func:`release` instead of returned.
     """
     if state is None:
         state = EntityState()
@@ -328,12 +377,10 @@ def apply_usage(
         for k in keys:
             slot = state.slots.pop(k)
             _close_slot(state, k, slot, rid, t, event.event_type, src, grid, domain_of, out,
-                        notes)
+                        notes, settled)
             if action != CLOSE:  # SPLIT: reopen with the event's attributes
                 start = max(t, state.ends.get(k, t))
                 state.slots[k] = Slot(event.account_id, event.zone_id, start, src)
-    if out or not state.slots:
-        _prune_changes(state)
     return Transition(state, tuple(out), tuple(notes))
 
 
@@ -353,7 +400,6 @@ def apply_enrichment(
     ):
         if value is not None:
             insort(state.changes, (t, kind, value), key=lambda c: c[0])
-    _prune_changes(state)
     return Transition(state, (), ("enriched",))
 
 
@@ -377,7 +423,6 @@ def close_account(
         slot = state.slots.pop(key)
         _close_slot(state, key, slot, resource_id, at, CloseReason.ACCOUNT_DELETE, src, grid,
                     domain_of, out, notes)
-    _prune_changes(state)
     return Transition(state, tuple(out), tuple(notes))
 
 
@@ -407,6 +452,37 @@ def cut(
                         deletion[1], grid, domain_of, out, notes)
         else:
             _cut_slot(state, key, slot, resource_id, upto, grid, domain_of, last_reason, out)
-    if out:
-        _prune_changes(state)
+    return out
+
+
+def release(
+    state: EntityState,
+    resource_id: str,
+    settled: int,
+    grid: PeriodGrid,
+    domain_of: DomainLookup,
+    deleted_of: DeletionLookup = _never_deleted,
+) -> list[UsageInterval]:
+    """Emit the held intervals that end at or before ``settled`` (UTC ms), in close order.
+
+    Every lane has passed their end, so every action event before it has been applied:
+    the rows are what an in-order run emits. An interval whose account was deleted before
+    its end is closed at the deletion instead (rule 5), as :func:`cut` would have.
+    """
+    out: list[UsageInterval] = []
+    keep: list[Held] = []
+    for h in state.held:
+        if h.end > settled:
+            keep.append(h)
+            continue
+        slot = h.slot
+        deletion = deleted_of(slot.account_id)
+        if deletion is not None and deletion[0] < h.end:
+            if deletion[0] > slot.start:  # else opened after the deletion: nothing (rule 5)
+                _emit(state, h.key, slot, resource_id, slot.start, deletion[0], grid,
+                      domain_of, True, CloseReason.ACCOUNT_DELETE, deletion[1], out)
+        else:
+            _emit(state, h.key, slot, resource_id, slot.start, h.end, grid, domain_of, True,
+                  h.reason, h.src, out)
+    state.held = keep
     return out

@@ -6,6 +6,9 @@ what spans entities:
 
 * **watermarks** per source lane (``topic/partition``): the newest event time seen, advanced
   by wall-clock time when a lane is idle longer than ``idle_advance_ms`` (streaming only);
+* **settling**: an interval closed by an event is held until every lane's watermark has
+  passed its end (so action events of other lanes before it are applied, whatever order the
+  lanes arrive in), then emitted (see :func:`metering.lifecycle.release`);
 * **period cutting** (rule 8): an open interval's pieces are emitted once its lane's
   watermark has passed a period end plus ``lateness_ms``: lazily whenever the entity is
   touched, and eagerly for every open entity by :meth:`Meter.advance` (streaming ticks);
@@ -22,6 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 from metering.events import (
     AccountCreated,
@@ -35,11 +39,14 @@ from metering.events import (
 )
 from metering.intervals import CloseReason, UsageInterval
 from metering.lifecycle import (
+    FOREVER,
     EntityState,
     Transition,
     apply_enrichment,
     apply_usage,
     cut,
+    prune_changes,
+    release,
 )
 from metering.periods import PeriodGrid
 
@@ -127,6 +134,13 @@ class Meter:
         """False until the set of input lanes is known (see ``wait_for_inputs``)."""
         self.cut_boundary = NEVER
         """Periods ending at or before this instant are complete (min over lanes)."""
+        self.settled = NEVER
+        """Every lane has passed this instant (UTC ms): held intervals ending here go out."""
+        self._held: list[tuple[int, str]] = []
+        """Heap of (end of a held interval, entity id); entries may be stale."""
+        self.closed_record_ms: list[int] = []
+        """Record timestamps (UTC ms) of the records that closed the intervals emitted since
+        the caller last cleared it, one per emitted final piece (for latency metrics)."""
         self.advanced_to = NEVER
         self.stats: Counter[str] = Counter()
         self.dirty: set[str] = set()
@@ -140,8 +154,11 @@ class Meter:
         self.open_by_account.clear()
         self.open_entities.clear()
         self.open_counts.clear()
+        self._held.clear()
         for entity_id, state in items:
             self._index(entity_id, state, set())
+            for held in state.held:
+                heappush(self._held, (held.end, entity_id))
 
     def _index(self, entity_id: str, state: EntityState, before: set[str]) -> None:
         after = state.accounts() if state.slots else set()
@@ -165,6 +182,14 @@ class Meter:
             self.open_entities[entity_id] = types
         else:
             self.open_entities.pop(entity_id, None)
+
+    def restore_progress(self, lanes: dict[str, LaneClock], cut_boundary: int,
+                         advanced_to: int) -> None:
+        """Restore saved lane clocks and cut positions (UTC ms) after a restart."""
+        self.lanes.update(lanes)
+        self.cut_boundary = max(self.cut_boundary, cut_boundary)
+        self.advanced_to = max(self.advanced_to, advanced_to)
+        self._recompute_cut()
 
     def domain_of(self, account_id: str) -> str | None:
         """Domain UUID of an account, from ``ACCOUNT.CREATE`` (rule 7), or None."""
@@ -193,12 +218,16 @@ class Meter:
         self._recompute_cut()
 
     def _recompute_cut(self) -> None:
-        lateness = self.policy.lateness_ms
-        if lateness is None or not self.inputs_known or not self.lanes:
+        if not self.inputs_known or not self.lanes:
             return
         # The engine's watermark is the minimum over its lanes (as in Flink): an account-wide
         # event on one lane (ACCOUNT.DELETE/CREATE) is never late for resources on another.
         low = min(c.watermark for c in self.lanes.values())
+        if low > self.settled:
+            self.settled = low
+        lateness = self.policy.lateness_ms
+        if lateness is None:
+            return
         limit = low - lateness - 1  # periods ending before this are complete
         if limit > NEVER // 2:
             boundary = self.grid.floor(limit)
@@ -230,6 +259,11 @@ class Meter:
                            deleted_of=self.deleted_of))
 
     def _store(self, entity_id: str, state: EntityState, before: set[str]) -> None:
+        if len(state.changes) > 1:
+            bound = self.settled
+            if self.policy.lateness_ms is not None and bound > NEVER:
+                bound -= self.policy.lateness_ms  # a record this late may still open a piece
+            prune_changes(state, bound)
         self.entities[entity_id] = state
         self.dirty.add(entity_id)
         self._index(entity_id, state, before)
@@ -239,40 +273,77 @@ class Meter:
             self.stats[note] += 1
 
     def process(
-        self, value: Decoded, src: Source, wall_ms: int | None = None
+        self, value: Decoded, src: Source, wall_ms: int | None = None,
+        record_ms: int | None = None,
     ) -> list[UsageInterval]:
         """Apply one decoded record from ``src``; return the intervals it completes.
 
-        ``wall_ms`` is the wall-clock arrival time (UTC ms) for idle advance, or None.
+        ``wall_ms`` is the wall-clock arrival time (UTC ms) for idle advance, or None;
+        ``record_ms`` the record's timestamp (UTC ms) for latency metrics, or None.
+        The result may include held intervals of other entities that this record settled.
         Ignored and rejected values only update counters.
         """
         if isinstance(value, UsageEvent):
-            return self._usage(value, src, wall_ms)
-        if isinstance(value, Enrichment):
-            return self._enrich(value, src, wall_ms)
-        if isinstance(value, AccountDeleted):
-            return self._account_deleted(value, src, wall_ms)
-        if isinstance(value, AccountCreated):
+            out = self._usage(value, src, wall_ms, record_ms)
+        elif isinstance(value, Enrichment):
+            out = self._enrich(value, src, wall_ms)
+        elif isinstance(value, AccountDeleted):
+            out = self._account_deleted(value, src, wall_ms)
+        elif isinstance(value, AccountCreated):
             self._account_created(value, src, wall_ms)
+            out = []
+        else:
+            if isinstance(value, Ignored):
+                self.stats[f"ignored:{value.kind}"] += 1
+            elif isinstance(value, Rejected):
+                self.stats[f"rejected:{value.reason.value}"] += 1
             return []
-        if isinstance(value, Ignored):
-            self.stats[f"ignored:{value.kind}"] += 1
-        elif isinstance(value, Rejected):
-            self.stats[f"rejected:{value.reason.value}"] += 1
-        return []
+        held = self._held
+        if held and held[0][0] <= self.settled:
+            out.extend(self._release(self.settled))
+        return out
 
-    def _usage(self, ev: UsageEvent, src: Source, wall_ms: int | None) -> list[UsageInterval]:
+    def _release(self, settled: int) -> list[UsageInterval]:
+        """Emit the held intervals ending at or before ``settled`` (UTC ms)."""
+        out: list[UsageInterval] = []
+        held = self._held
+        while held and held[0][0] <= settled:
+            _, entity_id = heappop(held)
+            state = self.entities.get(entity_id)
+            if state is None or not state.held:
+                continue  # a stale entry: released already
+            for h in state.held:
+                if h.end <= settled and h.record_ms is not None:
+                    self.closed_record_ms.append(h.record_ms)
+            rows = release(state, entity_id, settled, self.grid, self.domain_of,
+                           self.deleted_of)
+            if rows or not state.held:
+                out.extend(rows)
+                self._store(entity_id, state, state.accounts() if state.slots else set())
+        return out
+
+    def _usage(self, ev: UsageEvent, src: Source, wall_ms: int | None,
+               record_ms: int | None = None) -> list[UsageInterval]:
         entity_id = ev.resource_id
         state = self.entities.get(entity_id)
         out: list[UsageInterval] = []
         before: set[str] = set()
+        held = 0
         if state is not None:
             before = state.accounts() if state.slots else set()
+            held = len(state.held)
             if src.offset > state.offsets.get(src.lane, -1):
                 self._touch_cut(entity_id, state, out)
-        tr = apply_usage(state, ev, src, self.grid, self.domain_of, self.deleted_of)
+        tr = apply_usage(state, ev, src, self.grid, self.domain_of, self.deleted_of,
+                         self.settled)
         self._count(tr)
         out.extend(tr.intervals)
+        if record_ms is not None:
+            self.closed_record_ms.extend(record_ms for row in tr.intervals if row.final)
+        if len(tr.state.held) > held:
+            for h in tr.state.held[held:]:
+                h.record_ms = record_ms
+                heappush(self._held, (h.end, entity_id))
         self._store(entity_id, tr.state, before)
         self._observe(src.lane, ev.time_ms, wall_ms)
         self.stats["applied" if "duplicate" not in tr.notes else "duplicate_record"] += 1
@@ -399,10 +470,12 @@ class Meter:
                 if floor > NEVER:
                     for clock in silent:
                         self._set_watermark(clock, floor)
-        if self.cut_boundary <= self.advanced_to:
-            return []  # no period completed since the last advance
-        self.advanced_to = self.cut_boundary
         out: list[UsageInterval] = []
+        if self._held and self._held[0][0] <= self.settled:
+            out.extend(self._release(self.settled))
+        if self.cut_boundary <= self.advanced_to:
+            return out  # no period completed since the last advance
+        self.advanced_to = self.cut_boundary
         for entity_id in sorted(self.open_entities):
             state = self.entities.get(entity_id)
             if state is None or not state.slots:
@@ -429,9 +502,9 @@ class Meter:
         else:
             newest = max((c.max_event_ms for c in self.lanes.values()), default=NEVER)
             if newest == NEVER:
-                return []
+                return self._release(FOREVER)
             horizon, reason = self.grid.floor(newest), CloseReason.PERIOD
-        out: list[UsageInterval] = []
+        out = self._release(FOREVER)  # the whole input is known: nothing is in flight
         for entity_id in sorted(self.open_entities):
             state = self.entities.get(entity_id)
             if state is None or not state.slots:

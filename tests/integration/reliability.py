@@ -117,13 +117,7 @@ def assert_exact(out: Output, cloud: Cloud) -> None:
     assert not extra, f"{len(extra)} intervals that replay does not produce"
     for interval_id, row in out.rows.items():
         want = cloud.expected[interval_id]
-        # domain_id comes from ACCOUNT.CREATE, which may sit on another input partition: an
-        # interval emitted before that record reached its partition has it null (contract
-        # rule 7: unknown stays null), where replay's order may already know it. Never a
-        # different domain.
-        assert row["domain_id"] in (want["domain_id"], None), interval_id
-        got = dict(row, domain_id=want["domain_id"])
-        assert got == want, ({k: (row[k], want[k]) for k in row if row[k] != want.get(k)},
+        assert row == want, ({k: (row[k], want[k]) for k in row if row[k] != want.get(k)},
                              {k: row[k] for k in ("account_id", "usage_type_name", "start",
                                                   "end", "close_reason", "source_partition",
                                                   "source_offset")})

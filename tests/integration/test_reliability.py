@@ -53,26 +53,31 @@ def _worker(bootstrap: str, app: str, topic: str, data: Path, procs: list[Worker
 def _finish(bootstrap: str, w: WorkerProc, cloud: Cloud, deadline_s: float) -> int:
     started = time.monotonic()
     out = read_usage(bootstrap, w.usage_topic, set(cloud.expected), deadline_s)
-    missing = len(set(cloud.expected) - set(out.rows))
+    lost = sorted(set(cloud.expected) - set(out.rows))
+    missing = len(lost)
     if missing:
         progress = committed_progress(bootstrap, w.app_id, cloud.topic)
+        fields = ("account_id", "resource_id", "usage_type_name", "start", "end",
+                  "close_reason", "final", "source_partition", "source_offset")
+        sample = "\n".join(str({k: cloud.expected[i][k] for k in fields}) for i in lost[:8])
+        resources = {cloud.expected[i]["resource_id"] for i in lost[:8]}
+        theirs = sorted((r for r in out.rows.values() if r["resource_id"] in resources),
+                        key=lambda r: (r["resource_id"], r["start"]))
+        sample += "\nthe worker's rows of these resources:\n" + "\n".join(
+            str({k: r[k] for k in fields}) for r in theirs[-12:])
         raise AssertionError(
+            f"{sample}\n"
             f"{missing} of {len(cloud.expected)} intervals missing after "
             f"{time.monotonic() - started:.0f} s; input committed {progress}/{cloud.records}"
             f"; worker alive: {w.process is not None and w.process.poll() is None}\n"
+            f"{w.grep('lane progress', 'revoked', 'assigned', 'WARNING', 'ERROR')}\n"
+            f"{w.metrics('metering_event_time_lag', 'metering_open_resources')}\n"
             f"{w.tail(40)}")
     exact(out, cloud)
     return out.duplicates
 
 
-@pytest.mark.parametrize("disk", [
-    "kept",
-    pytest.param("lost", marks=pytest.mark.xfail(strict=False, reason=(
-        "known, open: after state is rebuilt from the changelog, redelivered records of "
-        "several input partitions can interleave differently, and an offering/template "
-        "change from an action event on another partition may then be pruned or applied "
-        "in another order (seen once: one ALLOCATED_VM interval with another offering_id)"))),
-])
+@pytest.mark.parametrize("disk", ["kept", "lost"])
 def test_crash_loop_kill9_five_times_loses_and_doubles_nothing(
     kafka_bootstrap: str, tmp_path: Path, unique_name: Callable[[str], str],
     procs: list[WorkerProc], record_property: Callable[[str, object], None], disk: str,

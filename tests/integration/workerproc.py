@@ -94,6 +94,23 @@ class WorkerProc:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def grep(self, *needles: str) -> str:
+        """Lines of this process's log containing any of ``needles`` (for failure messages)."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(line[:300] for line in self.log_path.read_text(
+            errors="replace").splitlines() if any(n in line for n in needles))
+
+    def metrics(self, *prefixes: str) -> str:
+        """Lines of the process's ``/metrics`` starting with any of ``prefixes`` (or why not)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics",
+                                        timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError as exc:
+            return f"(no metrics: {exc})"
+        return "\n".join(line for line in text.splitlines() if line.startswith(prefixes))
+
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM and wait (a clean Faust shutdown commits offsets)."""
         if self.process is None or self.process.poll() is not None:

@@ -16,7 +16,14 @@ from metering.codec import (
     encode_entity,
 )
 from metering.events import Source
-from metering.lifecycle import DISK_OFFERING, SERVICE_OFFERING, TEMPLATE, EntityState, Slot
+from metering.lifecycle import (
+    DISK_OFFERING,
+    SERVICE_OFFERING,
+    TEMPLATE,
+    EntityState,
+    Held,
+    Slot,
+)
 from metering.meter import AccountState
 
 ENTITY = EntityState(
@@ -30,6 +37,12 @@ ENTITY = EntityState(
     ends={(1, ""): 1_741_946_399_000, (7, "zone-1"): 3},
     lane="cs/3",
     empty_ends={(7, "zone-1")},
+    held=[
+        Held((2, ""), Slot("acct-1", "zone-1", 10, Source("cs", 3, 1)), 20, "VM.STOP",
+             Source("cs", 3, 2), 1_741_946_400_123),
+        Held((2, ""), Slot("acct-1", None, 20, Source("cs", 3, 4)), 20, "VM.STOP",
+             Source("cs", 3, 5), None),
+    ],
 )
 ACCOUNT = AccountState(
     domain_id="dom-1",
@@ -47,6 +60,13 @@ def test_entity_round_trip() -> None:
     assert isinstance(back.slots[(1, "")].opened_by, Source)
     assert back.slots[(7, "")].zone_id is None
     assert encode_entity(back) == data  # stable: encode(decode(x)) == x
+    assert isinstance(back.held[0].src, Source)
+
+
+def test_states_written_before_held_intervals_still_decode() -> None:
+    data = encode_entity(EntityState(slots=dict(ENTITY.slots)))
+    assert len(orjson.loads(data[1:])) == 5  # no held: the version 1 shape of old writers
+    assert decode_entity(data).held == []
 
 
 def test_states_written_before_empty_ends_still_decode() -> None:

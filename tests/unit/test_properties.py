@@ -300,9 +300,10 @@ def test_restoring_encoded_state_mid_trace_gives_the_same_output(
     assert accounts == first.accounts
     second = Meter(pol, entities, accounts)
     second.rebuild_index(entities.items())
-    for lane, c in first.lanes.items():  # as the worker saves and restores them
-        second.lanes[lane] = LaneClock(c.max_event_ms, c.arrival_wall_ms, c.watermark)
-    second.cut_boundary, second.advanced_to = first.cut_boundary, first.advanced_to
+    second.restore_progress(  # as the worker saves and restores them
+        {lane: LaneClock(c.max_event_ms, c.arrival_wall_ms, c.watermark)
+         for lane, c in first.lanes.items()}, first.cut_boundary, first.advanced_to)
+    assert second.settled == first.settled
     out += feed(second, trace.records[cut_at:], until, first=cut_at) + second.finish(until)
     assert rows_bag(out) == rows_bag(once)
 
