@@ -57,8 +57,11 @@ kafka-down: install ## Stop the local Kafka broker started by kafka-up
 kafka-status: install ## Is the local broker running?
 	@$(BIN)/metering kafka status
 
-bench: install ## Benchmarks; writes BENCHMARKS.md
-	$(BIN)/python -m bench
+BENCH_ARGS ?=
+bench: install ## Benchmarks (~15 min; BENCH_ARGS="--quick" or "--only replay,scale"); rewrites BENCHMARKS.md
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy \
+	  || echo "py-spy unavailable: missed targets will not be profiled"
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # promtool checks compose/prometheus/rules.yml (tests/unit/test_compose.py uses it when found).
 # Debian's `prometheus` package (apt-get download + dpkg -x, no root, a few seconds), cached
