@@ -194,9 +194,12 @@ def _port_free(port: int) -> bool:
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a child in its own session that Linux kills when the demo dies (even kill -9)."""
+    from agents.localkafka import _pdeathsig
+
     with log.open("wb") as fh:
         return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                preexec_fn=_pdeathsig)
 
 
 def _tail(path: Path, n: int = 25) -> str:
