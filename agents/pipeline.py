@@ -42,7 +42,7 @@ from agents.observe import Observability, dir_bytes, family
 from agents.state import PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.events import Ignored, Rejected, Source
-from metering.observe import event_time_lag_seconds
+from metering.observe import event_time_lag_seconds, idle_from
 from metering.partitioning import partition_for
 from metering.replay import reject_record
 from metering.usage_types import NAMES
@@ -72,9 +72,19 @@ entities_table = app.Table("entities", **TABLE)  # resource id -> codec.encode_e
 accounts_table = app.Table("accounts", **TABLE)  # "<partition>:<account>" -> encode_account
 
 lane_progress: dict[str, tuple[int, int]] = {}
-"""Source lane -> (newest forwarded event time, wall time of its last record), UTC ms.
+"""Source lane -> (newest forwarded event time or -1, idle since), UTC ms.
 
-Updated only after a batch's forwarded records are delivered; ticks carry it."""
+The event time is updated only after a batch's forwarded records are delivered. "Idle
+since" is the wall time of the lane's last meterable record, moved to the tick's wall clock
+whenever this process is behind on the lane (see :func:`metering.observe.idle_from`).
+Ticks carry the entries of :data:`owned_lanes`."""
+
+owned_lanes: set[str] = set()
+"""Input lanes assigned to this process: only their reader reports them in ticks."""
+
+read_to: dict[str, int] = {}
+"""Input lane -> next offset to process (after the last delivered batch, or the group's
+committed offset found after an assignment)."""
 
 stats: Counter[str] = Counter()
 """Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
@@ -182,8 +192,10 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
             progress: dict[str, int] = {}
+            consumed: dict[str, int] = {}
             for event in batch:
                 msg = event.message
+                consumed[f"{msg.topic}/{msg.partition}"] = msg.offset + 1
                 raw = event.value if isinstance(event.value, bytes) else b""
                 value = decode(raw, max_bytes)
                 category = value.category.value
@@ -215,6 +227,8 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             for lane, newest in progress.items():  # delivered: ticks may now announce it
                 previous = lane_progress.get(lane, (newest, wall))[0]
                 lane_progress[lane] = (max(previous, newest), wall)
+            for lane, offset in consumed.items():
+                read_to[lane] = max(offset, read_to.get(lane, offset))
         except Exception:
             _die("ingest batch failed")
 
@@ -244,7 +258,7 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                             continue
                         if isinstance(item, Tick):
                             pm.meter.observe_lanes(item.lanes, item.inputs, item.wall_ms)
-                            rows = pm.meter.advance(item.wall_ms)
+                            rows = pm.meter.advance()
                         else:
                             rows = pm.meter.process(item.value, item.source, item.wall_ms,
                                                     item.record_ms)
@@ -297,19 +311,64 @@ async def input_partitions() -> int | None:
     return len(parts)
 
 
+class _EndOffsets:
+    """Log-end offsets of input partitions, from a group-less consumer (None on error)."""
+
+    def __init__(self) -> None:
+        self._consumer: Any = None
+
+    async def get(self, lanes: Iterable[str]) -> dict[str, int] | None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        tps = {lane: TopicPartition(*_split_lane(lane)) for lane in lanes}
+        if not tps:
+            return {}
+        try:
+            if self._consumer is None:
+                consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+                                            enable_auto_commit=False,
+                                            request_timeout_ms=10_000)
+                await consumer.start()
+                self._consumer = consumer
+            ends = await asyncio.wait_for(self._consumer.end_offsets(list(tps.values())), 5)
+        except Exception as exc:  # not idle while we cannot tell (the broker may be away)
+            log.debug("end offsets of %s not read: %r", sorted(tps), exc)
+            return None
+        return {lane: int(ends[tp]) for lane, tp in tps.items() if tp in ends}
+
+
+def _split_lane(lane: str) -> tuple[str, int]:
+    topic, _, partition = lane.rpartition("/")
+    return topic, int(partition)
+
+
+_end_offsets = _EndOffsets()
+
+
 @app.timer(settings.tick_interval)
 async def tick() -> None:
     """Send a tick (wall clock + this worker's lane progress) to every internal partition.
 
-    Every worker sends ticks: each knows the progress of the input partitions it ingests.
-    Each tick also names every input partition, so a partition that nobody has reported
-    yet holds period closing back instead of being overlooked.
+    Every worker sends ticks: each reports the input partitions it is assigned, with the
+    newest event time it forwarded and since when it has been caught up without new
+    records (so a lane is never taken for idle while its reader is behind, paused or
+    restarting). Each tick also names every input partition, so a partition that nobody
+    has reported yet holds period closing back instead of being overlooked.
     """
     count = await input_partitions()
     if not count:
         return  # without the full set of lanes a tick could close periods too early
     inputs = {settings.input_topic: count}
-    data = encode_tick(int(time.time() * 1000), dict(lane_progress), inputs)
+    lanes = sorted(owned_lanes)
+    ends = await _end_offsets.get(lanes)
+    wall = int(time.time() * 1000)
+    report: dict[str, tuple[int, int]] = {}
+    for lane in lanes:
+        newest, since = lane_progress.get(lane, (-1, wall))
+        since = idle_from(since, read_to.get(lane), None if ends is None else ends.get(lane),
+                          wall)
+        lane_progress[lane] = report[lane] = (newest, since)
+    data = encode_tick(wall, report, inputs)
     for p in range(settings.partitions):
         await events_topic.send(value=data, partition=p)
 
@@ -317,12 +376,22 @@ async def tick() -> None:
 @app.on_partitions_revoked.connect
 async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in revoked if tp.topic == settings.events_topic})
+    for tp in revoked:
+        if tp.topic == settings.input_topic:  # its next reader reports it from now on
+            lane = f"{tp.topic}/{tp.partition}"
+            owned_lanes.discard(lane)
+            read_to.pop(lane, None)
 
 
 @app.on_partitions_assigned.connect
 async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
     inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+    wall = int(time.time() * 1000)
+    for partition in inputs:  # reported from now on; not idle until seen caught up
+        lane = f"{settings.input_topic}/{partition}"
+        owned_lanes.add(lane)
+        lane_progress[lane] = (lane_progress.get(lane, (-1, wall))[0], wall)
     if inputs:
         _pending.append(asyncio.ensure_future(recover_lane_progress(inputs)))
 
@@ -334,14 +403,31 @@ RECOVER_WINDOW = 500
 
 
 async def recover_lane_progress(partitions: list[int]) -> None:
-    """Rebuild ``lane_progress`` of newly assigned input partitions after a restart.
+    """Rebuild ``lane_progress`` and ``read_to`` of newly assigned input partitions.
 
     Everything before the group's committed offset was forwarded and delivered by an
     earlier process, so the newest event time among the last records before it is a safe
-    lower bound of the lane's progress. Without it, a lane whose records were all consumed
-    before a crash would never be reported again, and ticks (which name every input
-    partition) would hold period closing back until idle advance.
+    lower bound of the lane's progress, and the committed offset is where this process
+    starts reading. Without them, a lane whose records were all consumed before a crash
+    would never be reported with progress, nor ever be seen caught up (so never idle), and
+    would hold period closing back. Retried with backoff (up to 30 s apart) while the
+    partitions are still ours.
     """
+    topic = settings.input_topic
+    for attempt in range(1_000_000):
+        if not any(f"{topic}/{p}" in owned_lanes for p in partitions):
+            return  # revoked meanwhile: the next owner recovers them
+        try:
+            await _recover_once(partitions)
+            return
+        except Exception as exc:
+            delay = min(30.0, 2.0 ** attempt)
+            log.warning("lane progress of %s%s not recovered (%r); retrying in %.0f s",
+                        topic, partitions, exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _recover_once(partitions: list[int]) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -360,6 +446,9 @@ async def recover_lane_progress(partitions: list[int]) -> None:
         for tp in tps:
             meta = committed.get(tp)
             end = -1 if meta is None else meta.offset
+            lane = f"{topic}/{tp.partition}"
+            if lane in owned_lanes and lane not in read_to:
+                read_to[lane] = max(0, end)  # no commit yet: reading starts at the beginning
             if end <= 0:
                 continue
             reader.seek(tp, max(0, end - RECOVER_WINDOW))
@@ -376,13 +465,10 @@ async def recover_lane_progress(partitions: list[int]) -> None:
                     if not isinstance(value, Rejected | Ignored):
                         newest = max(newest, value.time_ms)
             if newest >= 0:
-                lane = f"{topic}/{tp.partition}"
                 previous = lane_progress.get(lane, (newest, wall))[0]
                 lane_progress[lane] = (max(previous, newest), wall)
             log.info("lane progress of %s/%d: committed %d, newest event %d",
                      topic, tp.partition, end, newest)
-    except Exception as exc:  # progress comes back with new records, or by idle advance
-        log.warning("lane progress of %s%s not recovered: %r", topic, partitions, exc)
     finally:
         await reader.stop()
         await admin.close()

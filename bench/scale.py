@@ -155,7 +155,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     meter.observe_lanes({lane: (T0 + HOUR + 3 * 60_000, wall)}, {"bench-cs": 1}, wall)
     t0 = time.perf_counter()
     cut = 0
-    for row in meter.advance(wall):
+    for row in meter.advance():
         dumps(row.to_dict())
         cut += 1
     pm.flush()

@@ -5,7 +5,8 @@
 what spans entities:
 
 * **watermarks** per source lane (``topic/partition``): the newest event time seen, advanced
-  by wall-clock time when a lane is idle longer than ``idle_advance_ms`` (streaming only);
+  by wall-clock time when the lane's reader reports it caught up and idle longer than
+  ``idle_advance_ms`` (streaming only);
 * **settling**: an interval closed by an event is held until every lane's watermark has
   passed its end (so action events of other lanes before it are applied, whatever order the
   lanes arrive in), then emitted (see :func:`metering.lifecycle.release`);
@@ -74,8 +75,9 @@ class LaneClock:
     """Event-time progress of one source lane.
 
     ``max_event_ms`` is the newest event time seen; ``arrival_wall_ms`` the wall-clock time
-    (UTC ms) when the lane last received a record; ``watermark`` the effective watermark,
-    which idle advance may move beyond ``max_event_ms``.
+    (UTC ms) of the lane's last record or reported ``idle_from`` (informational; idle advance
+    uses only the current tick's report, see :meth:`Meter.observe_lanes`); ``watermark`` the
+    effective watermark, which idle advance may move beyond ``max_event_ms``.
     """
 
     max_event_ms: int = NEVER
@@ -92,8 +94,9 @@ class MeterPolicy:
         lateness_ms: a period is complete once the watermark passes its end plus this.
             None: periods are only cut when an interval closes or at :meth:`Meter.finish`
             (batch replay: the whole input is known, so no event is ever late).
-        idle_advance_ms: after this much wall-clock time without records, a lane's watermark
-            moves on with the wall clock (None: never; replay uses None).
+        idle_advance_ms: once a lane's reader has been caught up without new records for
+            this much wall-clock time, the lane's watermark moves on with the wall clock
+            (None: never; replay uses None). See :meth:`Meter.observe_lanes`.
         wait_for_inputs: close no period until :meth:`Meter.observe_lanes` named every
             input lane (the streaming worker: records of some lanes can reach a partition
             before any record of another lane, which must still hold the watermark back).
@@ -278,7 +281,7 @@ class Meter:
     ) -> list[UsageInterval]:
         """Apply one decoded record from ``src``; return the intervals it completes.
 
-        ``wall_ms`` is the wall-clock arrival time (UTC ms) for idle advance, or None;
+        ``wall_ms`` is the wall-clock time (UTC ms) the record was forwarded, or None;
         ``record_ms`` the record's timestamp (UTC ms) for latency metrics, or None.
         The result may include held intervals of other entities that this record settled.
         Ignored and rejected values only update counters.
@@ -414,7 +417,7 @@ class Meter:
 
     def observe_lanes(self, lanes: dict[str, tuple[int, int]],
                       inputs: dict[str, int] | None = None, wall_ms: int | None = None) -> None:
-        """Take lane progress reported by the forwarder (``max_event_ms, arrival_wall_ms``).
+        """Take lane progress reported by a forwarder's tick (``max_event_ms, idle_from_ms``).
 
         In the streaming worker one lane's records are spread over several partitions; ticks
         carry the lane's watermark to all of them, so every partition cuts periods exactly
@@ -422,54 +425,60 @@ class Meter:
         count) names every lane, also those no forwarder has reported yet: such a lane is
         registered with no progress and holds the watermark back (an input partition that
         is read later than the others, e.g. after a restart or by another worker, must not
-        find its periods already closed); idle advance releases it after ``idle_advance_ms``
-        of ``wall_ms``.
+        find its periods already closed).
+
+        Idle advance (``idle_advance_ms``, with ``wall_ms`` the tick's wall clock, UTC ms):
+        a lane is idle only as its reader says so, within one tick: ``wall_ms -
+        idle_from_ms`` is how long the reader has been caught up on the lane with no new
+        meterable record (a reader that is behind, paused or restarting keeps
+        ``idle_from_ms`` at its wall clock). An idle lane's watermark moves on to
+        ``max_event + idle - idle_advance``; an idle lane that never had data
+        (``max_event_ms < 0``) follows the slowest lane that has. Idleness is never
+        inferred from an old report: a lane nobody reports holds back.
         """
         for topic, count in (inputs or {}).items():
             for partition in range(count):
                 lane = f"{topic}/{partition}"
                 if lane not in self.lanes:
-                    self.lanes[lane] = LaneClock(arrival_wall_ms=wall_ms)
+                    self.lanes[lane] = LaneClock()
         if inputs and not self.inputs_known:
             self.inputs_known = True
             self._recompute_cut()
-        for lane, (max_event, arrival) in lanes.items():
+        for lane, (max_event, idle_from) in lanes.items():
             clock = self._lane(lane)
-            if clock.arrival_wall_ms is None or arrival > clock.arrival_wall_ms:
-                clock.arrival_wall_ms = arrival
-            if max_event > clock.max_event_ms:
+            if clock.arrival_wall_ms is None or idle_from > clock.arrival_wall_ms:
+                clock.arrival_wall_ms = idle_from
+            if max_event > clock.max_event_ms and max_event >= 0:
                 clock.max_event_ms = max_event
                 self._set_watermark(clock, max_event)
+        limit = self.policy.idle_advance_ms
+        if limit is None or wall_ms is None:
+            return
+        silent: list[LaneClock] = []
+        for lane, (_, idle_from) in lanes.items():
+            idle = wall_ms - idle_from
+            if idle <= limit:
+                continue
+            clock = self.lanes[lane]
+            if clock.max_event_ms <= NEVER:
+                silent.append(clock)  # caught up and never delivered anything: empty
+            else:
+                self._set_watermark(clock, clock.max_event_ms + idle - limit)
+        if silent:
+            # An empty input partition follows the slowest lane that has data, so it stops
+            # holding back.
+            floor = min((c.watermark for c in self.lanes.values()
+                         if c.max_event_ms > NEVER), default=NEVER)
+            if floor > NEVER:
+                for clock in silent:
+                    self._set_watermark(clock, floor)
 
-    def advance(self, wall_ms: int | None = None) -> list[UsageInterval]:
-        """Emit the completed periods of every open entity (streaming ticks, rule 8).
+    def advance(self) -> list[UsageInterval]:
+        """Emit settled held intervals and completed periods of open entities (rule 8).
 
-        With ``idle_advance_ms`` set and ``wall_ms`` given, a lane that received nothing for
-        longer than ``idle_advance_ms`` has its watermark moved on with the wall clock
-        (``max_event + idle - idle_advance``), so idle partitions do not hold usage back.
-        Work is proportional to the open entities, and only when a period completed.
+        Called after each tick (:meth:`observe_lanes`). Work is proportional to the open
+        entities, and only when a period completed.
         """
-        idle_limit = self.policy.idle_advance_ms
-        if idle_limit is not None and wall_ms is not None:
-            silent: list[LaneClock] = []
-            for clock in self.lanes.values():
-                if clock.arrival_wall_ms is None:
-                    continue
-                idle = wall_ms - clock.arrival_wall_ms
-                if idle <= idle_limit:
-                    continue
-                if clock.max_event_ms <= NEVER:
-                    silent.append(clock)  # registered, never delivered anything
-                else:
-                    self._set_watermark(clock, clock.max_event_ms + idle - idle_limit)
-            if silent:
-                # An input partition idle since it became known (empty, or its reader is
-                # gone) follows the slowest lane that has data, so it stops holding back.
-                floor = min((c.watermark for c in self.lanes.values()
-                             if c.max_event_ms > NEVER), default=NEVER)
-                if floor > NEVER:
-                    for clock in silent:
-                        self._set_watermark(clock, floor)
         out: list[UsageInterval] = []
         if self._held and self._held[0][0] <= self.settled:
             out.extend(self._release(self.settled))

@@ -67,3 +67,18 @@ def readiness(
         return Readiness(False, (f"{len(behind)} partition(s) lag more than {max_lag} records: "
                                  f"{worst}",))
     return Readiness(True, ())
+
+
+def idle_from(previous_ms: int, read_to: int | None, end_offset: int | None,
+              wall_ms: int) -> int:
+    """Since when (UTC ms) a reader may call its input partition idle.
+
+    ``read_to`` is the next offset the reader will process (None: not known yet, e.g. just
+    assigned), ``end_offset`` the partition's log-end offset (None: could not be measured).
+    A reader that is behind, or cannot tell, is not idle: the instant moves to ``wall_ms``.
+    Caught up, it keeps ``previous_ms`` (the wall time of its last meterable record or of
+    the last moment it was behind), so the idle time grows only while nothing arrives.
+    """
+    if read_to is None or end_offset is None or read_to < end_offset:
+        return wall_ms
+    return previous_ms

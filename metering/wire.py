@@ -47,10 +47,12 @@ class Routed(NamedTuple):
 class Tick(NamedTuple):
     """A period-closing tick: the sender's wall clock and its source-lane progress.
 
-    ``lanes`` maps a source lane (``topic/partition``) to ``(max_event_ms, arrival_wall_ms)``:
-    the newest event time among the lane's meterable records that the sender had forwarded
-    (and seen delivered) before it sent this tick, and when it last received one. Because a
-    tick is produced after those records, every partition applies it after them.
+    ``lanes`` maps each source lane (``topic/partition``) the sender reads to
+    ``(max_event_ms, idle_from_ms)``: the newest event time among the lane's meterable
+    records that the sender had forwarded (and seen delivered) before it sent this tick
+    (-1: none yet), and since when (sender's wall clock, UTC ms) it has been caught up on the
+    lane without a new meterable record (see :func:`metering.observe.idle_from`). Because
+    a tick is produced after those records, every partition applies it after them.
     """
 
     wall_ms: int

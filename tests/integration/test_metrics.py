@@ -107,9 +107,20 @@ def test_worker_metrics_follow_the_input(
         (r,): float(n) for r, n in rejects_want.items()}
 
     # Intervals and usage seconds equal what the usage topic holds (a clean run: no repeats).
-    emitted = total(samples, "metering_intervals_emitted_total")
-    assert emitted > 0
-    usage = consume(kafka_bootstrap, worker.usage_topic, lambda m: len(m) >= emitted, 60)
+    # Closed intervals are held until every lane passes their end (ticks, idle advance), so
+    # emission goes on after the input is consumed: poll until the count is stable across a
+    # read of the usage topic (the counter is raised before each send, never after).
+    while True:
+        emitted = total(samples, "metering_intervals_emitted_total")
+        if emitted > 0:
+            usage = consume(kafka_bootstrap, worker.usage_topic,
+                            lambda m, n=emitted: len(m) >= n, 60)
+            text, samples = scrape(worker.web_port)
+            if total(samples, "metering_intervals_emitted_total") == emitted:
+                break
+        assert time.monotonic() < deadline + 60, f"no stable interval count\n{worker.tail()}"
+        time.sleep(0.25)  # poll with a deadline
+        text, samples = scrape(worker.web_port)
     rows = [orjson.loads(m.value) for m in usage]
     assert len(rows) == emitted
     per_type = Counter(r["usage_type_name"] for r in rows)

@@ -13,7 +13,7 @@ from agents.catalogue import BY_NAME, LATENCY_BUCKETS, METRICS, markdown_table
 from metering.events import Source, UsageEvent
 from metering.intervals import UsageInterval
 from metering.meter import NEVER, Meter, MeterPolicy
-from metering.observe import consumer_lag, event_time_lag_seconds, readiness
+from metering.observe import consumer_lag, event_time_lag_seconds, idle_from, readiness
 from metering.usage_types import UsageType
 from metering.wire import Routed, decode_wire, encode_routed
 
@@ -109,7 +109,7 @@ def _lane2_usage(inputs: dict[str, int] | None) -> list[UsageInterval]:
     meter = Meter(MeterPolicy(lateness_ms=0))
     meter.observe_lanes({"cs/0": (T + 5 * HOUR_MS, T), "cs/1": (T + 5 * HOUR_MS, T)},
                         inputs, T)
-    rows = meter.advance(T)
+    rows = meter.advance()
     rows += meter.process(_usage("VM.START", "vm-2", T + 60_000), Source("cs", 2, 0), T)
     rows += meter.process(_usage("VM.STOP", "vm-2", T + 2 * HOUR_MS), Source("cs", 2, 1), T)
     return rows
@@ -126,13 +126,39 @@ def test_an_input_partition_nobody_reported_yet_holds_period_closing_back() -> N
     assert sum(r.duration_ms for r in unnamed) != 2 * HOUR_MS - 60_000
 
 
-def test_a_silent_registered_lane_is_released_by_idle_advance() -> None:
+def test_an_empty_lane_its_reader_reports_idle_follows_the_slowest_lane() -> None:
     meter = Meter(MeterPolicy(lateness_ms=0, idle_advance_ms=10_000))
     meter.process(_usage("VM.START", "vm-0", T + 60_000), Source("cs", 0, 0), T)
-    meter.observe_lanes({"cs/0": (T + 3 * HOUR_MS, T)}, {"cs": 2}, T)
-    assert meter.advance(T + 5_000) == []  # cs/1 silent for 5 s only: held back
-    rows = meter.advance(T + 20_000)  # 20 s > idle_advance: cs/1 follows cs/0
+    meter.observe_lanes({"cs/0": (T + 3 * HOUR_MS, T + 50_000)}, {"cs": 2}, T + 50_000)
+    assert meter.advance() == []  # cs/1 registered, nobody reported it: held back
+    meter.observe_lanes({"cs/1": (-1, T + 50_000)}, {"cs": 2}, T + 55_000)
+    assert meter.advance() == []  # caught up and empty for 5 s only: held back
+    meter.observe_lanes({"cs/1": (-1, T + 50_000)}, {"cs": 2}, T + 70_000)
+    rows = meter.advance()  # 20 s > idle_advance: cs/1 follows cs/0
     assert [r.end for r in rows if r.resource_id == "vm-0"][:1] == [T + HOUR_MS]
+
+
+def test_idleness_comes_only_from_the_current_report_of_the_lane_reader() -> None:
+    """After a restart the meter reads ticks of the old process (a lane reported at wall T)
+    and then of the new one, which does not report that lane until it reads it again: the
+    gap is not idleness (a wrong advance released held closes before action events of the
+    lane were applied, and repeats differed in offering_id)."""
+    meter = Meter(MeterPolicy(lateness_ms=0, idle_advance_ms=30_000))
+    meter.observe_lanes({"cs/0": (T + HOUR_MS, T), "cs/1": (T + 10_000, T)}, {"cs": 2}, T)
+    assert meter.watermark("cs/1") == T + 10_000
+    meter.observe_lanes({"cs/0": (T + HOUR_MS, T + 600_000)}, {"cs": 2}, T + 600_000)
+    assert meter.watermark("cs/1") == T + 10_000  # not reported: no advance, however old
+    meter.observe_lanes({"cs/1": (T + 10_000, T + 601_000)}, {"cs": 2}, T + 601_000)
+    assert meter.watermark("cs/1") == T + 10_000  # reported, but behind: not idle
+    meter.observe_lanes({"cs/1": (T + 10_000, T + 601_000)}, {"cs": 2}, T + 641_000)
+    assert meter.watermark("cs/1") == T + 20_000  # caught up for 40 s: advanced by 10 s
+
+
+def test_a_reader_is_idle_only_when_caught_up() -> None:
+    assert idle_from(5, None, 10, 99) == 99  # position unknown (just assigned)
+    assert idle_from(5, 10, None, 99) == 99  # end offset unknown (broker away)
+    assert idle_from(5, 7, 10, 99) == 99  # behind
+    assert idle_from(5, 10, 10, 99) == 5  # caught up: idle since its last record
 
 
 def test_ticks_carry_the_input_partition_counts_and_old_ticks_decode() -> None:
@@ -155,7 +181,7 @@ def test_records_before_the_first_tick_close_no_period() -> None:
     meter.observe_lanes({}, {"cs": 2}, T)  # the first tick: now lanes 0 and 1 are known
     assert meter.inputs_known
     assert meter.cut_boundary == T + HOUR_MS  # lane 1 at T + 2 h holds the rest back
-    rows += meter.advance(T)
+    rows += meter.advance()
     mine = [r for r in rows if r.resource_id == "vm-1"]
     assert sum(r.duration_ms for r in mine) == 2 * HOUR_MS - 60_000
     assert mine[-1].close_reason == "VM.STOP"
