@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faust
 from faust.transport.producer import ProducerBuffer
+from faust.worker import Worker as FaustWorker
 
 from metering.settings import Settings
 
@@ -14,6 +15,17 @@ from metering.settings import Settings
 # thousand states per second. Each batch writes at most one record per changed key, so a
 # larger bound is safe. (faust-streaming internals, pinned < 0.16.)
 ProducerBuffer.max_messages = 20_000
+
+
+def _no_spinner(self: FaustWorker, level: int) -> None:
+    self.spinner = None
+
+
+# At --loglevel warn and above Faust's worker keeps a terminal spinner and sets the *root*
+# logger to DEBUG for it, so every log.debug call in aiokafka/Faust builds a LogRecord
+# (measured ~12 % of the worker's throughput, BENCHMARKS.md). The spinner is off here at
+# every level; the root logger keeps the requested level.
+FaustWorker._disable_spinner_if_level_below_WARN = _no_spinner  # type: ignore[method-assign]
 
 def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None) -> faust.App:
     """A Faust app for these settings (RocksDB store, at-least-once, web on ``web_bind``).

@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
 from agents.observe import Observability, dir_bytes, family
-from agents.state import PartitionMeters
+from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.events import Ignored, Rejected, Source
 from metering.observe import event_time_lag_seconds, idle_from
@@ -233,6 +233,13 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             _die("ingest batch failed")
 
 
+async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
+    for row in rows:
+        stats[f"intervals:{row.usage_type_name}"] += 1
+        stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
+        await usage_out.add(row.account_id.encode(), orjson.dumps(row.to_dict()))
+
+
 @app.agent(events_topic, concurrency=1)
 async def meter(stream: faust.StreamT[bytes]) -> None:
     """Apply forwarded events per partition; send intervals, then store the state."""
@@ -258,15 +265,15 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                             continue
                         if isinstance(item, Tick):
                             pm.meter.observe_lanes(item.lanes, item.inputs, item.wall_ms)
-                            rows = pm.meter.advance()
+                            rows = pm.meter.advance(CUT_CHUNK)
                         else:
                             rows = pm.meter.process(item.value, item.source, item.wall_ms,
                                                     item.record_ms)
-                        for row in rows:
-                            stats[f"intervals:{row.usage_type_name}"] += 1
-                            stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
-                            await usage_out.add(row.account_id.encode(),
-                                                orjson.dumps(row.to_dict()))
+                        await _send_rows(usage_out, rows)
+                        while pm.meter.cutting:  # a period cut of many open resources:
+                            await usage_out.flush()  # chunk by chunk, each sent, then
+                            pm.flush()  # stored (bounded memory, same order rule)
+                            await _send_rows(usage_out, pm.meter.advance(CUT_CHUNK))
                 finally:
                     _current_event.reset(token)
                 touched.append((pm, events[-1]))

@@ -24,6 +24,9 @@ from metering.settings import Settings
 log = logging.getLogger("metering.worker")
 CACHE_MAX = 200_000
 """Decoded states kept per partition between batches (about 0.5 KiB each)."""
+CUT_CHUNK = 10_000
+"""Open resources cut per step of a period cut (``Meter.advance(limit)``); the meter agent
+sends and stores each step before the next, so memory stays bounded with a million."""
 _FAUST_OFFSET_KEY = b"__faust\x00offset__"
 
 

@@ -92,7 +92,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     import orjson
     from faust.stores.rocksdb import RocksDBOptions
 
-    from agents.state import PartitionMeter
+    from agents.state import CUT_CHUNK, PartitionMeter
     from metering.events import AccountCreated, Source, UsageEvent
     from metering.settings import Settings
 
@@ -151,14 +151,19 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     batch_s = time.perf_counter() - t0
     rss_peak_steady = _status_bytes("VmHWM")
 
-    # The watermark passes the hour's end (+ lateness): one tick cuts every open interval.
+    # The watermark passes the hour's end (+ lateness): a tick cuts every open interval,
+    # CUT_CHUNK resources per step, each step encoded and stored before the next (as the
+    # meter agent does).
     meter.observe_lanes({lane: (T0 + HOUR + 3 * 60_000, wall)}, {"bench-cs": 1}, wall)
     t0 = time.perf_counter()
     cut = 0
-    for row in meter.advance():
-        dumps(row.to_dict())
-        cut += 1
-    pm.flush()
+    while True:
+        for row in meter.advance(CUT_CHUNK):
+            dumps(row.to_dict())
+            cut += 1
+        pm.flush()
+        if not meter.cutting:
+            break
     cut_s = time.perf_counter() - t0
 
     for db in (ent_db, acc_db):

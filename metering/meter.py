@@ -145,6 +145,8 @@ class Meter:
         """Record timestamps (UTC ms) of the records that closed the intervals emitted since
         the caller last cleared it, one per emitted final piece (for latency metrics)."""
         self.advanced_to = NEVER
+        self._cut_queue: list[str] = []
+        """Open entities still to cut at :attr:`advanced_to` (sorted, last first)."""
         self.stats: Counter[str] = Counter()
         self.dirty: set[str] = set()
         self.dirty_accounts: set[str] = set()
@@ -473,31 +475,45 @@ class Meter:
                 for clock in silent:
                     self._set_watermark(clock, floor)
 
-    def advance(self) -> list[UsageInterval]:
+    def advance(self, limit: int | None = None) -> list[UsageInterval]:
         """Emit settled held intervals and completed periods of open entities (rule 8).
 
         Called after each tick (:meth:`observe_lanes`). Work is proportional to the open
-        entities, and only when a period completed.
+        entities, and only when a period completed. With ``limit``, one call cuts at most
+        that many open entities (the hourly cut of a million open resources in one call
+        held every row and decoded state in memory at once); while :attr:`cutting` is true
+        the caller sends the rows, stores the states and calls again. Rows do not depend on
+        the chunking: an entity a record touches meanwhile is cut first (lazily).
         """
         out: list[UsageInterval] = []
         if self._held and self._held[0][0] <= self.settled:
             out.extend(self._release(self.settled))
-        if self.cut_boundary <= self.advanced_to:
-            return out  # no period completed since the last advance
-        self.advanced_to = self.cut_boundary
-        for entity_id in sorted(self.open_entities):
+        if self.cut_boundary > self.advanced_to:
+            self.advanced_to = self.cut_boundary
+            self._cut_queue = sorted(self.open_entities, reverse=True)
+        queue = self._cut_queue
+        boundary = self.advanced_to
+        budget = len(queue) if limit is None else limit
+        while queue and budget > 0:
+            budget -= 1
+            entity_id = queue.pop()
             state = self.entities.get(entity_id)
             if state is None or not state.slots:
                 continue
-            if min(s.start for s in state.slots.values()) >= self.cut_boundary:
+            if min(s.start for s in state.slots.values()) >= boundary:
                 continue
             before = state.accounts()
-            emitted = cut(state, entity_id, self.cut_boundary, self.grid, self.domain_of,
+            emitted = cut(state, entity_id, boundary, self.grid, self.domain_of,
                           deleted_of=self.deleted_of)
             if emitted:
                 out.extend(emitted)
                 self._store(entity_id, state, before)
         return out
+
+    @property
+    def cutting(self) -> bool:
+        """True while a period cut started by :meth:`advance` has entities left to cut."""
+        return bool(self._cut_queue)
 
     def finish(self, until_ms: int | None = None) -> list[UsageInterval]:
         """Cut every open interval at the replay horizon (rule 10).

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metering.decode import decode
-from metering.events import Source
+from metering.events import Decoded, Source
 from metering.intervals import UsageInterval
 from metering.lifecycle import FOREVER, Held, Slot, apply_usage, release
 from metering.meter import Meter, MeterPolicy
@@ -154,3 +154,42 @@ def test_release_closes_at_an_account_deletion_before_the_held_end() -> None:
         (BASE + 20_000, "account_delete", 1, "dom")]
     assert state.held == []
     assert isinstance(slot, Slot)
+
+
+def _many_open(meter: Meter, n: int) -> None:
+    meter.observe_lanes({}, {"cs": 1}, None)
+    for i in range(n):
+        meter.process(decode(json.dumps({
+            "eventDateTime": _stamp(BASE + i * 1000), "event": "VOLUME.CREATE",
+            "resource": "X", "id": f"vol-{i:03d}", "account": "acct-0", "zone": "z"}).encode()),
+            Source("cs", 0, i))
+
+
+def test_a_period_cut_in_chunks_emits_what_one_call_emits() -> None:
+    """The meter agent cuts a period ``CUT_CHUNK`` resources at a time, and records may be
+    applied between chunks: the rows are the same as one cut of everything."""
+    hour = 3_600_000
+    whole, chunked = (Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True))
+                      for _ in range(2))
+    for meter in (whole, chunked):
+        _many_open(meter, 25)
+    def delete(i: int, t: int) -> Decoded:
+        return decode(json.dumps({"eventDateTime": _stamp(t), "event": "VOLUME.DELETE",
+                                  "resource": "X", "id": f"vol-{i:03d}", "account": "acct-0",
+                                  "zone": "z"}).encode())
+
+    late, mid = delete(20, BASE + 3 * hour), delete(24, BASE + 3 * hour + 1000)
+    rows_whole = whole.process(late, Source("cs", 0, 25)) + whole.advance()
+    rows_whole += whole.process(mid, Source("cs", 0, 26))
+    # the same records; the cut goes 4 resources per step, vol-024 is closed between steps
+    # (before the cut reaches it: it is cut first, lazily, then closed)
+    rows = chunked.process(late, Source("cs", 0, 25))
+    rows += chunked.advance(4)
+    rows += chunked.process(mid, Source("cs", 0, 26))
+    steps = 1
+    while chunked.cutting:
+        rows += chunked.advance(4)
+        steps += 1
+    assert steps == 6  # 24 open resources when the cut starts, 4 per step
+    assert Counter(rows) == Counter(rows_whole)
+    assert len(rows_whole) > 25
