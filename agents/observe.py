@@ -74,6 +74,7 @@ class LagMonitor:
         self._admin: Any = None
         self._offsets: Any = None
         self._lock = asyncio.Lock()
+        self._clients_lock = asyncio.Lock()
         self._pending: asyncio.Future[None] | None = None
 
     def on_assigned(self, assigned: Iterable[Any]) -> None:
@@ -87,18 +88,29 @@ class LagMonitor:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.broker,
-                                        request_timeout_ms=10_000)
-            await admin.start()
-            self._admin = admin
-        if self._offsets is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker,
-                                        enable_auto_commit=False, group_id=None,
-                                        request_timeout_ms=10_000)
-            await consumer.start()
-            self._offsets = consumer
-        return self._admin, self._offsets
+        async with self._clients_lock:  # lag refresh and ticks share the clients
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.broker,
+                                            request_timeout_ms=10_000)
+                await admin.start()
+                self._admin = admin
+            if self._offsets is None:
+                consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker,
+                                            enable_auto_commit=False, group_id=None,
+                                            request_timeout_ms=10_000)
+                await consumer.start()
+                self._offsets = consumer
+            return self._admin, self._offsets
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int] | None:
+        """Log-end offsets of ``tps`` (aiokafka ``TopicPartition``), or None on any error."""
+        try:
+            _, offsets = await self._clients()
+            ends = await asyncio.wait_for(offsets.end_offsets(tps), 5)
+        except Exception as exc:  # the broker may be away: the caller cannot tell
+            log.debug("end offsets of %s not read: %r", tps, exc)
+            return None
+        return {tp: int(end) for tp, end in ends.items()}
 
     async def refresh(self) -> None:
         """Measure the lag of every assigned partition; on error keep the last values."""

@@ -192,10 +192,10 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
             progress: dict[str, int] = {}
-            consumed: dict[str, int] = {}
+            consumed: dict[int, int] = {}  # input partition -> next offset to read
             for event in batch:
                 msg = event.message
-                consumed[f"{msg.topic}/{msg.partition}"] = msg.offset + 1
+                consumed[msg.partition] = msg.offset + 1
                 raw = event.value if isinstance(event.value, bytes) else b""
                 value = decode(raw, max_bytes)
                 category = value.category.value
@@ -227,7 +227,8 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             for lane, newest in progress.items():  # delivered: ticks may now announce it
                 previous = lane_progress.get(lane, (newest, wall))[0]
                 lane_progress[lane] = (max(previous, newest), wall)
-            for lane, offset in consumed.items():
+            for partition, offset in consumed.items():
+                lane = f"{settings.input_topic}/{partition}"
                 read_to[lane] = max(offset, read_to.get(lane, offset))
         except Exception:
             _die("ingest batch failed")
@@ -318,38 +319,18 @@ async def input_partitions() -> int | None:
     return len(parts)
 
 
-class _EndOffsets:
-    """Log-end offsets of input partitions, from a group-less consumer (None on error)."""
+async def _end_offsets(lanes: list[str]) -> dict[str, int] | None:
+    """Log-end offset per input lane (None if the broker could not tell)."""
+    from aiokafka import TopicPartition
 
-    def __init__(self) -> None:
-        self._consumer: Any = None
-
-    async def get(self, lanes: Iterable[str]) -> dict[str, int] | None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        tps = {lane: TopicPartition(*_split_lane(lane)) for lane in lanes}
-        if not tps:
-            return {}
-        try:
-            if self._consumer is None:
-                consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
-                                            enable_auto_commit=False,
-                                            request_timeout_ms=10_000)
-                await consumer.start()
-                self._consumer = consumer
-            ends = await asyncio.wait_for(self._consumer.end_offsets(list(tps.values())), 5)
-        except Exception as exc:  # not idle while we cannot tell (the broker may be away)
-            log.debug("end offsets of %s not read: %r", sorted(tps), exc)
-            return None
-        return {lane: int(ends[tp]) for lane, tp in tps.items() if tp in ends}
-
-
-def _split_lane(lane: str) -> tuple[str, int]:
-    topic, _, partition = lane.rpartition("/")
-    return topic, int(partition)
-
-
-_end_offsets = _EndOffsets()
+    if not lanes:
+        return {}
+    tps = {lane: TopicPartition(settings.input_topic, int(lane.rpartition("/")[2]))
+           for lane in lanes}
+    ends = await observability.monitor.end_offsets(list(tps.values()))
+    if ends is None:
+        return None
+    return {lane: ends[tp] for lane, tp in tps.items() if tp in ends}
 
 
 @app.timer(settings.tick_interval)
@@ -367,7 +348,7 @@ async def tick() -> None:
         return  # without the full set of lanes a tick could close periods too early
     inputs = {settings.input_topic: count}
     lanes = sorted(owned_lanes)
-    ends = await _end_offsets.get(lanes)
+    ends = await _end_offsets(lanes)
     wall = int(time.time() * 1000)
     report: dict[str, tuple[int, int]] = {}
     for lane in lanes:
