@@ -9,11 +9,13 @@ import sys
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
-    from metering.settings import ENV_PREFIX, Settings
+    from metering.settings import ENV_PREFIX, Settings, is_secret, parse_bool
 
     g = p.add_argument_group("settings (each also from the environment variable shown)")
     for f in fields(Settings):
-        kind = {"int": int, "float": float}.get(str(f.type), str)
+        if is_secret(f.name):
+            continue  # secrets never on the command line (visible in ps): env or file only
+        kind = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type), str)
         g.add_argument(
             f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
             metavar=f.name.upper(),

@@ -100,12 +100,18 @@ class MeterPolicy:
         wait_for_inputs: close no period until :meth:`Meter.observe_lanes` named every
             input lane (the streaming worker: records of some lanes can reach a partition
             before any record of another lane, which must still hold the watermark back).
+        orphan_close_ttl_ms: event time (ms) a close of what is not open is remembered for
+            an earlier open arriving later (contract rule 3).
+        max_watermark_jump_ms: a lane's watermark advance larger than this (ms) waits for
+            confirmation (contract rule 4b); None: no limit.
     """
 
     grid: PeriodGrid = field(default_factory=PeriodGrid)
     lateness_ms: int | None = 60_000
     idle_advance_ms: int | None = None
     wait_for_inputs: bool = False
+    orphan_close_ttl_ms: int = 86_400_000
+    max_watermark_jump_ms: int | None = 3_600_000
 
 
 class Meter:

@@ -86,8 +86,25 @@ class Settings:
     ready_max_lag: int = field(default=10_000, metadata={
         "help": "/readyz answers 200 once every assigned partition lags at most this many "
         "records"})
+    max_clock_skew: float = field(default=300.0, metadata={
+        "help": "seconds an event time may lie ahead of the wall clock before the record "
+        "is rejected (invalid_event_time, contract rule 4b)"})
+    max_watermark_jump: float = field(default=3600.0, metadata={
+        "help": "seconds a partition's watermark may advance on one record; a larger jump "
+        "waits for a later record or the wall clock to confirm it (rule 4b)"})
+    orphan_close_ttl: float = field(default=86_400.0, metadata={
+        "help": "seconds of event time a close of what is not open is remembered for its "
+        "earlier open (contract rule 3)"})
+    force_period_change: bool = field(default=False, metadata={
+        "help": "accept a period or timezone different from the one the existing state "
+        "was built with (ids and cuts then differ from earlier output)"})
     sasl_password: str = field(default="", metadata={
-        "help": "SASL password (masked in check-config; SASL itself is not wired yet)"})
+        "secret": True,
+        "help": "SASL password: environment or sasl_password_file only, never a flag "
+        "(masked everywhere; SASL itself is not wired yet)"})
+    sasl_password_file: str = field(default="", metadata={
+        "help": "file holding the SASL password (e.g. a mounted Kubernetes Secret); "
+        "read at start-up, trailing newline dropped"})
 
     @property
     def lateness_ms(self) -> int:
@@ -96,6 +113,23 @@ class Settings:
     @property
     def idle_advance_ms(self) -> int:
         return int(self.idle_advance * 1000)
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return int(self.max_clock_skew * 1000)
+
+    @property
+    def max_watermark_jump_ms(self) -> int:
+        return int(self.max_watermark_jump * 1000)
+
+    @property
+    def orphan_close_ttl_ms(self) -> int:
+        return int(self.orphan_close_ttl * 1000)
+
+    def __repr__(self) -> str:
+        """Like the dataclass repr, with secrets masked (settings end up in logs)."""
+        body = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
+        return f"Settings({body})"
 
     def masked(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked (for ``check-config`` and logs)."""
@@ -133,7 +167,7 @@ class Settings:
             load_timezone(self.timezone)
         except ValueError as exc:
             problems.append(f"timezone: {exc}")
-        for name in ("lateness", "idle_advance"):
+        for name in ("lateness", "idle_advance", "max_clock_skew", "orphan_close_ttl"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0 seconds")
         for name in ("tick_interval", "batch_within", "archive_flush_seconds",
@@ -152,6 +186,8 @@ class Settings:
                 problems.append(f"{name}: {getattr(self, name)} not in 1..65535")
         if not 6 <= self.session_timeout <= 1800:
             problems.append("session_timeout: must be within the broker's default 6..1800 s")
+        if not self.max_watermark_jump > 0:
+            problems.append("max_watermark_jump: must be > 0 seconds")
         if self.ready_max_lag < 0:
             problems.append("ready_max_lag: must be >= 0 records")
         if self.standby_replicas < 0:
@@ -160,8 +196,29 @@ class Settings:
             raise SettingsError(problems)
 
 
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else raises ValueError."""
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true/false)")
+
+
+def is_secret(name: str) -> bool:
+    """True for settings that must never appear in argv, logs or metrics."""
+    return name in _SECRET_FIELDS
+
+
 def _convert(name: str, kind: Any, raw: str, problems: list[str]) -> Any:
     try:
+        if kind in (bool, "bool"):
+            return parse_bool(raw)
         if kind in (int, "int"):
             return int(raw)
         if kind in (float, "float"):
@@ -194,6 +251,13 @@ def load_settings(
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
+    password_file = values.get("sasl_password_file")
+    if password_file:
+        try:
+            values["sasl_password"] = Path(password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            problems.append(f"sasl_password_file: cannot read {password_file}: "
+                            f"{exc.strerror or exc}")
     if problems:
         raise SettingsError(problems)
     settings = dataclasses.replace(Settings(), **values)
