@@ -19,6 +19,7 @@ Used by the integration tests, ``make demo`` and ``make kafka-up``; no Docker ne
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import json
@@ -116,6 +117,26 @@ def ensure_jars(
         staging.rename(target)
     log(f"fetched Kafka jars in {time.monotonic() - started:.1f}s")
     return target
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes, base64url without padding (22 chars).
+
+    About one id in 64 begins with ``-``; :func:`format_command` passes it so that it can
+    never be taken for an option.
+    """
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def format_command(common: list[str], cluster_id: str, props: Path) -> list[str]:
+    """The ``kafka-storage format`` command line (JVM options ``common`` first).
+
+    The id is attached to its option (``--cluster-id=<id>``): as a separate argument an id
+    starting with ``-`` is read as an option ("argument --cluster-id/-t: expected one
+    argument") and the broker fails to start, once in about 64 starts.
+    """
+    return ["java", "-Xmx256m", *common, "kafka.tools.StorageTool", "format",
+            f"--cluster-id={cluster_id}", "--config", str(props), "--ignore-formatted"]
 
 
 def free_port() -> int:
@@ -259,15 +280,10 @@ class LocalKafka:
         cp = f"{klibs}/*"
         common = ["-cp", cp, f"-Dlog4j.configuration=file:{log4j}"]
         started = time.monotonic()
-        cluster_id = uuid.uuid4().bytes
-        import base64
-
-        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
         fmt = None
         if not (data / "meta.properties").exists():  # else a restart: keep id and data
             fmt = subprocess.run(
-                ["java", "-Xmx256m", *common, "kafka.tools.StorageTool", "format",
-                 "-t", cid, "-c", str(props), "--ignore-formatted"],
+                format_command(common, new_cluster_id(), props),
                 capture_output=True, text=True, check=False,
             )
         if fmt is not None and fmt.returncode != 0:

@@ -114,7 +114,7 @@ def test_worker_and_archive_are_built_and_reachable() -> None:
         env = svc["environment"]
         assert env["METERING_BROKER"] == "kafka:9092"
         assert env["METERING_WEB_BIND"] == "0.0.0.0"
-        assert f"{port}:{port}" in svc["ports"]
+        assert f"127.0.0.1:{port}:{port}" in svc["ports"]
         assert "/healthz" in " ".join(svc["healthcheck"]["test"])
     assert any("/data/archive" in v for v in services["archive"]["volumes"])
     dockerfile = (COMPOSE / "Dockerfile").read_text(encoding="utf-8")
@@ -302,3 +302,21 @@ def test_every_alert_has_a_unit_test() -> None:
     tests = _load_yaml(COMPOSE / "prometheus" / "rules_test.yml")["tests"]
     tested = {a["alertname"] for t in tests for a in t["alert_rule_test"] if a["exp_alerts"]}
     assert tested == {r["alert"] for r in _rules()}
+
+
+def test_published_ports_bind_loopback_only() -> None:
+    """Kafka (no authentication), metrics and dashboards are never published on every
+    interface of the host (issue 15, case 11)."""
+    services = _load_yaml(COMPOSE_FILE)["services"]
+    published = {name: svc.get("ports", []) for name, svc in services.items()}
+    assert published["kafka"], "the host listener is published"
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all hosts"
+
+
+def test_grafana_has_no_default_password() -> None:
+    env = _load_yaml(COMPOSE_FILE)["services"]["grafana"]["environment"]
+    password = str(env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), password
+    assert password != "admin"

@@ -70,3 +70,33 @@ def test_pom_exists_and_pins_version() -> None:
     text = localkafka._POM.read_text()
     assert "kafka_2.13" in text
     assert f"<kafka.version>{localkafka.KAFKA_VERSION}</kafka.version>" in text
+
+
+def test_cluster_id_starting_with_a_dash_is_attached_to_its_option(tmp_path: Path) -> None:
+    """About one random id in 64 starts with '-'; as a separate argument the storage tool
+    took it for an option and the broker failed to start (issue 16)."""
+    cmd = localkafka.format_command(["-cp", "x"], "-Ab3_cdEfGhIjKlMnOpQrSt", tmp_path / "p")
+    assert "--cluster-id=-Ab3_cdEfGhIjKlMnOpQrSt" in cmd
+    assert "-t" not in cmd
+    assert "--cluster-id" not in cmd
+    ids = {localkafka.new_cluster_id() for _ in range(2000)}
+    assert any(i.startswith("-") for i in ids), "the case this guards against is real"
+    assert all(len(i) == 22 for i in ids)
+
+
+@pytest.mark.kafka
+def test_storage_tool_formats_with_a_dash_id(tmp_path: Path) -> None:
+    """The real StorageTool (Maven Central jars) accepts an id that starts with '-'."""
+    import subprocess
+
+    klibs = localkafka.ensure_jars()
+    props = tmp_path / "server.properties"
+    props.write_text(localkafka.render_server_properties(
+        client_port=localkafka.free_port(), controller_port=localkafka.free_port(),
+        log_dir=tmp_path / "data"))
+    cid = "-" + localkafka.new_cluster_id()[1:]
+    run = subprocess.run(localkafka.format_command(["-cp", f"{klibs}/*"], cid, props),
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    meta = (tmp_path / "data" / "meta.properties").read_text()
+    assert f"cluster.id={cid}" in meta
