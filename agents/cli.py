@@ -17,6 +17,7 @@ Exit codes (every subcommand):
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -61,23 +62,42 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_kafka_command)
 
 
-def _registrars() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    regs: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
-    for modname in ("agents.simulate", "metering.replay", "metering.compact", "metering.report",
-                    "agents.commands", "agents.demo"):
-        try:
-            module = __import__(modname, fromlist=["register"])
-        except ModuleNotFoundError as exc:  # a subcommand not built yet
-            if exc.name and modname.startswith(exc.name):
-                continue
-            raise
-        regs.append(module.register)
-    regs.append(_add_kafka)
-    return regs
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "simulate": ("agents.simulate",
+                 "generate a realistic CloudStack event stream whose true usage is known"),
+    "replay": ("metering.replay",
+               "meter recorded CloudStack events into a Parquet dataset (batch, no broker)"),
+    "compact": ("metering.compact", "merge the Parquet files of closed days into one sorted, "
+                "deduplicated file per day"),
+    "report": ("metering.report",
+               "usage hours and interval counts per account, usage type and/or day"),
+    "worker": ("agents.commands", "run the streaming worker (Faust agents: cs -> usage)"),
+    "archive": ("agents.commands", "run the archive worker (usage topic -> Parquet dataset)"),
+    "check-config": ("agents.commands",
+                     "print the effective settings (secrets masked); exit 2 if invalid"),
+    "demo": ("agents.demo", "run the pipeline end to end, live, on the embedded local broker"),
+    "kafka": (None, "start/stop a local single-node Kafka broker (Maven Central jars, no "
+              "Docker)"),
+}
+"""Subcommand -> (module whose ``register`` adds it, or None for ``kafka``; its help line).
+
+``metering --help`` is drawn from this table alone and ``metering CMD ...`` imports only
+the module of ``CMD``: pyarrow, pandas and faust load only in the commands that use them,
+so the help of every command starts in well under a second (tests/unit/test_cli.py)."""
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (exposed for tests and docs)."""
+def _registrar(module_name: str | None) -> Registrar:
+    if module_name is None:
+        return _add_kafka
+    module = importlib.import_module(module_name)
+    register: Registrar = module.register
+    return register
+
+
+def _top_parser() -> tuple[argparse.ArgumentParser,
+                           argparse._SubParsersAction[argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="metering",
         description=(
@@ -90,16 +110,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"metering {metering.__version__}"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _registrars():
-        register(sub)
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs).
+
+    With ``only`` (a subcommand name) just that subcommand's module is imported and
+    registered, and every other subcommand is a stub carrying its help line; without it,
+    every module registers (the full parser).
+    """
+    parser, sub = _top_parser()
+    wanted = set(COMMANDS) if only is None else {only}
+    done: set[str | None] = set()
+    for name, (module_name, help_line) in COMMANDS.items():
+        if name in wanted:
+            if module_name not in done:
+                done.add(module_name)
+                _registrar(module_name)(sub)
+        elif module_name not in done or module_name is None:
+            sub.add_parser(name, help=help_line)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if known."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metering`` console script; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(words)
+    if command is None:  # top-level help, --version or a typo: no subcommand module loads
+        parser, sub = _top_parser()
+        for name, (_module, help_line) in COMMANDS.items():
+            sub.add_parser(name, help=help_line)
+    else:
+        parser = build_parser(only=command)
+    args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -45,3 +45,38 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [f.name for f in fields(Settings) if f"`METERING_{f.name.upper()}`" not in readme]
     assert not missing, f"README configuration table lacks {missing}"
+
+
+HEAVY = ("pyarrow", "pandas", "faust", "aiokafka", "numpy", "matplotlib")
+
+
+def _modules_loaded_by(argv: list[str]) -> set[str]:
+    """Heavy top-level packages imported by ``metering ARGV`` (run in a fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "from agents.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(','.join(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
+    return set(filter(None, last.split(",")))
+
+
+def test_top_level_help_imports_no_subcommand_module() -> None:
+    """`metering --help` draws from the command table alone (issue 16: it took 1.3 s)."""
+    assert _modules_loaded_by(["--help"]) == set()
+    assert _modules_loaded_by(["--version"]) == set()
+
+
+def test_command_table_matches_what_modules_register() -> None:
+    from agents.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    registered = {c.dest: c.help for c in sub._choices_actions}
+    assert registered == {name: help_line for name, (_m, help_line) in COMMANDS.items()}
