@@ -378,11 +378,10 @@ def _expire_orphans(state: EntityState, horizon: int, notes: list[str]) -> None:
 def _remember(state: EntityState, key: SlotKey, at: int, reason: str, src: Source,
               every_zone: bool, notes: list[str]) -> None:
     """Remember a close of what is not open (rule 3), unless no open could ever claim it."""
-    if not every_zone:
-        last = _last_end(state, key)
-        if last is not None and at <= last:
-            notes.append("orphan_close")  # a repeat: an open before it would be stale
-            return
+    last = None if every_zone else _last_end(state, key)
+    if last is not None and at <= last:
+        notes.append("orphan_close")  # a repeat: an open before it would be stale
+        return
     orphans = state.orphans
     orphans.append(Orphan(key, at, reason, src, every_zone))
     notes.append("orphan_close_remembered")
@@ -395,16 +394,13 @@ def _remember(state: EntityState, key: SlotKey, at: int, reason: str, src: Sourc
 def _claim(state: EntityState, key: SlotKey, at: int) -> Orphan | None:
     """The earliest remembered close after ``at`` for ``key`` (used up unless for every
     zone), or None."""
-    best = -1
     orphans = state.orphans
-    for i, o in enumerate(orphans):
-        k = o.key
-        if (o.end > at and k[0] == key[0] and k[2] == key[2]
-                and (o.every_zone or k[1] == key[1])):
-            if best < 0 or (o.end, o.every_zone) < (orphans[best].end, orphans[best].every_zone):
-                best = i
-    if best < 0:
+    fits = [i for i, o in enumerate(orphans)
+            if o.end > at and o.key[0] == key[0] and o.key[2] == key[2]
+            and (o.every_zone or o.key[1] == key[1])]
+    if not fits:
         return None
+    best = min(fits, key=lambda i: (orphans[i].end, orphans[i].every_zone))
     orphan = orphans[best]
     if not orphan.every_zone:
         del orphans[best]

@@ -181,7 +181,8 @@ def test_a_newer_version_is_refused_with_what_to_do(decoder) -> None:  # type: i
     assert f"version {VERSION + 1}" in message  # found
     assert "reads versions 1, 2" in message  # supported
     assert "newer metering" in message
-    assert "run that version" in message and "rebuild the state" in message
+    assert "run that version" in message
+    assert "rebuild the state" in message
 
 
 @pytest.mark.parametrize("decoder", [decode_entity, decode_account])
