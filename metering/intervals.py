@@ -2,7 +2,8 @@
 
 An interval is half-open ``[start, end)`` in UTC epoch milliseconds, never crosses an
 aggregation-period boundary, and carries a deterministic ``interval_id`` (rule 9) so that
-every consumer can deduplicate repeats.
+every consumer can deduplicate repeats. Schema version 2 (contract revision 2): the id
+includes the account (rule 4a), so ids differ from those version 1 gave the same input.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Final, NamedTuple
 
 from metering.usage_types import NAMES, ZONE_KEYED
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MS_PER_HOUR: Final = 3_600_000
 
 
@@ -34,25 +35,31 @@ def resource_key(usage_type: int, resource_id: str, zone_id: str | None) -> str:
     return resource_id
 
 
-def id_prefix(usage_type: int, key: str, empty: bool = False) -> str:
-    """The constant first half of the ids of one (usage type, resource key): 16 hex chars.
+def id_prefix(usage_type: int, account_id: str, key: str, empty: bool = False) -> str:
+    """The constant first half of the ids of one (usage type, account, resource key): 16 hex.
 
-    A 64-bit BLAKE2b hash of ``v1|usage_type|key`` (``|empty`` for zero-length intervals).
+    A 64-bit BLAKE2b hash of ``v2|usage_type|len(account)|account|key`` (``|empty`` appended
+    for zero-length intervals); the account's length makes the text unambiguous whatever
+    characters the account and key hold.
     """
-    text = f"v1|{usage_type}|{key}{'|empty' if empty else ''}"
+    text = (f"v2|{usage_type}|{len(account_id)}|{account_id}|{key}"
+            f"{'|empty' if empty else ''}")
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def interval_id(usage_type: int, key: str, start_ms: int, empty: bool = False) -> str:
-    """Deterministic id of (usage type, resource key, start): 32 lowercase hex characters.
+def interval_id(
+    usage_type: int, account_id: str, key: str, start_ms: int, empty: bool = False
+) -> str:
+    """Deterministic id of (usage type, account, resource key, start): 32 lowercase hex.
 
-    The first 16 characters hash (usage type, key) (:func:`id_prefix`); the last 16 are the
-    start instant in ms as hex, so the ids of one resource sort by start. ``key`` is
-    :func:`resource_key` (the resource UUID, plus ``@zone`` for TEMPLATE/ISO). ``empty``
-    marks a zero-length interval (rule 4) so that it never shares its id with the interval
-    that may open at the same instant.
+    The first 16 characters hash (usage type, account, key) (:func:`id_prefix`); the last
+    16 are the start instant in ms as hex, so the ids of one resource and account sort by
+    start. ``key`` is :func:`resource_key` (the resource UUID, plus ``@zone`` for
+    TEMPLATE/ISO). ``empty`` marks a zero-length interval (rule 4) so that it never shares
+    its id with the interval that may open at the same instant. Two accounts' intervals of
+    one resource id never share an id (rule 4a).
     """
-    return f"{id_prefix(usage_type, key, empty)}{start_ms:016x}"
+    return f"{id_prefix(usage_type, account_id, key, empty)}{start_ms:016x}"
 
 
 class UsageInterval(NamedTuple):
@@ -116,7 +123,8 @@ def make_interval(
     duration = end - start
     return UsageInterval(
         interval_id=interval_id(
-            usage_type, resource_key(usage_type, resource_id, zone_id), start, duration == 0
+            usage_type, account_id, resource_key(usage_type, resource_id, zone_id), start,
+            duration == 0,
         ),
         account_id=account_id,
         domain_id=domain_id,

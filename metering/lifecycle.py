@@ -2,8 +2,10 @@
 
 State is kept per *entity* (the resource UUID in the usage event's ``id``): one
 :class:`EntityState` holds the open interval of each usage type (and zone, for TEMPLATE and
-ISO) of that resource, the offering/template attributes learnt from action events, and the
-last applied record offset per source lane (for redelivery, rule 6).
+ISO) and account of that resource (rule 4a: an event of one account never touches another
+account's interval of the same resource id), the offering/template attributes learnt from
+action events, the closes of what was not open that an earlier open may still claim (rule
+3), and the last applied record offset per source lane (for redelivery, rule 6).
 
 The functions here do no I/O, read no clock and never raise on data. They take ownership of
 the state they are given and return it (updated in place for speed) with the intervals to
@@ -48,9 +50,19 @@ DISK_OFFERING: Final = 2
 
 FOREVER: Final = 2**62
 """A ``settled`` instant after every event: closed intervals are emitted at once."""
+BEFORE_ANY: Final = -(2**62)
+"""An instant before every event: no remembered close has expired."""
+MAX_ORPHANS: Final = 16
+"""Remembered closes kept per (usage type, account) of one resource; the earliest goes
+first (counted ``orphan_close``), so hostile input cannot grow one state without bound."""
+LEGACY_ACCOUNT: Final = ""
+"""The account of an ``ends`` entry decoded from a version 1 state, which kept ``ends`` per
+(usage type, zone key) for every account: it applies to a key of any account that has no
+entry of its own (never a real account: usage events without an account are rejected)."""
 
-SlotKey = tuple[int, str]
-"""(usage type, zone key); the zone key is ``""`` unless the type is TEMPLATE or ISO."""
+SlotKey = tuple[int, str, str]
+"""(usage type, zone key, account); the zone key is ``""`` unless the type is TEMPLATE or
+ISO."""
 
 
 @dataclass(slots=True)
@@ -80,22 +92,41 @@ class Held:
 
 
 @dataclass(slots=True)
+class Orphan:
+    """A close of what was not open, remembered for an earlier open arriving later (rule 3).
+
+    ``end`` is the close's event time (UTC ms), ``reason`` its event type, ``src`` its
+    record. ``every_zone`` marks a TEMPLATE/ISO delete without zone (``key`` then has zone
+    key ``""``): it closes whichever zone an earlier open arrives for and is not used up.
+    """
+
+    key: SlotKey
+    end: int
+    reason: str
+    src: Source
+    every_zone: bool = False
+
+
+@dataclass(slots=True)
 class EntityState:
     """Everything metering remembers about one resource.
 
     Attributes:
-        slots: open intervals by (usage type, zone key).
+        slots: open intervals by (usage type, zone key, account).
         changes: attribute changes ``(time_ms, attribute, value)`` sorted by time, where
             attribute is :data:`SERVICE_OFFERING`, :data:`TEMPLATE` or :data:`DISK_OFFERING`.
         offsets: last applied record offset per source lane (``topic/partition``).
         ends: end (UTC ms) of the last interval emitted per slot key, so a reopen never
-            overlaps what was already emitted.
+            overlaps what was already emitted; once the slot is closed, its *last close*: an
+            open at or before it is stale (rule 2).
         empty_ends: slot keys whose last emitted interval was zero-length (at ``ends``):
             a second zero-length close at that instant would repeat its ``interval_id``
             with other content, so it is not emitted (counted ``zero_length_repeat``).
         lane: the lane of the last applied record; its watermark cuts this entity's periods.
         held: closed intervals waiting until every lane has passed their end (in close
             order); their attributes are looked up when they are released.
+        orphans: closes of what was not open, in arrival order, until an earlier open claims
+            them or they expire (rule 3).
     """
 
     slots: dict[SlotKey, Slot] = field(default_factory=dict)
@@ -105,6 +136,7 @@ class EntityState:
     lane: str = ""
     empty_ends: set[SlotKey] = field(default_factory=set)
     held: list[Held] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
 
     def accounts(self) -> set[str]:
         """Accounts owning at least one open interval of this entity."""
@@ -116,7 +148,9 @@ class Transition:
     """Result of one step: the new state, the intervals to emit, and what happened.
 
     ``notes`` name the contract rules that applied, for metrics: ``duplicate`` (rule 6),
-    ``reopen_ignored`` (rule 2), ``orphan_close`` (rule 3), ``zero_length`` (rule 4).
+    ``reopen_ignored`` and ``stale_open`` (rule 2), ``orphan_close_remembered``,
+    ``orphan_close_applied`` and ``orphan_close`` (rule 3: a remembered close that expired,
+    was dropped, or was a repeat no open can claim), ``zero_length`` (rule 4).
     """
 
     state: EntityState
@@ -187,8 +221,8 @@ def _emit(
     usage_type = key[0]
     name = NAMES[usage_type]
     rkey = resource_key(usage_type, resource_id, slot.zone_id)
-    prefix = id_prefix(usage_type, rkey)
     account = slot.account_id
+    prefix = id_prefix(usage_type, account, rkey)
     domain = domain_of(account)
     zone = slot.zone_id
     opened = slot.opened_by
@@ -213,7 +247,8 @@ def _emit(
             _new_row(
                 UsageInterval,
                 (
-                    f"{prefix}{a:016x}" if duration else interval_id(usage_type, rkey, a, True),
+                    f"{prefix}{a:016x}" if duration
+                    else interval_id(usage_type, account, rkey, a, True),
                     account, domain, zone,
                     usage_type, name, resource_id, offering, template, a, b, duration,
                     duration / MS_PER_HOUR, period_start, final, reason, src.topic,
@@ -325,6 +360,53 @@ def _is_duplicate(state: EntityState, src: Source) -> bool:
     return False
 
 
+def _last_end(state: EntityState, key: SlotKey) -> int | None:
+    """``ends`` of ``key``, or of its usage type and zone in a version 1 state."""
+    ends = state.ends
+    end = ends.get(key)
+    if end is None and ends:
+        end = ends.get((key[0], key[1], LEGACY_ACCOUNT))
+    return end
+
+
+def _expire_orphans(state: EntityState, horizon: int, notes: list[str]) -> None:
+    kept = [o for o in state.orphans if o.end >= horizon]
+    notes.extend(["orphan_close"] * (len(state.orphans) - len(kept)))
+    state.orphans = kept
+
+
+def _remember(state: EntityState, key: SlotKey, at: int, reason: str, src: Source,
+              every_zone: bool, notes: list[str]) -> None:
+    """Remember a close of what is not open (rule 3), unless no open could ever claim it."""
+    last = None if every_zone else _last_end(state, key)
+    if last is not None and at <= last:
+        notes.append("orphan_close")  # a repeat: an open before it would be stale
+        return
+    orphans = state.orphans
+    orphans.append(Orphan(key, at, reason, src, every_zone))
+    notes.append("orphan_close_remembered")
+    same = [i for i, o in enumerate(orphans) if o.key[0] == key[0] and o.key[2] == key[2]]
+    if len(same) > MAX_ORPHANS:
+        del orphans[min(same, key=lambda i: orphans[i].end)]
+        notes.append("orphan_close")
+
+
+def _claim(state: EntityState, key: SlotKey, at: int) -> Orphan | None:
+    """The earliest remembered close after ``at`` for ``key`` (used up unless for every
+    zone), or None."""
+    orphans = state.orphans
+    fits = [i for i, o in enumerate(orphans)
+            if o.end > at and o.key[0] == key[0] and o.key[2] == key[2]
+            and (o.every_zone or o.key[1] == key[1])]
+    if not fits:
+        return None
+    best = min(fits, key=lambda i: (orphans[i].end, orphans[i].every_zone))
+    orphan = orphans[best]
+    if not orphan.every_zone:
+        del orphans[best]
+    return orphan
+
+
 def apply_usage(
     state: EntityState | None,
     event: UsageEvent,
@@ -333,54 +415,78 @@ def apply_usage(
     domain_of: DomainLookup,
     deleted_of: DeletionLookup = _never_deleted,
     settled: int = FOREVER,
+    orphan_horizon: int = BEFORE_ANY,
 ) -> Transition:
-    """Apply one usage event of a metered type to its resource's state (table, rules 1-4, 6).
+    """Apply one usage event of a metered type to its resource's state (table, rules 1-4a, 6).
 
     ``state`` is the resource's state or None for a resource never seen. A record already
     applied (same lane, offset not above the last applied one) changes nothing. An event of
     an account deleted at or before the event's time changes nothing (CloudStack publishes
     nothing for a deleted account; such an event can only be a straggler). Intervals
     closed after ``settled`` (UTC ms) are held for :func:`release` instead of returned.
+
+    Opens (and splits with nothing open) at or before the key's last close are stale
+    (rule 2). A close of what is not open is remembered (rule 3); an open with nothing open
+    claims the earliest remembered close after it and closes there at once (through the
+    normal close path, held like any close). Remembered closes before ``orphan_horizon``
+    (UTC ms: the engine's settled watermark minus ``orphan_close_ttl``) have expired.
     """
     if state is None:
         state = EntityState()
     if _is_duplicate(state, src):
         return Transition(state, (), ("duplicate",))
+    notes: list[str] = []
+    if state.orphans and orphan_horizon > BEFORE_ANY:
+        _expire_orphans(state, orphan_horizon, notes)
     deletion = deleted_of(event.account_id)
     if deletion is not None and event.time_ms >= deletion[0]:
-        return Transition(state, (), ("after_account_delete",))
+        notes.append("after_account_delete")
+        return Transition(state, (), tuple(notes))
     out: list[UsageInterval] = []
-    notes: list[str] = []
     t = event.time_ms
     rid = event.resource_id
+    account = event.account_id
+    slots = state.slots
     for usage_type, action in TRANSITIONS[event.event_type]:
         zoned = usage_type in ZONE_KEYED
-        key: SlotKey = (usage_type, (event.zone_id or "") if zoned else "")
-        if action == OPEN:
-            if key in state.slots:
+        key: SlotKey = (usage_type, (event.zone_id or "") if zoned else "", account)
+        if action == OPEN or (action != CLOSE and key not in slots):
+            if key in slots:
                 notes.append("reopen_ignored")
                 continue
-            start = max(t, state.ends.get(key, t))
-            state.slots[key] = Slot(event.account_id, event.zone_id, start, src)
-            continue
-        if zoned and action == CLOSE and event.zone_id is None:
-            keys = [k for k in state.slots if k[0] == usage_type]  # every zone (contract §3)
-        else:
-            keys = [key] if key in state.slots else []
-        if not keys:
-            if action == CLOSE:
-                notes.append("orphan_close")
+            last = _last_end(state, key)
+            if last is not None and t <= last:
+                notes.append("stale_open")  # a retried publish or late duplicate (rule 2)
                 continue
-            start = max(t, state.ends.get(key, t))  # SPLIT with nothing open: opens
-            state.slots[key] = Slot(event.account_id, event.zone_id, start, src)
+            slot = Slot(account, event.zone_id, t, src)
+            orphan = _claim(state, key, t) if state.orphans else None
+            if orphan is None:
+                slots[key] = slot
+                continue
+            notes.append("orphan_close_applied")
+            end, reason, by = orphan.end, orphan.reason, orphan.src
+            if deletion is not None and deletion[0] < end:  # rule 5: not past the deletion
+                end, reason, by = deletion[0], CloseReason.ACCOUNT_DELETE, deletion[1]
+            _close_slot(state, key, slot, rid, end, reason, by, grid, domain_of, out, notes,
+                        settled)
+            continue
+        if zoned and action == CLOSE and event.zone_id is None:  # every zone (contract §3)
+            keys = [k for k in slots if k[0] == usage_type and k[2] == account]
+            if not keys:
+                _remember(state, key, t, event.event_type, src, True, notes)
+                continue
+        elif key in slots:
+            keys = [key]
+        else:  # a CLOSE of what is not open
+            _remember(state, key, t, event.event_type, src, False, notes)
             continue
         for k in keys:
-            slot = state.slots.pop(k)
+            slot = slots.pop(k)
             _close_slot(state, k, slot, rid, t, event.event_type, src, grid, domain_of, out,
                         notes, settled)
             if action != CLOSE:  # SPLIT: reopen with the event's attributes
                 start = max(t, state.ends.get(k, t))
-                state.slots[k] = Slot(event.account_id, event.zone_id, start, src)
+                slots[k] = Slot(account, event.zone_id, start, src)
     return Transition(state, tuple(out), tuple(notes))
 
 

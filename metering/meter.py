@@ -333,6 +333,13 @@ class Meter:
                 self._store(entity_id, state, state.accounts() if state.slots else set())
         return out
 
+    def _orphan_horizon(self) -> int:
+        """Remembered closes (rule 3) before this instant (UTC ms) have expired: the settled
+        watermark minus ``orphan_close_ttl_ms``."""
+        if self.settled <= NEVER:
+            return NEVER
+        return self.settled - self.policy.orphan_close_ttl_ms
+
     def _usage(self, ev: UsageEvent, src: Source, wall_ms: int | None,
                record_ms: int | None = None) -> list[UsageInterval]:
         entity_id = ev.resource_id
@@ -346,7 +353,7 @@ class Meter:
             if src.offset > state.offsets.get(src.lane, -1):
                 self._touch_cut(entity_id, state, out)
         tr = apply_usage(state, ev, src, self.grid, self.domain_of, self.deleted_of,
-                         self.settled)
+                         self.settled, self._orphan_horizon())
         self._count(tr)
         out.extend(tr.intervals)
         if record_ms is not None:

@@ -68,6 +68,8 @@ class ReplayOptions:
     period: str = "hour"
     timezone: str = "UTC"
     lateness_ms: int | None = None
+    orphan_close_ttl_ms: int = 86_400_000
+    """Event time a close of what is not open is remembered (contract rule 3)."""
     rejects: Path | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     progress: bool | None = None  # None: only when stderr is a terminal
@@ -332,12 +334,15 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
 
 def _run_replay(options: ReplayOptions) -> ReplaySummary:
     grid = PeriodGrid(options.period, options.timezone)  # type: ignore[arg-type]
-    meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms))
+    meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms,
+                              orphan_close_ttl_ms=options.orphan_close_ttl_ms))
     summary = ReplaySummary()
     digest = hashlib.blake2b(digest_size=16)
     digest.update(
         f"{options.until_ms}|{options.period}|{options.timezone}|{options.lateness_ms}".encode()
     )
+    if options.orphan_close_ttl_ms != ReplayOptions.orphan_close_ttl_ms:  # default: names kept
+        digest.update(f"|orphan_close_ttl={options.orphan_close_ttl_ms}".encode())
     for name in options.inputs:
         if name != "-" and not os.access(name, os.R_OK):
             reason = "no such file" if not os.path.exists(name) else "permission denied"
@@ -492,6 +497,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="emulate the worker: cut periods once the watermark passes their end "
                    "plus SECONDS, so events later than that count as late. Default: off (the "
                    "whole input is known; every event applies in order)")
+    p.add_argument("--orphan-close-ttl", type=float, default=86_400.0, metavar="SECONDS",
+                   help="event time a close of what is not open (e.g. a VM.STOP read before "
+                   "its VM.START) is remembered for an earlier open arriving later (contract "
+                   "rule 3; default 86400, as the worker's orphan_close_ttl)")
     p.add_argument("--rejects", type=Path, metavar="FILE", help="write rejected records as JSONL")
     p.add_argument("--max-record-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES,
                    help="records larger than this are rejected unparsed")
@@ -512,12 +521,15 @@ def run(args: argparse.Namespace) -> int:
         parser.error(str(exc))
     if args.lateness is not None and args.lateness < 0:
         parser.error("--lateness must be >= 0 seconds")
+    if not args.orphan_close_ttl >= 0:
+        parser.error("--orphan-close-ttl must be >= 0 seconds")
     if args.max_record_bytes <= 0:
         parser.error("--max-record-bytes must be positive")
     options = ReplayOptions(
         inputs=list(args.inputs), output=args.output, until_ms=until, period=args.period,
         timezone=args.timezone,
         lateness_ms=None if args.lateness is None else int(args.lateness * 1000),
+        orphan_close_ttl_ms=int(args.orphan_close_ttl * 1000),
         rejects=args.rejects,
         max_record_bytes=args.max_record_bytes, progress=args.progress,
     )

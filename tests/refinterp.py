@@ -5,7 +5,7 @@ so the core, the simulator's truth and this file can check each other. It comput
 only** (no period splitting): :func:`reference_usage` returns the metered milliseconds per
 key, where a key is ``(account_id, usage_type, resource_key)``:
 
-* ``account_id``: the account of the usage event that opened the interval;
+* ``account_id``: the account of the usage events of the interval;
 * ``usage_type``: the CloudStack usage type id (``1`` = RUNNING_VM, ...), an ``int``;
 * ``resource_key``: the event's ``id``; for TEMPLATE (7) and ISO (8) it is
   ``f"{id}@{zone}"`` with an empty zone when the event has none (``"tmpl-1@"``), the same
@@ -13,7 +13,7 @@ key, where a key is ``(account_id, usage_type, resource_key)``:
 
 Keys whose total is zero (a close earlier than its open) are left out.
 
-Semantics, as read from the contract:
+Semantics, as read from the contract (revision 2):
 
 * records are classified by their keys in the contract's order; only usage events of the
   table's types meter; a Completed ``ACCOUNT.DELETE`` action event whose description does not
@@ -21,14 +21,28 @@ Semantics, as read from the contract:
   its time (the earliest one wins if there are several);
 * bad records (not UTF-8, not JSON, not an object, missing or malformed ``eventDateTime``,
   metered usage event without ``id`` or ``account``) are skipped;
-* an interval is keyed by (usage type, resource key): opening what is open does nothing,
-  closing what is not open does nothing, a split closes and reopens (or just opens), a close
-  earlier than the open gives zero, and a reopen never starts before the end of the previous
-  interval of the same key (no double counting);
+* an interval is keyed by (usage type, resource key, **account**) (rule 4a): an event of one
+  account never touches another account's interval of the same resource id;
+* opening what is open does nothing; a split closes and reopens, or, with nothing open, acts
+  as an open; a close earlier than the open gives zero, and a reopen never starts before
+  the end of the previous interval of the same key (no double counting);
+* the *last close* of a key is the end of the last interval an event (or a deletion) closed
+  there (for a close earlier than its open, the open's time); an open (or a split with
+  nothing open) at or before it is stale and does nothing (rule 2);
+* a close of what is not open (rule 3) is *remembered* unless it is at or before the key's
+  last close (then no open could ever claim it). An open at ``t`` with nothing open claims
+  the earliest remembered close ``c > t`` of its key: ``[t, c)`` is metered and nothing
+  stays open. An open at or after every remembered close opens as usual and claims none. A
+  remembered close expires, changing nothing, once the *watermark* (the newest event time
+  of the usage and action records applied before) is more than ``orphan_close_ttl_ms``
+  after it; at most :data:`MAX_ORPHANS` are remembered per key (the earliest is dropped
+  first). A TEMPLATE/ISO delete without zone that closes nothing is remembered for every
+  zone: it closes whichever zone an earlier open arrives for, and is not used up by it;
 * usage events of an account deleted at or before the event's time are ignored, and no
   interval of a deleted account extends past the deletion: its open intervals end at the
   deletion time (by event time, so a deletion record that arrives before older events of the
-  account still lets them apply);
+  account still lets them apply); an interval claimed from a remembered close ends at the
+  deletion at the latest;
 * records at or after ``until_ms`` are not applied (``replay --until``); intervals still
   open at the end are closed at ``until_ms``.
 """
@@ -73,7 +87,12 @@ for _type, (_opens, _closes, _splits) in ROWS.items():
             ACTIONS.setdefault(_name, []).append((_type, _action))
 
 Key = tuple[str, int, str]
-Slot = tuple[int, str, str]  # (usage type, resource id, zone or "")
+Slot = tuple[int, str, str, str]  # (usage type, resource id, zone or "", account)
+ORPHAN_CLOSE_TTL_MS = 86_400_000
+"""Default ``orphan_close_ttl``: 24 hours of event time (contract rule 3)."""
+MAX_ORPHANS = 16
+"""Remembered closes kept per (usage type, resource key, account); the earliest goes first."""
+EVERY_ZONE = None
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
 
 
@@ -117,24 +136,52 @@ def _nonempty(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def reference_usage(records: Iterable[bytes | str], until_ms: int) -> dict[Key, int]:
+def reference_usage(
+    records: Iterable[bytes | str], until_ms: int, orphan_close_ttl_ms: int = ORPHAN_CLOSE_TTL_MS
+) -> dict[Key, int]:
     """Metered milliseconds per ``(account_id, usage_type, resource_key)``.
 
     ``records`` are raw record values (CloudStack JSON) in arrival order.
     """
-    open_: dict[Slot, tuple[str, int]] = {}  # -> (account, start)
+    open_: dict[Slot, int] = {}  # -> start
     last_end: dict[Slot, int] = {}
+    # (usage type, resource id, account) -> remembered closes [(time, zone or EVERY_ZONE)]
+    orphans: dict[tuple[int, str, str], list[tuple[int, str | None]]] = {}
     deleted: dict[str, int] = {}  # account -> earliest deletion time
     totals: dict[Key, int] = {}
+    watermark = -(2**62)
 
-    def close(k: Slot, t: int) -> None:
-        account, start = open_.pop(k)
+    def close(k: Slot, t: int, start: int) -> None:
+        account = k[3]
         if account in deleted:  # nothing of a deleted account runs past its deletion
             t = min(t, deleted[account])
         end = max(t, start)  # a close earlier than the open gives zero, never negative
         rkey = f"{k[1]}@{k[2]}" if k[0] in PER_ZONE else k[1]
         totals[(account, k[0], rkey)] = totals.get((account, k[0], rkey), 0) + end - start
         last_end[k] = end
+
+    def remember(k: Slot, t: int, zone: str | None) -> None:
+        if zone is not EVERY_ZONE and t <= last_end.get(k, t - 1):
+            return  # at or before the last close: no open could claim it
+        pending = orphans.setdefault((k[0], k[1], k[3]), [])
+        pending.append((t, zone))
+        if len(pending) > MAX_ORPHANS:
+            pending.remove(min(pending, key=lambda o: o[0]))
+
+    def claim(k: Slot, t: int, now: int) -> int | None:
+        """The earliest remembered close after ``t`` for ``k`` still live at watermark
+        ``now``, used up unless it is for every zone; None if there is none."""
+        pending = orphans.get((k[0], k[1], k[3]))
+        if not pending:
+            return None
+        pending[:] = [o for o in pending if now - o[0] <= orphan_close_ttl_ms]
+        fits = [o for o in pending if o[0] > t and o[1] in (EVERY_ZONE, k[2])]
+        if not fits:
+            return None
+        best = min(fits, key=lambda o: (o[0], o[1] is EVERY_ZONE))
+        if best[1] is not EVERY_ZONE:
+            pending.remove(best)
+        return best[0]
 
     for raw in records:
         d = _load(raw)
@@ -145,6 +192,7 @@ def reference_usage(records: Iterable[bytes | str], until_ms: int) -> dict[Key, 
         if t is None or t >= until_ms:
             continue
         if kind == "action":
+            watermark = max(watermark, t)
             description = d.get("description")
             failed = isinstance(description, str) and description.startswith("Error")
             victim = _nonempty(d.get("entityuuid"))
@@ -160,19 +208,34 @@ def reference_usage(records: Iterable[bytes | str], until_ms: int) -> dict[Key, 
             continue
         if zone is not None and not isinstance(zone, str):
             continue
+        now, watermark = watermark, max(watermark, t)  # now: before this record
         if account in deleted and t >= deleted[account]:
             continue
         for usage_type, action in ACTIONS[event]:
             zoned = usage_type in PER_ZONE
-            k: Slot = (usage_type, rid, (zone or "") if zoned else "")
+            k: Slot = (usage_type, rid, (zone or "") if zoned else "", account)
             if zoned and action == CLOSE and not zone:  # a delete without zone: every zone
-                for other in [o for o in open_ if o[:2] == (usage_type, rid)]:
-                    close(other, t)
+                hits = [o for o in open_ if o[:2] == (usage_type, rid) and o[3] == account]
+                for other in hits:
+                    close(other, t, open_.pop(other))
+                if not hits:
+                    remember(k, t, EVERY_ZONE)
                 continue
             if action in (CLOSE, SPLIT) and k in open_:
-                close(k, t)
-            if action in (OPEN, SPLIT) and k not in open_:
-                open_[k] = (account, max(t, last_end.get(k, t)))  # never overlaps the last
+                close(k, t, open_.pop(k))
+                if action == SPLIT:
+                    open_[k] = max(t, last_end[k])  # never overlaps the last
+                continue
+            if action == CLOSE:
+                remember(k, t, k[2])
+                continue
+            if k in open_ or t <= last_end.get(k, t - 1):
+                continue  # already open (rule 2), or stale: at or before the last close
+            end = claim(k, t, now)
+            if end is None:
+                open_[k] = t
+            else:
+                close(k, end, t)
     for k in list(open_):
-        close(k, until_ms)
+        close(k, until_ms, open_.pop(k))
     return {k: ms for k, ms in totals.items() if ms > 0}

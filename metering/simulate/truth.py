@@ -5,13 +5,23 @@ a resource ("this VM starts running now") and the bookkeeping here records it. T
 epoch milliseconds; the horizon ``until_ms`` cuts what is still open.
 
 Keys are ``(account_id, usage_type, resource_id, zone_id)`` where ``zone_id`` is set only
-for TEMPLATE (7) and ISO (8), which CloudStack meters per zone; it is None otherwise.
+for TEMPLATE (7) and ISO (8), which CloudStack meters per zone; it is None otherwise. The
+account is part of the key (contract rule 4a): one account's close never ends another
+account's interval of the same resource id.
+
+The bookkeeping follows contract rules 2 and 3 as the engine does, so that a process may
+state the same transition twice: an open at or before the key's last close (the end of the
+last interval closed there) is stale and changes nothing; a close of what is not open is
+remembered for ``orphan_close_ttl_ms`` (of the newest time stated so far) and an earlier open
+stated later claims it, giving ``[open, close)`` with nothing left open. The simulator itself
+never opens a key again at or before the second it closed it (a reopen follows a close by at
+least ten seconds; an HA restart's ``VM.START`` reopens what is still open).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from metering.eventtime import iso
 from metering.usage_types import UsageType
@@ -19,15 +29,23 @@ from metering.usage_types import UsageType
 TruthKey = tuple[str, int, str, str | None]
 
 PER_ZONE = frozenset({int(UsageType.TEMPLATE), int(UsageType.ISO)})
+ORPHAN_CLOSE_TTL_MS: Final = 86_400_000
+EVERY_ZONE: Final = None
 
 
 class Truth:
     """Open intervals and accumulated milliseconds per resource and usage type."""
 
-    def __init__(self, until_ms: int) -> None:
+    def __init__(self, until_ms: int, orphan_close_ttl_ms: int = ORPHAN_CLOSE_TTL_MS) -> None:
         self.until_ms = until_ms
+        self.orphan_close_ttl_ms = orphan_close_ttl_ms
         self.totals: dict[TruthKey, int] = {}
         self._open: dict[TruthKey, int] = {}
+        self._last_close: dict[TruthKey, int] = {}
+        self._orphans: dict[tuple[str, int, str], list[tuple[int, str | None]]] = {}
+        self._now = -(2**62)
+        self.stale_opens = 0
+        self._deleted: dict[str, int] = {}
         self._open_by_account: dict[str, dict[TruthKey, None]] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
         self.malformed: list[dict[str, Any]] = []
@@ -39,38 +57,93 @@ class Truth:
 
     def open(self, account: str, usage_type: int, resource: str, zone: str | None,
              t: int) -> None:
-        """Start metering at ``t`` unless already open (re-opening changes nothing)."""
+        """Start metering at ``t`` unless already open (re-opening changes nothing) or stale
+        (``t`` at or before the key's last close); an earlier open than a remembered close
+        meters up to that close and leaves nothing open (rules 2, 3)."""
         k = self.key(account, usage_type, resource, zone)
-        if k in self._open:
+        now = self._tick(t)
+        if k in self._open or t >= self._deleted.get(account, t + 1):
+            return
+        if t <= self._last_close.get(k, t - 1):
+            self.stale_opens += 1
+            return
+        self.totals.setdefault(k, 0)
+        end = self._claim(k, t, now)
+        if end is not None:
+            self._open[k] = t
+            self._open_by_account.setdefault(account, {})[k] = None
+            self._close(k, min(end, self._deleted.get(account, end)))
             return
         self._open[k] = t
         self._open_by_account.setdefault(account, {})[k] = None
-        self.totals.setdefault(k, 0)
+
+    def _tick(self, t: int) -> int:
+        """Advance the newest stated time to ``t``; return the one before."""
+        now = self._now
+        if t > now:
+            self._now = t
+        return now
+
+    def _remember(self, k: TruthKey, t: int, zone: str | None) -> None:
+        if zone is not EVERY_ZONE and t <= self._last_close.get(k, t - 1):
+            return  # a repeated close: no open could claim it
+        self._orphans.setdefault((k[0], k[1], k[2]), []).append((t, zone))
+
+    def _claim(self, k: TruthKey, t: int, now: int) -> int | None:
+        pending = self._orphans.get((k[0], k[1], k[2]))
+        if not pending:
+            return None
+        pending[:] = [o for o in pending if now - o[0] <= self.orphan_close_ttl_ms]
+        fits = [o for o in pending if o[0] > t and o[1] in (EVERY_ZONE, k[3] or "")]
+        if not fits:
+            return None
+        best = min(fits, key=lambda o: (o[0], o[1] is EVERY_ZONE))
+        if best[1] is not EVERY_ZONE:
+            pending.remove(best)
+        return best[0]
 
     def close(self, account: str, usage_type: int, resource: str, zone: str | None,
               t: int) -> None:
-        """Stop metering at ``t``; a close before the open counts zero (clock skew)."""
-        self._close(self.key(account, usage_type, resource, zone), t)
+        """Stop metering at ``t``; a close before the open counts zero (clock skew); a close
+        of what is not open is remembered (rule 3)."""
+        k = self.key(account, usage_type, resource, zone)
+        self._tick(t)
+        if k in self._open:
+            self._close(k, t)
+        else:
+            self._remember(k, t, k[3] or "")
 
     def close_all_zones(self, account: str, usage_type: int, resource: str, t: int) -> None:
-        """A template/ISO delete without a zone: close the resource in every zone."""
-        for k in [k for k in self._open_by_account.get(account, ())
-                  if k[1] == usage_type and k[2] == resource]:
+        """A template/ISO delete without a zone: close the resource in every zone (if none
+        is open, remembered for every zone)."""
+        self._tick(t)
+        hits = [k for k in self._open_by_account.get(account, ())
+                if k[1] == usage_type and k[2] == resource]
+        for k in hits:
             self._close(k, t)
+        if not hits:
+            self._remember(self.key(account, usage_type, resource, None), t, EVERY_ZONE)
 
     def split(self, account: str, usage_type: int, resource: str, zone: str | None,
               t: int) -> None:
-        """Close and reopen at ``t`` (new attributes): the total does not change."""
+        """Close and reopen at ``t`` (new attributes): the total does not change. With
+        nothing open, an open (stale or claiming a remembered close as :meth:`open`)."""
         k = self.key(account, usage_type, resource, zone)
         if k in self._open:
+            self._tick(t)
             self._close(k, t)
+            self._open[k] = max(t, self._last_close[k])
+            self._open_by_account.setdefault(account, {})[k] = None
+            return
         self.open(account, usage_type, resource, zone, t)
 
     def is_open(self, account: str, usage_type: int, resource: str, zone: str | None) -> bool:
         return self.key(account, usage_type, resource, zone) in self._open
 
     def close_account(self, account: str, t: int) -> None:
-        """The account was deleted at ``t``: everything it had open stops at ``t``."""
+        """The account was deleted at ``t``: everything it had open stops at ``t``, and an
+        earlier open stated later meters up to ``t`` at most."""
+        self._deleted[account] = min(t, self._deleted.get(account, t))
         for k in list(self._open_by_account.get(account, ())):
             self._close(k, t)
 
@@ -81,6 +154,7 @@ class Truth:
         self._open_by_account[k[0]].pop(k, None)
         if t <= start:
             self.zero_length += 1
+        self._last_close[k] = max(t, start)
         self.totals[k] += max(0, min(t, self.until_ms) - start)
 
     def finish(self) -> None:

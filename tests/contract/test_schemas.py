@@ -91,3 +91,16 @@ def test_avro_schema_matches_the_json_schema() -> None:
         assert json_nullable == avro_nullable, f["name"]
         if f["name"] in ("start", "end", "period_start"):
             assert f["type"] == {"type": "long", "logicalType": "timestamp-millis"}
+
+
+@pytest.mark.parametrize("path", sorted((SCHEMAS / "examples").glob("valid-*.json")),
+                         ids=lambda p: p.name)
+def test_example_ids_are_the_ids_the_code_computes(path: Path) -> None:
+    """Schema version 2: the id hashes (usage type, account, resource key) and the start."""
+    from metering.intervals import SCHEMA_VERSION, interval_id, resource_key
+
+    row = json.loads(path.read_text())
+    assert row["schema_version"] == SCHEMA_VERSION == 2
+    key = resource_key(row["usage_type"], row["resource_id"], row["zone_id"])
+    assert row["interval_id"] == interval_id(
+        row["usage_type"], row["account_id"], key, row["start"], row["duration_ms"] == 0)

@@ -388,29 +388,53 @@ def test_repeated_stop_changes_nothing() -> None:
         until=T0 + HOUR,
     )
     assert spans(rows) == [(1, "vm", Z1, T0, T0 + 10 * MIN, True, "VM.STOP")]
-    assert meter.stats["orphan_close"] == 2
+    # rule 3 (revision 2): remembered for an earlier open that never comes; the START at T0
+    # is after the first one, so it does not claim it
+    assert meter.stats["orphan_close_remembered"] == 2
+    assert meter.stats["orphan_close_applied"] == 0
 
 
 def test_two_zero_length_closes_at_one_instant_emit_one_interval() -> None:
-    """Opened and closed twice within CloudStack's one-second resolution: the second empty
-    interval would repeat the first one's id (rule 9) with other content; it is counted."""
+    """Split twice by a management server whose clock is behind: both closes end at the
+    open's start; the second empty interval would repeat the first one's id (rule 9) with
+    other content; it is counted."""
+    rows, meter = run(
+        [
+            usage("VM.START", "vm", T0 + 5000),
+            usage("VM.DYNAMIC.SCALE", "vm", T0),
+            usage("VM.DYNAMIC.SCALE", "vm", T0 + 1000),
+            usage("VM.STOP", "vm", T0 + MIN),
+        ],
+        until=T0 + HOUR,
+    )
+    assert spans(rows, 1) == [
+        (1, "vm", Z1, T0 + 5000, T0 + 5000, True, "VM.DYNAMIC.SCALE"),
+        (1, "vm", Z1, T0 + 5000, T0 + MIN, True, "VM.STOP"),
+    ]
+    assert len({r.interval_id for r in rows}) == len(rows)
+    assert meter.stats["zero_length_repeat"] == 1
+
+
+def test_reopening_in_the_second_of_the_close_is_stale() -> None:
+    """Rule 2 (revision 2): CloudStack's times have one-second resolution, so a START in the
+    very second of the STOP cannot be told from a retried publish: it is stale."""
     rows, meter = run(
         [
             usage("VM.START", "vm", T0 + 5000),
             usage("VM.STOP", "vm", T0 + 5000),
             usage("VM.START", "vm", T0 + 5000),
             usage("VM.STOP", "vm", T0 + 5000),
-            usage("VM.START", "vm", T0 + 5000),
+            usage("VM.START", "vm", T0 + 6000),
             usage("VM.STOP", "vm", T0 + MIN),
         ],
         until=T0 + HOUR,
     )
     assert spans(rows, 1) == [
         (1, "vm", Z1, T0 + 5000, T0 + 5000, True, "VM.STOP"),
-        (1, "vm", Z1, T0 + 5000, T0 + MIN, True, "VM.STOP"),
+        (1, "vm", Z1, T0 + 6000, T0 + MIN, True, "VM.STOP"),
     ]
-    assert len({r.interval_id for r in rows}) == len(rows)
-    assert meter.stats["zero_length_repeat"] == 1
+    assert meter.stats["stale_open"] == 1
+    assert meter.stats["orphan_close"] == 1  # the repeated STOP
 
 
 def test_close_before_open_gives_a_zero_length_interval_never_negative() -> None:
@@ -421,19 +445,21 @@ def test_close_before_open_gives_a_zero_length_interval_never_negative() -> None
     assert rows[0].duration_ms == 0
     assert rows[0].raw_usage_hours == 0
     assert meter.stats["zero_length"] == 1
-    # the resource can run again afterwards; the ids differ from the zero-length one
+    # the resource can run again afterwards (after the second of the clamped close: an
+    # open at or before it is stale, rule 2); the ids differ from the zero-length one
     rows2, _ = run(
         [
             usage("VM.START", "vm", T0 + 5000),
             usage("VM.STOP", "vm", T0),
-            usage("VM.START", "vm", T0 + 5000),
+            usage("VM.START", "vm", T0 + 5000),  # a retried publish: stale
+            usage("VM.START", "vm", T0 + 6000),
             usage("VM.STOP", "vm", T0 + MIN),
         ],
         until=T0 + HOUR,
     )
     assert spans(rows2) == [
         (1, "vm", Z1, T0 + 5000, T0 + 5000, True, "VM.STOP"),
-        (1, "vm", Z1, T0 + 5000, T0 + MIN, True, "VM.STOP"),
+        (1, "vm", Z1, T0 + 6000, T0 + MIN, True, "VM.STOP"),
     ]
     assert len({r.interval_id for r in rows2}) == 2
     assert all(r.end >= r.start for r in rows2)
@@ -760,7 +786,7 @@ def test_distinct_records_with_identical_content_are_distinct_but_harmless() -> 
     rows, meter = run(records, until=T0 + HOUR)
     assert spans(rows) == [(1, "vm", Z1, T0, T0 + MIN, True, "VM.STOP")]
     assert meter.stats["reopen_ignored"] == 1
-    assert meter.stats["orphan_close"] == 1
+    assert meter.stats["orphan_close"] == 1  # a repeat at the last close: nothing to remember
     assert meter.stats["applied"] == 4
 
 

@@ -131,6 +131,13 @@ def test_golden_usage_story_meters_what_a_billing_engineer_expects() -> None:
     assert got[(ACCOUNT, 7, tpl)] == until - ms("2025-03-14T09:58:02Z")
     # the VPN user (no zone) is metered too, with a null zone
     assert {r.zone_id for r in rows if r.usage_type == 14} == {None}
+    # golden ids (schema version 2: the account is hashed in, contract rule 9 of revision 2;
+    # so they differ from version 1's "v1|usage type|key" ids of the same rows)
+    running = sorted((r.start, r.interval_id) for r in rows
+                     if r.resource_id == VM and r.usage_type == 1)
+    assert running[0] == (ms("2025-03-14T10:23:05Z"), "89191dd52ea3bdf200000195942dcf28")
+    assert running[-1] == (ms("2025-03-14T18:00:00Z"), "89191dd52ea3bdf20000019595d02100")
+    assert {r.schema_version for r in rows} == {2}
     # and the whole story agrees with the reference interpreter
     assert {k: v for k, v in got.items() if v} == reference_usage(values, until)
     # enrichment from the Created VM.CREATE action event, no domain (no ACCOUNT.CREATE of it)

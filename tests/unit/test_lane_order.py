@@ -145,8 +145,8 @@ def test_release_closes_at_an_account_deletion_before_the_held_end() -> None:
         "eventDateTime": _stamp(BASE), "event": "VOLUME.CREATE", "resource": "X",
         "id": "vol-1", "account": "acct-0", "zone": "z"}).encode()), Source("cs", 0, 1),
         PeriodGrid(), lambda _: None).state
-    slot = state.slots.pop((6, ""))
-    state.held.append(Held((6, ""), slot, BASE + 50_000, "VOLUME.DELETE", src, None))
+    slot = state.slots.pop((6, "", "acct-0"))
+    state.held.append(Held((6, "", "acct-0"), slot, BASE + 50_000, "VOLUME.DELETE", src, None))
     deleted = Source("cs", 1, 3)
     rows = release(state, "vol-1", FOREVER, PeriodGrid(), lambda _: "dom",
                    lambda _: (BASE + 20_000, deleted))

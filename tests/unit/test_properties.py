@@ -3,8 +3,11 @@
 Traces mix usage events of a few resources (VMs, volumes, per-zone templates and ISOs, IPs,
 networks) of a few accounts, with gaps that cross hour and day boundaries (and DST changes),
 clock skew, UTC offsets, account deletions (completed, scheduled, failed), action events named
-like usage events, ignored types and malformed records. The number of examples comes from
-the Hypothesis profile of ``tests/conftest.py``.
+like usage events, ignored types and malformed records; and, for contract revision 2, retried
+publishes (a copy of an earlier record read again later: stale opens, repeated closes),
+records of one resource read out of order (closes before their opens, as from two
+management servers) and events of a second account on the same resource id. The number of
+examples comes from the Hypothesis profile of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "iso": ("ISO.CREATE", "ISO.COPY", "ISO.DELETE"),
     "ip": ("NET.IPASSIGN", "NET.IPRELEASE"),
     "net": ("NETWORK.CREATE", "NETWORK.UPDATE", "NETWORK.DELETE"),
+}
+PAIRS: dict[str, tuple[str, str]] = {  # an open and a close of each family
+    "vm": ("VM.START", "VM.STOP"),
+    "vol": ("VOLUME.CREATE", "VOLUME.DELETE"),
+    "tpl": ("TEMPLATE.CREATE", "TEMPLATE.DELETE"),
+    "iso": ("ISO.COPY", "ISO.DELETE"),
+    "ip": ("NET.IPASSIGN", "NET.IPRELEASE"),
+    "net": ("NETWORK.CREATE", "NETWORK.DELETE"),
 }
 RESOURCES = [
     (f"{fam}-{i}", fam, ACCOUNTS[(i + n) % len(ACCOUNTS)])
@@ -111,9 +122,23 @@ def traces(draw: st.DrawFn, max_steps: int = 40) -> Trace:
         when = t + skew
         newest = max(newest, when)
         offset = draw(st.sampled_from([0, 0, 330, -420]))
-        kind = draw(st.sampled_from(["usage"] * 8 + ["delete", "action", "noise"]))
+        kind = draw(st.sampled_from(["usage"] * 8 + ["pair", "delete", "action", "noise"]))
+        if kind == "pair":  # a close read before its own earlier open (two servers)
+            rid, fam, account = draw(st.sampled_from(RESOURCES))
+            gap = 1000 * draw(st.integers(0, 6 * 3600))
+            newest = max(newest, when + gap)
+            zone = draw(st.sampled_from([*ZONES, None])) if fam in ("tpl", "iso") else ZONES[0]
+            for event, at in ((PAIRS[fam][1], when + gap), (PAIRS[fam][0], when)):
+                d = {"eventDateTime": stamp(at, offset), "event": event,
+                     "resource": "com.cloud.X", "id": rid, "account": account}
+                if zone is not None and (event == PAIRS[fam][0] or draw(st.booleans())):
+                    d["zone"] = zone
+                records.append(json.dumps(d, separators=(",", ":")).encode())
+            continue
         if kind == "usage":
             rid, fam, account = draw(st.sampled_from(RESOURCES))
+            if draw(st.integers(0, 7)) == 0:  # another account's event on this resource id
+                account = draw(st.sampled_from(ACCOUNTS))
             event = draw(st.sampled_from(FAMILIES[fam]))
             zone = draw(st.sampled_from([*ZONES, None])) if fam in ("tpl", "iso") else ZONES[0]
             d: dict[str, Any] = {
@@ -172,6 +197,12 @@ def traces(draw: st.DrawFn, max_steps: int = 40) -> Trace:
                 ),
             }
         records.append(json.dumps(d, separators=(",", ":")).encode())
+        if records and draw(st.integers(0, 9)) == 0:  # a retried publish of a recent record
+            records.append(records[draw(st.integers(max(0, len(records) - 4), len(records) - 1))])
+    for _ in range(draw(st.integers(0, 3)) if len(records) > 1 else 0):
+        # two management servers: a record read before the one published just before it
+        i = draw(st.integers(0, len(records) - 2))
+        records[i], records[i + 1] = records[i + 1], records[i]
     until = draw(st.integers(base, newest + 3 * 3_600_000))
     return Trace(records, until, newest)
 
@@ -215,12 +246,13 @@ def rows_bag(rows: list[UsageInterval]) -> Counter[UsageInterval]:
 @given(traces(), st.sampled_from([None, 0, 60_000]))
 def test_intervals_of_one_resource_never_overlap(trace: Trace, lateness: int | None) -> None:
     rows = replay(trace, policy(lateness=lateness))
-    by_key: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    by_key: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
     for r in rows:
         assert r.end >= r.start
         assert r.duration_ms == r.end - r.start
-        if r.end > r.start:
-            key = (r.usage_type, resource_key(r.usage_type, r.resource_id, r.zone_id))
+        if r.end > r.start:  # per account (rule 4a): two accounts' intervals may overlap
+            key = (r.usage_type, r.account_id,
+                   resource_key(r.usage_type, r.resource_id, r.zone_id))
             by_key.setdefault(key, []).append((r.start, r.end))
     for key, spans in by_key.items():
         spans.sort()
@@ -375,3 +407,12 @@ def test_decode_never_raises_on_objects_with_cloudstack_keys(value: dict[str, An
     assert isinstance(result, DECODED)
     if isinstance(result, UsageEvent | AccountDeleted | AccountCreated | Enrichment):
         assert isinstance(result.time_ms, int)
+
+
+@given(traces(), st.sampled_from([None, 0, 60_000]))
+def test_interval_ids_are_unique_in_one_run(trace: Trace, lateness: int | None) -> None:
+    """Rule 9: one id per interval; two accounts' intervals of one resource id (rule 4a),
+    a stale reopen or a claimed orphan close never repeat an id."""
+    rows = replay(trace, policy(lateness=lateness))
+    ids = Counter(r.interval_id for r in rows)
+    assert [i for i, n in ids.items() if n > 1] == []
