@@ -121,14 +121,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     every module registers (the full parser).
     """
     parser, sub = _top_parser()
-    wanted = set(COMMANDS) if only is None else {only}
-    done: set[str | None] = set()
+    modules = {m for name, (m, _h) in COMMANDS.items() if only is None or name == only}
+    for module_name in dict.fromkeys(m for m, _h in COMMANDS.values()):
+        if module_name in modules:
+            _registrar(module_name)(sub)
     for name, (module_name, help_line) in COMMANDS.items():
-        if name in wanted:
-            if module_name not in done:
-                done.add(module_name)
-                _registrar(module_name)(sub)
-        elif module_name not in done or module_name is None:
+        if module_name not in modules:
             sub.add_parser(name, help=help_line)
     return parser
 

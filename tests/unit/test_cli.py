@@ -80,3 +80,13 @@ def test_command_table_matches_what_modules_register() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     registered = {c.dest: c.help for c in sub._choices_actions}
     assert registered == {name: help_line for name, (_m, help_line) in COMMANDS.items()}
+
+
+def test_every_subcommand_help_works_alone() -> None:
+    """`metering CMD --help` builds a parser with only CMD's module (and stubs for others)."""
+    from agents.cli import COMMANDS, main
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0, name
