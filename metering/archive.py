@@ -24,7 +24,7 @@ repeats by ``interval_id``.
 only one writing: the archive process holds :data:`LOCK_NAME` (an exclusive ``flock``) for
 its whole life, and a second archive on the same directory is refused at start-up. As a
 second line of defence a checkpoint never moves backwards (:meth:`ArchiveWriter.write_batch`
-compares with the stored value under a lock of the checkpoint directory), and
+compares with the stored value under a lock in the checkpoint directory), and
 :meth:`ArchiveWriter.recover` deletes files only the first time a process is assigned the
 partition (later, files past the checkpoint are this process's own batch in flight). Files at
 or below the checkpoint are never deleted.
@@ -66,6 +66,8 @@ from metering.parquet import (
 from metering.periods import PeriodGrid
 
 CHECKPOINT_DIR: Final = "_archive"
+CHECKPOINT_LOCK: Final = ".checkpoints.lock"
+"""Lock file in :data:`CHECKPOINT_DIR` serialising checkpoint compare-and-write."""
 REJECTED_DIR: Final = "_rejected"
 LOCK_NAME: Final = ".metering-archive.lock"
 """Lock file in the dataset root held by the one archive process writing the dataset (a
@@ -219,11 +221,12 @@ class ArchiveWriter:
         """Store ``last`` as the partition's checkpoint unless the stored one is already at
         or above it (never backwards); return the stored checkpoint afterwards.
 
-        Compare and write happen under an exclusive ``flock`` of the checkpoint directory,
-        so two writers cannot interleave them."""
+        Compare and write happen under an exclusive ``flock`` of
+        ``_archive/.checkpoints.lock`` (opened for writing, as NFS requires), so two
+        writers cannot interleave them."""
         path = self._checkpoint_path(topic, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(path.parent / CHECKPOINT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             stored = self._read_checkpoint(path)
