@@ -13,16 +13,25 @@ disk:
   grows and the log says what failed and what to fix;
 * anything else is a bug: the process exits at once (code 70) without acking.
 
-On assignment, part files past a partition's checkpoint (a batch interrupted by a crash)
-are removed before consuming; Kafka re-delivers their records.
+One archive process per directory: at start-up (before it contacts Kafka) the process takes
+an exclusive lock on ``<archive_dir>/.metering-archive.lock`` and holds it until it exits. A
+second archive on the same directory exits at once with code 1 (like a second ``metering
+compact``), naming the directory and the holder; a lock file that cannot be created exits 4
+(unwritable output).
+
+On the first assignment of a partition, part files past its checkpoint (a batch interrupted
+by a crash) are removed before consuming; Kafka re-delivers their records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -30,9 +39,11 @@ from typing import Any
 import faust
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agents.cli import EXIT_FAILED, EXIT_OUTPUT
 from agents.faustapp import make_app
 from agents.observe import Observability, family
-from metering.archive import ArchiveWriter, BatchResult
+from metering.archive import LOCK_NAME, ArchiveWriter, BatchResult
+from metering.parquet import DirectoryLock, LockHeldError
 from metering.periods import PeriodGrid
 from metering.settings import Settings, load_settings
 
@@ -49,6 +60,38 @@ usage_topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
                         internal=True, partitions=settings.partitions)
 writer = ArchiveWriter(settings.archive_dir.resolve(),
                        PeriodGrid(settings.period, settings.timezone))  # type: ignore[arg-type]
+
+_lock: DirectoryLock | None = None
+"""The directory lock, held from worker start-up until the process exits."""
+
+
+def take_lock() -> None:
+    """Take the archive directory's lock, or exit: 1 if another archive holds it, 4 if the
+    lock file cannot be created. Logging is not configured yet: the message goes to stderr."""
+    global _lock
+    if _lock is not None:
+        return
+    path = writer.root / LOCK_NAME
+    since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    holder = f"metering archive, pid {os.getpid()} on {socket.gethostname()} since {since}"
+    try:
+        _lock = DirectoryLock(path, holder)
+    except LockHeldError as exc:
+        print(f"metering archive: another archive process is writing {writer.root} "
+              f"({exc.holder or 'holder unknown'}; lock file {path}). One archive per "
+              "directory: stop it, or give this one another --archive-dir.", file=sys.stderr,
+              flush=True)
+        raise SystemExit(EXIT_FAILED) from None
+    except OSError as exc:
+        print(f"metering archive: cannot lock the archive directory {writer.root} "
+              f"({path}): {exc.strerror or exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_OUTPUT) from None
+
+
+@app.on_worker_init.connect
+def _on_worker_init(sender: Any, **_: Any) -> None:
+    take_lock()
+
 
 FAULT = os.environ.get("METERING_FAULT_INJECT", "")
 """Test-only crash points (kill -9 of this process): ``archive_after_files`` (files durable,
@@ -114,6 +157,11 @@ async def write_durably(topic: str, partition: int, records: list[tuple[int, byt
             delay = min(delay * 2, RETRY_MAX)
             continue
         stats.add(result)
+        if result.kept_higher:
+            log.warning("archive checkpoint of %s[%d] is at %d, above this batch's last offset "
+                        "%d: kept (checkpoints never move backwards); is another process "
+                        "writing %s?", topic, partition, result.checkpoint, records[-1][0],
+                        writer.root)
         if FAULT == "archive_after_checkpoint" and result.rows:
             _crash()
         return

@@ -20,12 +20,28 @@ their records. A crash therefore neither loses nor duplicates rows; rows can rep
 ``metering compact`` merged such leftovers before the restart, and compaction removes those
 repeats by ``interval_id``.
 
+**One writer per directory.** That reasoning holds only if the process that recovers is the
+only one writing: the archive process holds :data:`LOCK_NAME` (an exclusive ``flock``) for
+its whole life, and a second archive on the same directory is refused at start-up. As a
+second line of defence a checkpoint never moves backwards (:meth:`ArchiveWriter.write_batch`
+compares with the stored value under a lock in the checkpoint directory), and
+:meth:`ArchiveWriter.recover` deletes files only the first time a process is assigned the
+partition (later, files past the checkpoint are this process's own batch in flight). Files at
+or below the checkpoint are never deleted.
+
+**Rows that cannot be placed.** A record whose instants (``start``, ``end``,
+``period_start``) lie outside :data:`MIN_INSTANT_MS`..:data:`MAX_INSTANT_MS` (1970-01-01 to
+9999-12-31 UTC), whose ``usage_date`` cannot be computed, or whose values do not fit the
+Parquet column types, is rejected with its reason like any malformed record; the valid rows of
+its batch are archived and the archive keeps going.
+
 Directories whose names start with ``_`` or ``.`` are ignored by pyarrow, pandas and DuckDB
 readers of the dataset. All instants are UTC epoch milliseconds.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
@@ -36,6 +52,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import pyarrow as pa
 
 from metering.intervals import FIELDS, UsageInterval
 from metering.parquet import (
@@ -43,12 +60,26 @@ from metering.parquet import (
     fsync_dir,
     partition_dir,
     sorted_table,
+    to_table,
     write_atomic,
 )
 from metering.periods import PeriodGrid
 
 CHECKPOINT_DIR: Final = "_archive"
+CHECKPOINT_LOCK: Final = ".checkpoints.lock"
+"""Lock file in :data:`CHECKPOINT_DIR` serialising checkpoint compare-and-write."""
 REJECTED_DIR: Final = "_rejected"
+LOCK_NAME: Final = ".metering-archive.lock"
+"""Lock file in the dataset root held by the one archive process writing the dataset (a
+leading ``.`` hides it from dataset readers; compaction uses its own)."""
+MIN_INSTANT_MS: Final = 0
+"""1970-01-01T00:00:00Z: the earliest instant of a row (contract rule 4b; schema minimum)."""
+MAX_INSTANT_MS: Final = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the latest instant every reader (Python, pandas, DuckDB) can
+turn into a date."""
+_INSTANT_FIELDS: Final = ("start", "end", "period_start")
+_INT32_FIELDS: Final = ("usage_type", "source_partition", "schema_version")
+_INT32_MAX: Final = 2**31 - 1
 _PART: Final = re.compile(
     r"^(?P<topic>.+)-p(?P<partition>\d{4,})-(?P<first>\d{20})-(?P<last>\d{20})"
     r"\.(?:parquet|jsonl)$"
@@ -104,6 +135,14 @@ def parse_interval(raw: bytes) -> UsageInterval | str:
             return f"field {name!r} missing or of the wrong type"
         values.append(value)
     row = UsageInterval(*values)
+    for name in _INSTANT_FIELDS:
+        instant = obj[name]
+        if not MIN_INSTANT_MS <= instant <= MAX_INSTANT_MS:
+            return (f"field {name!r} out of range: {instant} (UTC epoch ms from "
+                    f"{MIN_INSTANT_MS} (1970-01-01) to {MAX_INSTANT_MS} (9999-12-31))")
+    for name in _INT32_FIELDS:
+        if not 0 <= obj[name] <= _INT32_MAX:
+            return f"field {name!r} out of range: {obj[name]} (0 to {_INT32_MAX})"
     if row.end < row.start or row.duration_ms != row.end - row.start:
         return "end before start, or duration_ms != end - start"
     return row
@@ -119,6 +158,11 @@ class BatchResult:
     rejected: int = 0
     skipped: int = 0
     """Records at or below the checkpoint: already archived (redelivery after a crash)."""
+    checkpoint: int = -1
+    """The partition's stored checkpoint after the batch (the batch's last offset, or a
+    higher one that another writer stored: a checkpoint never moves backwards)."""
+    kept_higher: bool = False
+    """True if the stored checkpoint was above this batch's last offset and was kept."""
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -149,26 +193,51 @@ class ArchiveWriter:
         self.root = root
         self.grid = grid
         self._checkpoints: dict[tuple[str, int], int] = {}
+        self._recovered: set[tuple[str, int]] = set()
         self.on_files_written: Callable[[], None] | None = None
         """Called after a batch's files are durable, before its checkpoint (fault tests)."""
 
     def _checkpoint_path(self, topic: str, partition: int) -> Path:
         return self.root / CHECKPOINT_DIR / f"{topic}-{partition}.json"
 
+    @staticmethod
+    def _read_checkpoint(path: Path) -> int:
+        try:
+            return int(orjson.loads(path.read_bytes())["last_offset"])
+        except FileNotFoundError:
+            return -1
+        except (ValueError, KeyError, TypeError) as exc:  # damaged: refuse to guess
+            raise OSError(f"archive checkpoint {path} is unreadable ({exc}); restore it "
+                          "or delete it to re-archive from the committed offset") from exc
+
     def checkpoint(self, topic: str, partition: int) -> int:
         """The last archived offset of the partition, -1 if none (read once, then cached)."""
         key = (topic, partition)
         if key not in self._checkpoints:
-            path = self._checkpoint_path(topic, partition)
-            try:
-                last = int(orjson.loads(path.read_bytes())["last_offset"])
-            except FileNotFoundError:
-                last = -1
-            except (ValueError, KeyError, TypeError) as exc:  # damaged: refuse to guess
-                raise OSError(f"archive checkpoint {path} is unreadable ({exc}); restore it "
-                              "or delete it to re-archive from the committed offset") from exc
-            self._checkpoints[key] = last
+            self._checkpoints[key] = self._read_checkpoint(self._checkpoint_path(*key))
         return self._checkpoints[key]
+
+    def _store_checkpoint(self, topic: str, partition: int, last: int) -> int:
+        """Store ``last`` as the partition's checkpoint unless the stored one is already at
+        or above it (never backwards); return the stored checkpoint afterwards.
+
+        Compare and write happen under an exclusive ``flock`` of
+        ``_archive/.checkpoints.lock`` (opened for writing, as NFS requires), so two
+        writers cannot interleave them."""
+        path = self._checkpoint_path(topic, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent / CHECKPOINT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stored = self._read_checkpoint(path)
+            if stored < last:
+                _write_bytes_atomic(path, orjson.dumps({
+                    "topic": topic, "partition": partition, "last_offset": last}))
+                stored = last
+        finally:
+            os.close(fd)  # releases the flock
+        self._checkpoints[(topic, partition)] = stored
+        return stored
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop the cached checkpoint (the partition was revoked; re-read on assignment)."""
@@ -176,11 +245,21 @@ class ArchiveWriter:
 
     def recover(self, topic: str, partition: int) -> list[str]:
         """Remove part files of the partition past its checkpoint (a batch that crashed
-        before its checkpoint was written; Kafka re-delivers its records). Returns them."""
+        before its checkpoint was written; Kafka re-delivers its records). Returns them.
+
+        Only the first call for a partition removes anything: the caller holds the
+        directory's lock (:data:`LOCK_NAME`) from start-up, so at that first assignment
+        every file past the durable checkpoint is a leftover of an earlier process. On a
+        later assignment of the same partition, files past the checkpoint can only be this
+        process's own batch in flight, which must be kept. Files at or below the
+        checkpoint are never removed."""
         self.forget(topic, partition)
         last = self.checkpoint(topic, partition)
         removed: list[str] = []
+        if (topic, partition) in self._recovered:
+            return removed
         if not self.root.is_dir():
+            self._recovered.add((topic, partition))
             return removed
         dirs = [*self.root.glob(f"{PARTITION_COLUMN}=*"), self.root / REJECTED_DIR]
         for day in dirs:
@@ -189,6 +268,7 @@ class ArchiveWriter:
                 if parsed and parsed[0] == topic and parsed[1] == partition and parsed[2] > last:
                     path.unlink(missing_ok=True)
                     removed.append(str(path))
+        self._recovered.add((topic, partition))
         return removed
 
     def write_batch(
@@ -207,32 +287,69 @@ class ArchiveWriter:
         if not fresh:
             return result
         first, last = fresh[0][0], fresh[-1][0]
-        by_date: dict[str, list[UsageInterval]] = defaultdict(list)
-        rejected: list[bytes] = []
+        by_date: dict[str, list[tuple[int, bytes, UsageInterval]]] = defaultdict(list)
+        rejected: list[tuple[int, bytes]] = []
+
+        def reject(offset: int, value: bytes, reason: str) -> None:
+            rejected.append((offset, orjson.dumps({
+                "raw": value.decode("utf-8", "replace"), "reason": reason,
+                "topic": topic, "partition": partition, "offset": offset})))
+
         for offset, value in fresh:
             row = parse_interval(value)
             if isinstance(row, str):
-                rejected.append(orjson.dumps({
-                    "raw": value.decode("utf-8", "replace"), "reason": row,
-                    "topic": topic, "partition": partition, "offset": offset}))
+                reject(offset, value, row)
                 continue
-            by_date[self.grid.local_date(row.period_start)].append(row)
+            try:
+                date = self.grid.local_date(row.period_start)
+            except (ValueError, OverflowError, OSError) as exc:
+                reject(offset, value, f"period_start {row.period_start} has no usage_date in "
+                       f"{self.grid.timezone}: {exc}"[:300])
+                continue
+            by_date[date].append((offset, value, row))
         name = part_name(topic, partition, first, last)
         for date in sorted(by_date):
-            rows = by_date[date]
             path = partition_dir(self.root, date) / name
-            result.bytes += write_atomic(sorted_table(rows), path)
+            table = self._table(by_date[date], reject)
+            if table is None:
+                continue
+            rows = table.num_rows
+            result.bytes += write_atomic(table, path)
             fsync_dir(path.parent)
             result.files.append(str(path))
-            result.rows += len(rows)
+            result.rows += rows
         if self.on_files_written is not None:
             self.on_files_written()
         if rejected:
             _write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
-                                b"\n".join(rejected) + b"\n")
+                                b"\n".join(line for _, line in sorted(rejected)) + b"\n")
             result.rejected = len(rejected)
-        _write_bytes_atomic(self._checkpoint_path(topic, partition),
-                            orjson.dumps({"topic": topic, "partition": partition,
-                                          "last_offset": last}))
-        self._checkpoints[(topic, partition)] = last
+        result.checkpoint = self._store_checkpoint(topic, partition, last)
+        result.kept_higher = result.checkpoint > last
         return result
+
+    @staticmethod
+    def _table(
+        entries: list[tuple[int, bytes, UsageInterval]],
+        reject: Callable[[int, bytes, str], None],
+    ) -> pa.Table | None:
+        """The sorted table of one day's rows; rows Arrow cannot hold are rejected one by
+        one (found only if the whole table fails, so the common case costs nothing).
+        None if no row is left."""
+        try:
+            return sorted_table([row for _, _, row in entries])
+        except (pa.ArrowException, OverflowError, ValueError, TypeError) as exc:
+            first_error = exc
+        kept: list[UsageInterval] = []
+        for offset, value, row in entries:
+            try:
+                to_table([row])
+            except (pa.ArrowException, OverflowError, ValueError, TypeError) as exc:
+                reject(offset, value, f"not representable in Parquet: {exc}"[:300])
+                continue
+            kept.append(row)
+        if not kept:
+            return None
+        if len(kept) == len(entries):  # no single row fails: not a data problem
+            raise first_error
+        return sorted_table(kept)

@@ -37,7 +37,8 @@ keep writing other days. Files whose names start with ``.`` or ``_`` (temporary 
 :func:`~metering.parquet.write_atomic`, staging directories) are ignored. A file that
 appears or is replaced while a day is compacted is not removed (its stat changed), and the
 next run merges it. Two compactions of one dataset exclude each other with a lock file
-(``DIR/.metering-compact.lock``).
+(``DIR/.metering-compact.lock``, :class:`~metering.parquet.DirectoryLock`; the archive's is
+``DIR/.metering-archive.lock``, so compaction and the archive run side by side).
 
 Exit codes are those of :mod:`agents.cli`: 0 ok, 1 days left uncompacted because of
 conflicts (or another compaction holds the lock), 2 bad options or an open day requested
@@ -52,6 +53,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -68,6 +70,8 @@ from metering.parquet import (
     ARROW_SCHEMA,
     PARTITION_COLUMN,
     SORT_COLUMNS,
+    DirectoryLock,
+    LockHeldError,
     fsync_dir,
     write_atomic,
 )
@@ -292,20 +296,16 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 @contextlib.contextmanager
 def _lock(root: Path) -> Iterator[None]:
-    import fcntl
-
+    holder = f"metering compact, pid {os.getpid()} on {socket.gethostname()}"
     try:
-        fh = open(root / LOCK_NAME, "a+b")  # noqa: SIM115 - closed below
+        lock = DirectoryLock(root / LOCK_NAME, holder)
+    except LockHeldError as exc:
+        raise LockedError(f"another metering compact is running on {root} "
+                          f"({exc.holder or 'holder unknown'})") from exc
     except OSError as exc:
         raise OutputError(f"cannot create {root / LOCK_NAME}: {exc.strerror or exc}") from exc
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise LockedError(f"another metering compact is running on {root}") from exc
+    with lock:
         yield
-    finally:
-        fh.close()
 
 
 # ---------------------------------------------------------------------------- compaction

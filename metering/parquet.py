@@ -122,3 +122,61 @@ def read_dataset(root: Path | str) -> pa.Table:
         str(root), format="parquet", partitioning="hive", exclude_invalid_files=True
     )
     return dataset.to_table()
+
+
+class LockHeldError(Exception):
+    """Another process holds the lock file ``path``; ``holder`` is what it wrote there
+    (informational, e.g. its pid and host; empty if it wrote nothing)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(f"{path} is locked by {holder or 'another process'}")
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking advisory lock (``flock``) on the file ``path``.
+
+    Held until :meth:`release` or the process exits (the kernel drops it on exit, also on
+    kill -9, so a crash never leaves a stale lock). The holder's description is written into
+    the file for the error message of the next process that tries; it is informational only
+    (the file itself stays and proves nothing). Used by ``metering archive`` and ``metering
+    compact``, each with its own file, so the two do not exclude each other.
+    """
+
+    def __init__(self, path: Path, holder: str) -> None:
+        """Take the lock or raise :class:`LockHeldError` (held) or ``OSError`` (cannot
+        create ``path``; its directory is created if missing)."""
+        import fcntl
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a+b")  # noqa: SIM115 - closed by release()
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            try:
+                held_by = path.read_text(errors="replace").strip()[:500]
+            except OSError:
+                held_by = ""
+            raise LockHeldError(path, held_by) from None
+        except BaseException:
+            self._fh.close()
+            raise
+        try:
+            self._fh.truncate(0)
+            self._fh.write(holder.encode())
+            self._fh.flush()
+        except OSError:
+            pass  # the description is informational; the lock is what counts
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        self._fh.close()
+
+    def __enter__(self) -> DirectoryLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

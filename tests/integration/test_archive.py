@@ -192,3 +192,110 @@ def check_readers(root: Path, rows: list[UsageInterval]) -> None:
     assert got[0] == got[1] == len(rows)
     assert got[2] == pytest.approx(total)
     assert got[3] == "TIMESTAMP WITH TIME ZONE"
+
+
+def wait_refused(w: WorkerProc, deadline_s: float = 60.0) -> int:
+    """The exit code of an archive that must stop by itself at start-up."""
+    assert w.process is not None
+    try:
+        return w.process.wait(timeout=deadline_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"second archive still running after {deadline_s}s (not "
+                             f"refused):\n{w.tail()}") from None
+
+
+@pytest.mark.kafka
+def test_second_archive_on_one_directory_is_refused_and_nothing_is_lost(
+    kafka_bootstrap: str, archive_factory: Callable[..., WorkerProc],
+) -> None:
+    """Issue 15 case 8: two archives on one directory lowered each other's checkpoints and
+    a recovery deleted durable, committed files. Now the second is refused at start-up."""
+    first = archive_factory()
+    topic = first.usage_topic
+    asyncio.run(_create_topic(kafka_bootstrap, topic, PARTITIONS, {}))
+    rows = intervals(1200)
+    body = [(r.account_id.encode(), orjson.dumps(r.to_dict())) for r in rows]
+    produced = produce(kafka_bootstrap, topic, body[:400])
+    first.start().wait_ready()
+    assert first.process is not None
+
+    second = archive_factory()  # same app id (an operator scaling out), same directory
+    assert second.archive_dir == first.archive_dir
+    second.start()
+    assert wait_refused(second) == 1, second.tail()
+    refusal = second.tail()
+    assert "another archive process is writing" in refusal
+    assert str(first.archive_dir) in refusal
+    assert f"pid {first.process.pid} " in refusal  # the holder, as it wrote itself
+
+    produced += produce(kafka_bootstrap, topic, body[400:])
+    ends = end_offsets(kafka_bootstrap, topic)
+    assert sum(ends.values()) == produced
+    wait_archived(first, ends)
+    wait_archive_lag_zero(first)
+    assert first.stop() == 0, first.tail()
+    assert Counter(dataset_ids(first.archive_dir)) == Counter(
+        {r.interval_id: 1 for r in rows})
+
+    # The lock goes with its process: the next archive starts, finds everything archived
+    # and removes nothing.
+    files = sorted(p.name for p in first.archive_dir.rglob("*.parquet"))
+    third = archive_factory()
+    third.start().wait_ready()
+    wait_archived(third, ends)
+    wait_archive_lag_zero(third)
+    assert third.stop() == 0, third.tail()
+    assert sorted(p.name for p in first.archive_dir.rglob("*.parquet")) == files
+    assert Counter(dataset_ids(first.archive_dir)) == Counter(
+        {r.interval_id: 1 for r in rows})
+
+
+YEAR0_MS = -62_135_645_400_000
+"""``0001-01-01 00:30:00 +1400``: 0000-12-31T10:30:00Z, a UTC instant in year 0."""
+
+
+def with_start(row: UsageInterval, start: int, period_start: int | None = None) -> bytes:
+    return orjson.dumps(row.to_dict() | {
+        "start": start, "end": start + HOUR, "duration_ms": HOUR,
+        "period_start": start if period_start is None else period_start})
+
+
+@pytest.mark.kafka
+def test_usage_rows_the_archive_cannot_place_are_rejected_and_the_rest_archived(
+    kafka_bootstrap: str, archive_factory: Callable[..., WorkerProc],
+) -> None:
+    """Issue 15 case 3 (archive half): a year-0 or pre-1970 instant on the usage topic made
+    every batch fail (exit 70 on every start, no valid row archived)."""
+    archive = archive_factory()
+    topic = archive.usage_topic
+    asyncio.run(_create_topic(kafka_bootstrap, topic, PARTITIONS, {}))
+    rows = intervals(600)
+    bad_values = [
+        with_start(rows[0], YEAR0_MS),  # year 0
+        with_start(rows[1], -7 * HOUR),  # before 1970
+        with_start(rows[2], DAY0, period_start=YEAR0_MS),
+        with_start(rows[3], -1),
+    ]
+    body: list[tuple[bytes | None, bytes]] = [
+        (r.account_id.encode(), orjson.dumps(r.to_dict())) for r in rows]
+    for n, bad in enumerate(bad_values):  # among the valid rows, on both partitions
+        body.insert(50 + 130 * n, (f"acct-{n}".encode(), bad))
+    produced = produce(kafka_bootstrap, topic, body)
+    ends = end_offsets(kafka_bootstrap, topic)
+    assert sum(ends.values()) == produced
+
+    archive.start()
+    wait_archived(archive, ends)
+    wait_archive_lag_zero(archive)
+    assert archive.stop() == 0, archive.tail()
+
+    assert Counter(dataset_ids(archive.archive_dir)) == Counter(
+        {r.interval_id: 1 for r in rows})
+    rejected = [orjson.loads(line)
+                for path in sorted((archive.archive_dir / "_rejected").glob("*.jsonl"))
+                for line in path.read_bytes().splitlines()]
+    assert sorted(r["raw"].encode() for r in rejected) == sorted(bad_values)
+    for r in rejected:
+        assert "out of range" in r["reason"], r
+        assert r["topic"] == topic
+        assert 0 <= r["offset"] < ends[r["partition"]]

@@ -147,11 +147,13 @@ def test_unwritable_archive_retries_without_acking_then_catches_up(
             alive(archive)
             assert time.monotonic() < deadline, archive.tail()
             time.sleep(0.2)  # poll with a deadline
+        # The archive holds its lock file in the root from start-up (one writer per
+        # directory); the directory itself goes bad: moved away (the lock moves with it).
+        assert [p.name for p in root.iterdir()] == [".metering-archive.lock"]
         if blocked == "dataset_root":
-            assert not root.exists()
+            root.rename(root.with_name("archive-gone"))
             blocker = root
         else:
-            root.mkdir(parents=True)
             blocker = root / "_archive"
     blocker.write_text("a file where a directory must be\n")
 
@@ -237,8 +239,9 @@ def test_unwritable_archive_retries_without_acking_then_catches_up(
 
 
 def test_unreadable_archive_at_start_exits_with_the_reason(archive: WorkerProc) -> None:
-    """Started with a file where the dataset root must be, the archive cannot read its
-    checkpoints on assignment: it exits 70 at once (no ack, no guess) and says why."""
+    """Started with a file where the dataset root must be, the archive cannot take its
+    directory's lock: it exits 4 (unwritable output) before consuming anything and says
+    why."""
     archive.archive_dir.parent.mkdir(parents=True, exist_ok=True)
     archive.archive_dir.write_text("a file where a directory must be\n")
     archive.start()
@@ -247,8 +250,8 @@ def test_unreadable_archive_at_start_exits_with_the_reason(archive: WorkerProc) 
         code = archive.process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"archive did not exit:\n{archive.tail()}") from None
-    assert code == 70, archive.tail()
+    assert code == 4, archive.tail()
     log = archive.log_path.read_text(errors="replace") if archive.log_path else ""
-    assert "cannot recover the archive" in log
+    assert "cannot lock the archive directory" in log
     assert str(archive.archive_dir) in log
-    assert "Not a directory" in log
+    assert any(err in log for err in ("Not a directory", "File exists")), log

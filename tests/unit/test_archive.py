@@ -150,3 +150,118 @@ def test_damaged_checkpoint_is_an_error_naming_the_file(writer: ArchiveWriter) -
     path.write_text("{")
     with pytest.raises(OSError, match=r"usage-0\.json"):
         writer.checkpoint("usage", 0)
+
+
+def test_checkpoint_never_moves_backwards_and_recovery_keeps_durable_files(
+    writer: ArchiveWriter,
+) -> None:
+    """Issue 15 case 8: a writer behind (it read the checkpoint before another advanced
+    it) stores a lower offset; a restart's recovery then deleted the other's durable rows."""
+    rows = [interval(i, day=i % 2) for i in range(400)]
+    behind = ArchiveWriter(writer.root, writer.grid)
+    assert behind.checkpoint("usage", 0) == -1  # read (and cached) before the other advances
+    writer.write_batch("usage", 0, records(rows[:200]))
+    writer.write_batch("usage", 0, records(rows[200:], 200))
+    assert writer.checkpoint("usage", 0) == 399
+    late = behind.write_batch("usage", 0, records(rows[:150]))  # re-archives 0..149
+    assert ArchiveWriter(writer.root, writer.grid).checkpoint("usage", 0) == 399
+    restarted = ArchiveWriter(writer.root, writer.grid)
+    assert restarted.recover("usage", 0) == []
+    ids = read_ids(writer.root)  # every row kept (0..149 twice: compaction dedupes)
+    assert set(ids) == {r.interval_id for r in rows}
+    assert len(ids) == 550
+    assert late.checkpoint == 399
+    assert late.kept_higher
+    assert behind.checkpoint("usage", 0) == 399
+
+
+def test_checkpoint_store_is_monotonic(writer: ArchiveWriter) -> None:
+    rows = [interval(i) for i in range(10)]
+    writer.write_batch("usage", 3, records(rows, 100))
+    assert writer._store_checkpoint("usage", 3, 50) == 109
+    assert writer._store_checkpoint("usage", 3, 109) == 109
+    assert orjson.loads((writer.root / "_archive" / "usage-3.json").read_bytes())[
+        "last_offset"] == 109
+    assert writer._store_checkpoint("usage", 3, 120) == 120
+    assert ArchiveWriter(writer.root, writer.grid).checkpoint("usage", 3) == 120
+
+
+def test_recovery_on_reassignment_keeps_the_batch_in_flight(writer: ArchiveWriter) -> None:
+    """Files past the checkpoint are leftovers only at a partition's first assignment; a
+    reassignment while this process writes a batch must not delete the batch's files."""
+    rows = [interval(i, day=i % 2) for i in range(8)]
+    assert writer.recover("usage", 0) == []  # first assignment
+    writer.write_batch("usage", 0, records(rows[:4]))
+    removed: list[list[str]] = []
+    writer.on_files_written = lambda: removed.append(writer.recover("usage", 0))
+    result = writer.write_batch("usage", 0, records(rows[4:], 4))
+    assert removed == [[]]
+    assert all(Path(f).exists() for f in result.files)
+    assert writer.checkpoint("usage", 0) == 7
+    assert read_ids(writer.root) == sorted(r.interval_id for r in rows)
+
+
+YEAR0 = -62_135_645_400_000  # "0001-01-01 00:30:00 +1400": 0000-12-31T10:30:00Z
+
+
+def shifted(row: UsageInterval, start: int, period_start: int | None = None) -> bytes:
+    return orjson.dumps(row.to_dict() | {
+        "start": start, "end": start + HOUR, "duration_ms": HOUR,
+        "period_start": start if period_start is None else period_start})
+
+
+def test_rows_with_instants_the_archive_cannot_place_are_rejected_not_fatal(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 case 3: a year-0 instant made the batch (and every restart) fail."""
+    writer = ArchiveWriter(tmp_path / "ds", PeriodGrid("hour", "Pacific/Kiritimati"))
+    good = [interval(i) for i in range(4)]
+    bad = interval(9)
+    batch = [
+        (0, value(good[0])),
+        (1, shifted(bad, YEAR0)),  # year 0
+        (2, value(good[1])),
+        (3, shifted(bad, -5 * HOUR)),  # before 1970
+        (4, shifted(bad, DAY0, period_start=YEAR0)),  # only period_start out of range
+        (5, shifted(bad, 10**16)),  # beyond year 9999
+        (6, shifted(bad, 253_402_300_000_000 - HOUR)),  # 9999-12-31 UTC: year 10000 at +14
+        (7, orjson.dumps(bad.to_dict() | {"usage_type": 2**31})),  # not an int32
+        (8, value(good[2])),
+        (9, orjson.dumps(bad.to_dict() | {"source_partition": -1})),
+        (10, value(good[3])),
+    ]
+    result = writer.write_batch("usage", 0, batch)
+    assert result.rows == 4
+    assert result.rejected == 7
+    assert writer.checkpoint("usage", 0) == 10
+    assert read_ids(writer.root) == sorted(r.interval_id for r in good)
+    lines = [orjson.loads(line) for line in (writer.root / "_rejected" / part_name(
+        "usage", 0, 0, 10).replace(".parquet", ".jsonl")).read_bytes().splitlines()]
+    assert [r["offset"] for r in lines] == [1, 3, 4, 5, 6, 7, 9]
+    assert all(r["topic"] == "usage" and r["partition"] == 0 for r in lines)
+    reasons = [r["reason"] for r in lines]
+    assert "'start' out of range" in reasons[0]
+    assert "'start' out of range" in reasons[1]
+    assert "'period_start' out of range" in reasons[2]
+    assert "'start' out of range" in reasons[3]
+    assert "no usage_date" in reasons[4]
+    assert "'usage_type' out of range" in reasons[5]
+    assert "'source_partition' out of range" in reasons[6]
+
+
+def test_one_archive_per_directory_lock(tmp_path: Path) -> None:
+    from metering.archive import LOCK_NAME
+    from metering.compact import LOCK_NAME as COMPACT_LOCK
+    from metering.parquet import DirectoryLock, LockHeldError
+
+    root = tmp_path / "ds"
+    first = DirectoryLock(root / LOCK_NAME, "metering archive, pid 1 on host-a")
+    with pytest.raises(LockHeldError) as info:
+        DirectoryLock(root / LOCK_NAME, "metering archive, pid 2 on host-b")
+    assert info.value.holder == "metering archive, pid 1 on host-a"
+    assert str(root / LOCK_NAME) in str(info.value)
+    with DirectoryLock(root / COMPACT_LOCK, "compact"):  # compaction runs beside the archive
+        pass
+    first.release()
+    with DirectoryLock(root / LOCK_NAME, "metering archive, pid 2 on host-b"):
+        assert (root / LOCK_NAME).read_text() == "metering archive, pid 2 on host-b"
