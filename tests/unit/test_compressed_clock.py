@@ -58,7 +58,7 @@ def test_rate_alone_is_unchanged() -> None:
     assert [pacer.delay() for _ in range(3)] == pytest.approx([0.25, 0.5, 0.75])
     with pytest.raises(ValueError, match="simulated time"):
         Pacer(4, clock, speed=2).delay()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate, a speed or both"):
         Pacer(None, clock)
 
 
@@ -146,8 +146,10 @@ def test_live_view_counts_hours_per_account_and_period_cuts_once() -> None:
     screen = _summary(t, 1234, 56.0, 0, 10.0, h0 + 2 * HOUR, top=5)
     assert t.account_hours == {"acc-1": pytest.approx(1 + 1 / 6), "acc-2": 0.5}
     assert "3 intervals (1 final) for 2 accounts, 1.7 usage hours, 1 rejects" in screen
-    assert "period cut landed" in screen and "2 open resources, 1.5 h" in screen
-    assert "acc-1" in screen and "invalid_json 1" in screen
+    assert "period cut landed" in screen
+    assert "2 open resources, 1.5 h" in screen
+    assert "acc-1" in screen
+    assert "invalid_json 1" in screen
     again = _summary(t, 1234, 0.0, 0, 15.0, h0 + 2 * HOUR, top=5)
     assert "period cut landed" not in again  # shown once, as it lands
     assert "period cuts: 1 hour(s) cut" in again
