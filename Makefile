@@ -45,8 +45,9 @@ test-unit: install ## Only the tests that need no broker
 test-integration: install ## Only the real-broker tests
 	$(BIN)/python -m pytest -q -m kafka
 
-demo: install ## Run the pipeline end to end on the embedded local broker
-	$(BIN)/metering demo
+DEMO_ARGS ?=
+demo: install ## Run the pipeline end to end on the embedded local broker (DEMO_ARGS="--duration 60")
+	$(BIN)/metering demo $(DEMO_ARGS)
 
 kafka-up: install ## Start a local single-node Kafka broker (prints its bootstrap address)
 	@$(BIN)/metering kafka up

@@ -4,12 +4,19 @@
 2. creates the input topic,
 3. starts ``metering worker`` (a subprocess, its own RocksDB data directory) and
    ``metering archive`` (the usage topic -> the Parquet dataset ``<data-dir>/archive``),
-4. feeds it a simulated cloud in real time (``metering simulate --to-kafka --rate``),
-5. prints a live summary every few seconds: records in and records/s, intervals and usage
-   hours by usage type (read back from the ``usage`` topic), rejects by reason, consumer lag,
-6. stops everything cleanly on Ctrl-C (or after ``--duration`` seconds) and prints the
-   archived usage hours per account (``metering report``); the data directory stays, so the
-   dataset can be explored afterwards.
+4. feeds it a simulated cloud on a compressed clock (``metering simulate --to-kafka --speed``,
+   default 720: one simulated hour per 5 real seconds). The simulated span ends now: it
+   starts ``duration x speed`` ago (``--history``, 7 days without ``--duration``), so every
+   event time lies in the past, as in a real cloud, and the worker needs no
+   ``max_clock_skew`` beyond its default; VMs run for simulated hours and hourly periods
+   complete every few seconds,
+5. prints a live summary every few seconds: records in and records/s, consumer lag, the
+   simulated clock, intervals and usage hours by usage type and by top accounts (read back
+   from the ``usage`` topic), period cuts as they land, rejects by reason,
+6. stops everything cleanly on Ctrl-C (or after ``--duration`` seconds), prints the archived
+   usage hours per usage type and per account (``metering report``) and writes a chart of the
+   usage hours per usage type per simulated hour (``<data-dir>/usage-by-type.png``); the
+   data directory stays, so the dataset can be explored afterwards.
 
 Every wait has a deadline; a failure says which part failed and where its log is.
 """
@@ -32,6 +39,21 @@ from typing import Any
 
 import orjson
 
+CHART_NAME = "usage-by-type.png"
+CHART_TYPES = 9
+"""Usage types drawn one by one; the others are summed as "other types"."""
+REPORT_TOP = 10
+DEFAULT_HISTORY_H = 168
+"""Simulated hours replayed by a demo without --duration (14 min at the default speed)."""
+DRAIN_S = 20.0
+"""After --duration: the most seconds to wait for the worker to catch up."""
+DRAIN_QUIET_S = 3.0
+"""... and it has caught up once its lag is 0 and no usage came for this long."""
+DEMO_LATENESS_S = 60
+"""Lateness (event-time seconds): the simulator's disorder is a few simulated seconds."""
+DEMO_IDLE_ADVANCE_S = 5
+"""Idle advance (wall-clock seconds): a lane without records moves on after this."""
+
 
 class DemoError(Exception):
     """A part of the demo failed; the message says which and what to do."""
@@ -45,8 +67,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "CloudStack cloud, and show usage flowing. Ctrl-C stops everything.")
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after SECONDS (default 0: run until Ctrl-C)")
-    p.add_argument("--rate", type=float, default=300.0,
-                   help="simulated records per second (default 300)")
+    p.add_argument("--speed", type=float, default=720.0,
+                   help="simulated seconds per real second (default 720: one simulated hour "
+                   "per 5 s)")
+    p.add_argument("--history", type=float, default=None, metavar="HOURS",
+                   help="simulated hours to replay, ending now (default: duration x speed; "
+                   "168 without --duration)")
+    p.add_argument("--rate", type=float, default=2000.0,
+                   help="at most this many records per second (default 2000); a denser "
+                   "simulated cloud slows its clock down")
     p.add_argument("--accounts", type=int, default=300, help="simulated accounts (default 300)")
     p.add_argument("--broker", default=None,
                    help="use this running broker (host:port) instead of starting one")
@@ -54,8 +83,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="worker state, Parquet archive and logs; emptied at start and kept "
                    "afterwards (default ./demo-data)")
     p.add_argument("--web-port", type=int, default=6066, help="worker HTTP port (default 6066)")
-    p.add_argument("--every", type=float, default=3.0,
-                   help="seconds between summaries (default 3)")
+    p.add_argument("--every", type=float, default=5.0,
+                   help="seconds between summaries (default 5)")
+    p.add_argument("--top", type=int, default=5,
+                   help="accounts shown in the live summary (default 5)")
     p.set_defaults(func=run)
 
 
@@ -70,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
 
     broker: LocalKafka | None = None
     data_dir: Path = args.data_dir
+    problems = _check_args(args)
+    if problems:
+        for problem in problems:
+            _log(f"metering demo: {problem}")
+        return 2
     _fresh_dir(data_dir)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -100,15 +136,20 @@ def run(args: argparse.Namespace) -> int:
                    deadline_s=120)
         _log(f"archive ready: Parquet under {env['METERING_ARCHIVE_DIR']}  (log: {archive_log})")
         sim_log = data_dir / "simulate.log"
+        clock = SimClock.ending_now(time.time_ns() // 1_000_000, _history_ms(args),
+                                    args.speed)
         procs.append(_spawn(
             [sys.executable, "-m", "agents", "simulate", "--to-kafka", bootstrap,
-             "--topic", env["METERING_INPUT_TOPIC"], "--rate", str(args.rate),
-             "--accounts", str(args.accounts), "--days", "3650", "--seed", "1"],
+             "--topic", env["METERING_INPUT_TOPIC"], "--speed", str(args.speed),
+             "--rate", str(args.rate), "--start", _iso(clock.start_ms),
+             "--until", _iso(clock.until_ms), "--accounts", str(args.accounts),
+             "--seed", "1", "--progress"],
             dict(os.environ), sim_log))
-        _log(f"simulator feeding {args.rate:,.0f} records/s into topic "
-             f"{env['METERING_INPUT_TOPIC']} (log: {sim_log})")
+        clock.started = time.monotonic()
+        _log(f"simulator feeding topic {env['METERING_INPUT_TOPIC']} (log: {sim_log})")
         _print_where(bootstrap, env, port, archive_port, data_dir)
-        asyncio.run(_monitor(bootstrap, env, procs, args))
+        _print_clock(clock, env)
+        asyncio.run(_monitor(bootstrap, env, procs, args, clock))
         return 0
     except DemoError as exc:
         _log(f"metering demo: {exc}")
@@ -123,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             if broker is not None:
                 broker.stop()
             _log("demo stopped")
-            _report(data_dir / "archive")
+            _report(data_dir / "archive", data_dir / CHART_NAME)
 
 
 def _worker_env(bootstrap: str, data_dir: Path, port: int) -> dict[str, str]:
@@ -132,7 +173,8 @@ def _worker_env(bootstrap: str, data_dir: Path, port: int) -> dict[str, str]:
         METERING_BROKER=bootstrap, METERING_APP_ID="metering-demo", METERING_INPUT_TOPIC="cs",
         METERING_USAGE_TOPIC="usage", METERING_REJECTS_TOPIC="metering.rejected",
         METERING_EVENTS_TOPIC="metering-demo.events", METERING_DATA_DIR=str(data_dir / "state"),
-        METERING_WEB_PORT=str(port), METERING_IDLE_ADVANCE="5", METERING_LATENESS="5",
+        METERING_WEB_PORT=str(port), METERING_IDLE_ADVANCE=str(DEMO_IDLE_ADVANCE_S),
+        METERING_LATENESS=str(DEMO_LATENESS_S),
         METERING_SESSION_TIMEOUT="10", METERING_ARCHIVE_DIR=str(data_dir / "archive"),
         METERING_ARCHIVE_FLUSH_SECONDS="5",
     )
@@ -143,7 +185,8 @@ def _fresh_dir(data_dir: Path) -> None:
     """Empty the demo's data directory (state of an earlier demo belongs to another broker);
     refuse directories that do not look like one of ours."""
     if data_dir.exists() and any(data_dir.iterdir()):
-        ours = {"state", "archive", "worker.log", "archive.log", "simulate.log"}
+        ours = {"state", "archive", "worker.log", "archive.log", "simulate.log", CHART_NAME,
+                f".{CHART_NAME}.tmp"}
         foreign = sorted(p.name for p in data_dir.iterdir() if p.name not in ours)
         if foreign:
             raise SystemExit(f"metering demo: {data_dir} holds files the demo did not write "
@@ -152,17 +195,132 @@ def _fresh_dir(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _report(dataset: Path) -> None:
-    """Print the archived usage hours per account (what ``metering report`` shows)."""
+def _report(dataset: Path, chart: Path) -> None:
+    """Print the archived usage hours per usage type and per account (as ``metering report``
+    computes them: each ``interval_id`` once) and write the chart."""
+    from metering.report import InputError, format_table, usage_report
+
     if not any(dataset.glob("usage_date=*/*.parquet")):
         _log(f"no usage archived under {dataset} yet (let the demo run longer)")
         return
-    print(f"\nArchived usage per account ({dataset}); explore it with:\n"
+    try:
+        by_type = usage_report(dataset, ["usage_type"])
+        by_account = usage_report(dataset, ["account"])
+    except (InputError, ValueError) as exc:
+        _log(f"cannot read the archive {dataset}: {exc}")
+        return
+    print(f"\nArchived usage ({dataset}); explore it with:\n"
           f"  metering report {dataset} --by account --by usage_type\n"
-          f"  METERING_DATASET={dataset.resolve()} jupyter lab notebooks/usage-analysis.ipynb\n",
+          f"  METERING_DATASET={dataset.resolve()} jupyter lab notebooks/usage-analysis.ipynb\n"
+          f"\nArchived usage per usage type\n{format_table(by_type)}", flush=True)
+    print(f"Archived usage per account (top {REPORT_TOP} of {len(by_account.rows):,} by hours)\n"
+          + _top_table(by_account.rows, by_account.total_intervals, by_account.total_hours),
           flush=True)
-    subprocess.run([sys.executable, "-m", "agents", "report", str(dataset), "--by", "account"],
-                   check=False)
+    try:
+        hours, periods = write_chart(dataset, chart)
+    except ImportError:
+        _log("no chart: matplotlib is missing (pip install -e '.[dev]' installs it)")
+        return
+    except OSError as exc:
+        _log(f"no chart: cannot write {chart}: {exc}")
+        return
+    if periods:
+        print(f"Chart: usage hours per usage type per simulated hour ({periods} hours, "
+              f"{hours:,.1f} h): {chart.resolve()}", flush=True)
+    else:
+        _log("no chart: no archived usage yet")
+
+
+def _top_table(rows: list[dict[str, Any]], intervals: int, hours: float) -> str:
+    """The ``REPORT_TOP`` accounts with the most hours, and a total row over all accounts."""
+    top = sorted(rows, key=lambda r: (-r["hours"], str(r["account_id"])))[:REPORT_TOP]
+    body = [[str(r["account_id"]), f"{r['intervals']:,}", f"{r['hours']:,.3f}"] for r in top]
+    rest = len(rows) - len(top)
+    header = ["account_id", "intervals", "hours"]
+    total = ["TOTAL", f"{intervals:,}", f"{hours:,.3f}"]
+    widths = [max(len(row[i]) for row in [header, *body, total]) for i in range(3)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join([cells[0].ljust(widths[0]), cells[1].rjust(widths[1]),
+                          cells[2].rjust(widths[2])]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    more = [f"... and {rest:,} more accounts"] if rest > 0 else []
+    return "\n".join([line(header), rule, *(line(b) for b in body), *more, rule,
+                      line(total)]) + "\n"
+
+
+def write_chart(dataset: Path, path: Path) -> tuple[float, int]:
+    """Write a PNG of the usage hours per usage type per period (simulated hour, UTC) of the
+    archived intervals (each ``interval_id`` once), as stacked bars; return (total hours,
+    number of periods). Raises ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import datetime as dt
+
+    import matplotlib.pyplot as plt
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(dataset), format="parquet", partitioning="hive").to_table(
+        columns=["interval_id", "period_start", "usage_type_name", "duration_ms",
+                 "close_reason"])
+    frame = table.to_pandas().drop_duplicates("interval_id")
+    if frame.empty:
+        return 0.0, 0
+    frame["hours"] = frame["duration_ms"] / 3_600_000
+    pivot = frame.pivot_table(index="period_start", columns="usage_type_name",
+                              values="hours", aggfunc="sum", fill_value=0.0).sort_index()
+    order = pivot.sum().sort_values(ascending=False)
+    keep = list(order.index[:CHART_TYPES])
+    if len(order) > CHART_TYPES:
+        pivot["other types"] = pivot[list(order.index[CHART_TYPES:])].sum(axis=1)
+        keep.append("other types")
+    pivot = pivot[keep]
+    cut = set(frame.loc[frame["close_reason"] == "period", "period_start"])
+    complete = [start in cut for start in pivot.index]
+    import pandas as pd
+
+    index = pivot.index  # period_start: a UTC timestamp column (or epoch ms)
+    stamps = (pd.to_datetime(index, unit="ms", utc=True) if pd.api.types.is_integer_dtype(index)
+              else pd.to_datetime(index, utc=True))
+    starts = [t.to_pydatetime() for t in stamps]
+    labels = [t.strftime("%H:00") if i and t.hour else t.strftime("%b %d\n%H:00")
+              for i, t in enumerate(starts)]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.45 * len(pivot) + 4), 5.5), dpi=110)
+    bottom = [0.0] * len(pivot)
+    colors = plt.get_cmap("tab10").colors
+    for i, name in enumerate(pivot.columns):
+        values = list(pivot[name])
+        bars = ax.bar(range(len(pivot)), values, bottom=bottom, width=0.85, label=name,
+                      color=colors[i % len(colors)])
+        for bar, done in zip(bars, complete, strict=True):
+            if not done:  # not cut yet: only the intervals an event closed
+                bar.set_alpha(0.45)
+                bar.set_hatch("//")
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    step = max(1, len(labels) // 24)
+    ax.set_xticks(range(0, len(labels), step), [labels[i] for i in range(0, len(labels), step)],
+                  fontsize=8)
+    ax.set_xlabel("simulated hour (period start, UTC)")
+    ax.set_ylabel("usage hours in the period (h)")
+    total = float(frame["hours"].sum())
+    ax.set_title(f"Usage hours per usage type per hour: {len(frame):,} intervals, "
+                 f"{total:,.1f} h ({starts[0]:%Y-%m-%d %H:%M} to "
+                 f"{starts[-1] + dt.timedelta(hours=1):%Y-%m-%d %H:%M} UTC)", fontsize=10)
+    ax.legend(title="usage type", fontsize=8, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    if not all(complete):
+        ax.text(0.0, -0.2, "Hatched: an hour not cut yet (it holds only the intervals an event "
+                "closed; its period cut comes once the watermark passes its end).",
+                transform=ax.transAxes, fontsize=7, color="dimgray")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return total, len(pivot)
 
 
 def _print_where(bootstrap: str, env: dict[str, str], port: int, archive_port: int,
@@ -237,30 +395,134 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
         proc.wait(timeout=10)
 
 
+class SimClock:
+    """The simulator's compressed clock as the demo sees it (UTC ms; ``started`` monotonic s).
+
+    The simulated span ``[start_ms, until_ms)`` ends at the wall clock when the simulator
+    starts, so the simulator never stamps an event time in the future; ``speed`` simulated
+    seconds pass per real second.
+    """
+
+    def __init__(self, start_ms: int, until_ms: int, speed: float) -> None:
+        self.start_ms, self.until_ms, self.speed = start_ms, until_ms, speed
+        self.started = time.monotonic()
+
+    @classmethod
+    def ending_now(cls, now_ms: int, history_ms: int, speed: float) -> SimClock:
+        """The span of ``history_ms`` ending at ``now_ms`` (whole seconds)."""
+        until = now_ms - now_ms % 1000
+        return cls(until - history_ms, until, speed)
+
+    def now_ms(self, monotonic_s: float) -> int:
+        """Where the simulated clock is at ``monotonic_s`` (at most ``until_ms``); the rate
+        cap may hold the simulator behind it."""
+        at = self.start_ms + int((monotonic_s - self.started) * self.speed * 1000)
+        return min(at, self.until_ms)
+
+
+def _history_ms(args: argparse.Namespace) -> int:
+    if args.history is not None:
+        return int(args.history * 3_600_000)
+    if args.duration:
+        return int(args.duration * args.speed * 1000)
+    return DEFAULT_HISTORY_H * 3_600_000
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if not args.speed > 0:
+        problems.append("--speed must be positive")
+    if args.history is not None and not args.history > 0:
+        problems.append("--history must be positive")
+    if not args.rate > 0:
+        problems.append("--rate must be positive")
+    if args.duration < 0:
+        problems.append("--duration must be >= 0")
+    if args.top < 0:
+        problems.append("--top must be >= 0")
+    return problems
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hm(ms: int) -> str:
+    """``YYYY-MM-DD HH:MM`` UTC."""
+    return _iso(ms)[:16].replace("T", " ")
+
+
+def _print_clock(clock: SimClock, env: dict[str, str]) -> None:
+    span_h = (clock.until_ms - clock.start_ms) / 3_600_000
+    real_s = (clock.until_ms - clock.start_ms) / 1000 / clock.speed
+    skew = env.get("METERING_MAX_CLOCK_SKEW", "300")
+    print("\n".join([
+        "Clock (compressed)",
+        f"  The simulated cloud runs {span_h:,.1f} simulated hours, {_hm(clock.start_ms)} to "
+        f"{_hm(clock.until_ms)} UTC (now),",
+        f"  at {clock.speed:,.0f}x: one simulated hour per {3600 / clock.speed:,.1f} real s, "
+        f"all of it in {real_s:,.0f} s.",
+        "  Event times are the simulated ones (a VM that runs 3 h has events 3 h apart) and "
+        "never",
+        f"  lie in the future, so the worker keeps max_clock_skew at {skew} s. Worker "
+        "settings for this clock:",
+        f"  lateness {DEMO_LATENESS_S} s of event time (= {DEMO_LATENESS_S / clock.speed:.2f} "
+        "real s: an hour is cut as soon as",
+        f"  the watermark passes it); idle advance after {DEMO_IDLE_ADVANCE_S} real s "
+        "without records, at the wall clock's",
+        "  pace (1x): once the simulator has finished, the open hour waits.",
+        "",
+    ]), flush=True)
+
+
 class Tally:
-    """What the summary shows, accumulated from the usage and rejects topics."""
+    """What the summary shows, accumulated from the usage and rejects topics (each
+    ``interval_id`` once)."""
 
     def __init__(self) -> None:
+        self.seen: set[str] = set()
         self.intervals: Counter[str] = Counter()
         self.hours: Counter[str] = Counter()
+        self.account_intervals: Counter[str] = Counter()
+        self.account_hours: Counter[str] = Counter()
         self.final = 0
         self.rejects: Counter[str] = Counter()
-        self.accounts: set[str] = set()
+        self.cut_intervals: Counter[int] = Counter()
+        self.cut_hours: Counter[int] = Counter()
+        """Period cuts (``close_reason`` period) per period start (UTC ms)."""
+        self.shown_cuts: set[int] = set()
+        self.newest_end = 0
 
     def add_usage(self, value: bytes) -> None:
         row = orjson.loads(value)
-        name = row["usage_type_name"]
+        if row["interval_id"] in self.seen:
+            return  # a repeat (redelivery): consumers deduplicate by interval_id
+        self.seen.add(row["interval_id"])
+        name, hours = row["usage_type_name"], row["raw_usage_hours"]
         self.intervals[name] += 1
-        self.hours[name] += row["raw_usage_hours"]
+        self.hours[name] += hours
+        self.account_intervals[row["account_id"]] += 1
+        self.account_hours[row["account_id"]] += hours
         self.final += bool(row["final"])
-        self.accounts.add(row["account_id"])
+        self.newest_end = max(self.newest_end, int(row["end"]))
+        if row["close_reason"] == "period":
+            self.cut_intervals[int(row["period_start"])] += 1
+            self.cut_hours[int(row["period_start"])] += hours
 
     def add_reject(self, value: bytes) -> None:
         self.rejects[orjson.loads(value)["reason"]] += 1
 
+    def new_cuts(self) -> list[int]:
+        """Period starts (UTC ms) whose cut landed since the last call, oldest first."""
+        fresh = sorted(set(self.cut_intervals) - self.shown_cuts)
+        self.shown_cuts.update(fresh)
+        return fresh
+
 
 async def _monitor(bootstrap: str, env: dict[str, str], procs: list[subprocess.Popen[bytes]],
-                   args: argparse.Namespace) -> None:
+                   args: argparse.Namespace, clock: SimClock) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -274,20 +536,45 @@ async def _monitor(bootstrap: str, env: dict[str, str], procs: list[subprocess.P
     await admin.start()
     consumer.subscribe(pattern=f"^({usage_topic}|{rejects_topic})$".replace(".", r"\."))
     tally = Tally()
+
+    def _parts() -> list[Any]:
+        return [TopicPartition(input_topic, p)
+                for p in (consumer.partitions_for_topic(input_topic) or {0, 1, 2, 3})]
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     next_print = started + args.every
-    last_in, last_t = 0, started
+    last_in, last_t, lag = 0, started, None
+    sim_done = False
+    drain_until: float | None = None
+    last_usage = next_lag = started
     try:
         while not stop.is_set():
-            if args.duration and time.monotonic() - started >= args.duration:
-                break
+            if args.duration and drain_until is None \
+                    and time.monotonic() - started >= args.duration:
+                if len(procs) > 2 and procs[2].poll() is None:
+                    sim_done = True
+                    _stop(procs[2])  # SIGTERM: it flushes what it produced and exits
+                drain_until = time.monotonic() + DRAIN_S
+                print(f"   {args.duration:.0f} s passed: simulator stopped, letting the worker "
+                      f"catch up (at most {DRAIN_S:.0f} s) ...", flush=True)
+            if drain_until is not None:
+                now = time.monotonic()
+                if now >= drain_until or (lag == 0 and now - last_usage >= DRAIN_QUIET_S):
+                    break
             for name, proc in zip(("worker", "archive", "simulator"), procs, strict=False):
-                if proc.poll() is not None:
-                    raise DemoError(f"the {name} exited with code {proc.returncode}; "
+                code = proc.poll()
+                if code == 0 and name == "simulator":
+                    if not sim_done:
+                        sim_done = True
+                        print(f"   simulator finished: the simulated clock reached "
+                              f"{_hm(clock.until_ms)} UTC (now); the worker keeps running "
+                              "(Ctrl-C stops the demo)", flush=True)
+                elif code is not None:
+                    raise DemoError(f"the {name} exited with code {code}; "
                                     "see its log above the summary")
             batch = await consumer.getmany(timeout_ms=300, max_records=5000)
             for tp, msgs in batch.items():
@@ -295,20 +582,28 @@ async def _monitor(bootstrap: str, env: dict[str, str], procs: list[subprocess.P
                 for m in msgs:
                     add(m.value)
             now = time.monotonic()
+            if batch:
+                last_usage = now
+            if drain_until is not None and now >= next_lag:  # caught up yet?
+                next_lag = now + 1.0
+                lag = await _lag(admin, group, await consumer.end_offsets(_parts()))
             if now >= next_print:
                 next_print = now + args.every
-                parts = [TopicPartition(input_topic, p)
-                         for p in (consumer.partitions_for_topic(input_topic) or {0, 1, 2, 3})]
-                ends = await consumer.end_offsets(parts)
+                ends = await consumer.end_offsets(_parts())
                 records_in = sum(ends.values())
                 lag = await _lag(admin, group, ends)
                 rate = (records_in - last_in) / max(now - last_t, 1e-9)
                 last_in, last_t = records_in, now
-                _print_summary(tally, records_in, rate, lag, now - started)
+                print(_summary(tally, records_in, rate, lag, now - started,
+                               clock.now_ms(now), args.top), flush=True)
     finally:
+        with contextlib.suppress(Exception):  # the final count of records in, when reachable
+            last_in = sum((await consumer.end_offsets(_parts())).values())
         await consumer.stop()
         await admin.close()
-        _print_summary(tally, last_in, 0.0, None, time.monotonic() - started, final=True)
+        now = time.monotonic()
+        print(_summary(tally, last_in, None, lag, now - started, clock.now_ms(now), args.top,
+                       final=True), flush=True)
 
 
 async def _lag(admin: Any, group: str, ends: dict[Any, int]) -> int | None:
@@ -323,15 +618,38 @@ async def _lag(admin: Any, group: str, ends: dict[Any, int]) -> int | None:
     return total
 
 
-def _print_summary(t: Tally, records_in: int, rate: float, lag: int | None, elapsed: float,
-                   final: bool = False) -> None:
+def _summary(t: Tally, records_in: int, rate: float | None, lag: int | None, elapsed: float,
+             sim_ms: int, top: int, final: bool = False) -> str:
+    """One screen of the live view."""
     head = "final summary" if final else f"after {elapsed:5.0f} s"
     lag_text = "?" if lag is None else f"{lag:,}"
-    lines = [f"── {head}: {records_in:,} records in ({rate:,.0f}/s), consumer lag {lag_text}, "
-             f"{sum(t.intervals.values()):,} intervals ({t.final:,} final) for "
-             f"{len(t.accounts):,} accounts, {sum(t.rejects.values()):,} rejects"]
+    rate_text = "" if rate is None else f" ({rate:,.0f}/s)"
+    total_h = sum(t.hours.values())
+    lines = [f"── {head}: {records_in:,} records in{rate_text}, consumer lag {lag_text}, "
+             f"simulated clock {_hm(sim_ms)} UTC",
+             f"   {sum(t.intervals.values()):,} intervals ({t.final:,} final) for "
+             f"{len(t.account_hours):,} accounts, {total_h:,.1f} usage hours, "
+             f"{sum(t.rejects.values()):,} rejects"]
+    if t.intervals:
+        lines.append(f"   {'usage type':<24} {'intervals':>9} {'hours':>11}")
     for name, count in t.intervals.most_common():
-        lines.append(f"   {name:<24} {count:>8,} intervals {t.hours[name]:>12,.4f} h")
+        lines.append(f"   {name:<24} {count:>9,} {t.hours[name]:>11,.2f}")
+    if top and t.account_hours:
+        lines.append(f"   {'top accounts':<36} {'intervals':>9} {'hours':>11}")
+        for account, hours in sorted(t.account_hours.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"   {account:<36} {t.account_intervals[account]:>9,} {hours:>11,.2f}")
+    for start in t.new_cuts():
+        lines.append(f"   period cut landed: {_hm(start)}–{_hm(start + 3_600_000)[11:]} UTC, "
+                     f"{t.cut_intervals[start]:,} open resources, "
+                     f"{t.cut_hours[start]:,.1f} h")
+    if t.cut_intervals:
+        newest = max(t.cut_intervals)
+        lines.append(f"   period cuts: {len(t.cut_intervals):,} hour(s) cut, newest "
+                     f"{_hm(newest)} UTC ({t.cut_intervals[newest]:,} intervals, "
+                     f"{t.cut_hours[newest]:,.1f} h so far)")
+    else:
+        lines.append("   period cuts: none yet (an hour is cut once the watermark passes its "
+                     "end plus the lateness)")
     if t.rejects:
         lines.append("   rejects: " + ", ".join(f"{r} {c}" for r, c in t.rejects.most_common()))
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

@@ -27,6 +27,7 @@ from metering.simulate.run import (
     Progress,
     RecordWriter,
     SimSummary,
+    relative_instant,
     stream,
     truth_document,
     write_records,
@@ -54,6 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--truth t.json\n"
             "  metering simulate --format kcat --output x.kcat.jsonl.gz\n"
             "  metering simulate --to-kafka 127.0.0.1:9092 --topic cs --rate 500\n"
+            "  metering simulate --to-kafka 127.0.0.1:9092 --speed 720 --start now-12h "
+            "--until now\n"
+            "    (12 simulated hours ending now, replayed in 60 s: 1 simulated hour per 5 s)\n"
             "exit codes: 0 ok, 1 Kafka failed, 2 bad options, 4 unwritable output, "
             "130 interrupted"
         ),
@@ -64,11 +68,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--days", type=float, default=2.0,
                    help="simulated days from --start (default 2)")
     g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    g.add_argument("--start", default=DEFAULT_START,
-                   help=f"first instant, ISO 8601 (default {DEFAULT_START})")
+    g.add_argument("--start", default=None,
+                   help=f"first instant, ISO 8601, or relative to the wall clock: now, "
+                        f"now-12h, now-2d (default {DEFAULT_START}; with --speed: now)")
     g.add_argument("--until", default=None,
-                   help="end of the simulation and horizon of the truth, ISO 8601 "
-                        "(default: --start plus --days)")
+                   help="end of the simulation and horizon of the truth, ISO 8601 or "
+                        "relative (now, now+1h) (default: --start plus --days)")
     g.add_argument("--tz-offset", default="+0530",
                    help="management-server UTC offsets of eventDateTime, comma separated; "
                         "each record comes from one of them (default +0530)")
@@ -88,26 +93,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="partitions for kcat envelopes and for creating a missing topic "
                         "(default 4)")
     o.add_argument("--rate", type=float, default=None,
-                   help="live mode: N records per second in real time, event times = now")
+                   help="live mode: N records per second in real time, event times = now; "
+                        "with --speed: at most N records per second")
+    o.add_argument("--speed", type=float, default=None, metavar="K",
+                   help="live mode on a compressed clock: K simulated seconds per real "
+                        "second (720: one simulated hour per 5 s). Event times are the "
+                        "simulated ones, so a VM that runs 3 h has events 3 h apart and "
+                        "hourly periods complete; Kafka record timestamps are the wall "
+                        "clock. Event times after the wall clock plus the worker's "
+                        "max_clock_skew are rejected: --start now-SPAN --until now keeps "
+                        "them in the past")
     o.add_argument("--duration", type=float, default=None,
-                   help="live mode: stop after SECONDS (default: at the simulated horizon)")
+                   help="live mode: stop after SECONDS of real time (default: at the "
+                        "simulated horizon)")
     o.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: when stderr is a terminal)")
     o.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
+def _instant(text: str, now_ms: int) -> int:
+    """An ISO 8601 instant or one relative to ``now_ms`` (``now-12h``), UTC ms."""
+    relative = relative_instant(text, now_ms)
+    return parse_iso_instant(text) if relative is None else relative
+
+
 def _config(args: argparse.Namespace) -> tuple[SimConfig | None, list[str]]:
     problems: list[str] = []
+    now = _now_ms()
+    start_text = args.start or ("now" if args.speed is not None else DEFAULT_START)
     try:
-        start = parse_iso_instant(args.start)
+        start = _instant(start_text, now)
     except ValueError as exc:
         problems.append(f"--start: {exc}")
         start = 0
     until = start + int(args.days * DAY)
     if args.until:
         try:
-            until = parse_iso_instant(args.until)
+            until = _instant(args.until, now)
         except ValueError as exc:
             problems.append(f"--until: {exc}")
     if args.days <= 0:
@@ -130,14 +153,19 @@ def _config(args: argparse.Namespace) -> tuple[SimConfig | None, list[str]]:
         problems.append("--partitions must be at least 1")
     if args.output is None and args.to_kafka is None and args.truth is None:
         problems.append("nothing to do: give --output FILE, --truth FILE or --to-kafka")
-    if args.rate is not None:
-        if args.rate <= 0:
+    if args.speed is not None:
+        if not args.speed > 0:
+            problems.append("--speed must be positive")
+        if not args.to_kafka:
+            problems.append("--speed needs --to-kafka (a file has no real time to compress)")
+    if args.rate is not None or args.speed is not None:
+        if args.rate is not None and not args.rate > 0:
             problems.append("--rate must be positive")
         if args.truth is not None:
             problems.append("--truth is not available with --rate: live event times follow "
                             "the wall clock, so the truth is not known in advance")
     elif args.duration is not None:
-        problems.append("--duration only applies with --rate")
+        problems.append("--duration only applies with --rate or --speed")
     for path in (args.output, args.truth):
         if path is not None and not path.resolve().parent.is_dir():
             problems.append(f"{path}: directory {path.resolve().parent} does not exist")
@@ -232,40 +260,47 @@ async def _to_kafka(
     except (KafkaError, OSError) as exc:
         raise KafkaFailed(f"cannot reach Kafka at {args.to_kafka}: {exc!r}") from exc
     cloud = Cloud(config)
-    live = args.rate is not None
+    live = args.rate is not None or args.speed is not None
+    compressed = args.speed is not None
     writer = RecordWriter(args.output, args.format, args.topic, args.partitions,
                           flush_each=live)
-    pacer = Pacer(args.rate) if live else None
+    pacer = Pacer(args.rate, speed=args.speed, start_ms=config.start_ms) if live else None
     show = Progress(progress and not live, config.start_ms, config.until_ms, "simulate")
+    show_live = _Every(1.0)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     if live:  # Ctrl-C / SIGTERM end a live run cleanly, flushing what was produced
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
     pending: list[asyncio.Future[Any]] = []
-    clock = _now_ms if live else None
+    # Rate only: event times are the wall clock. Compressed clock: the simulated event
+    # times stay; the records are published now (Kafka timestamps = wall clock).
+    clock = _now_ms if live and not compressed else None
     t0 = time.monotonic()
     try:
         for em in stream(cloud, live_now=clock):
+            if pacer is not None:
+                delay = pacer.delay(em.ts_ms)
+                if args.duration is not None:
+                    delay = min(delay, max(0.0, args.duration - pacer.elapsed()))
+                if delay > 0:  # a sleep that Ctrl-C / SIGTERM cut short
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), timeout=delay)
+                if stopping.is_set() or (args.duration is not None
+                                         and pacer.elapsed() >= args.duration):
+                    break
             fut = await producer.send(args.topic, em.value,
                                       key=em.key.encode() if em.key is not None else None,
-                                      timestamp_ms=em.ts_ms)
+                                      timestamp_ms=_now_ms() if compressed else em.ts_ms)
             pending.append(fut)
             writer.write(em, cloud.truth.malformed)
             if len(pending) >= 10_000:
                 await asyncio.gather(*pending)
                 pending.clear()
             if pacer is not None:
-                delay = pacer.delay()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if live and writer.summary.records % max(1, int(args.rate)) == 0:
-                    sys.stderr.write(f"\rsimulate (live): {writer.summary.records:,} records "
-                                     f"at {args.rate:,.0f}/s to {args.topic}   ")
-                    sys.stderr.flush()
-                if stopping.is_set() or (args.duration is not None
-                                         and pacer.elapsed() >= args.duration):
-                    break
+                if show_live.due():
+                    _show_live(writer.summary.records, pacer, args.topic, em.ts_ms,
+                               compressed)
             elif em.position & 0x3FF == 0:
                 show.tick(writer.summary.records, em.ts_ms)
         await asyncio.gather(*pending)
@@ -282,6 +317,34 @@ async def _to_kafka(
     else:
         show.tick(writer.summary.records, config.until_ms, force=True)
     return writer.summary, (None if live else cloud)
+
+
+class _Every:
+    """True at most once per ``seconds`` of monotonic time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.next_at = time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.seconds
+        return True
+
+
+def _show_live(records: int, pacer: Pacer, topic: str, sim_ms: int, compressed: bool) -> None:
+    """One progress line on stderr (a line per second, also into a log file)."""
+    rate = records / max(pacer.elapsed(), 1e-9)
+    text = f"simulate (live): {records:,} records ({rate:,.0f}/s) to {topic}"
+    if compressed:
+        behind = pacer.sim_behind_s()
+        text += f", simulated clock {iso(sim_ms)[:19]}Z at {pacer.speed:,.0f}x"
+        if behind > 1:
+            text += f" ({behind:,.0f} s behind: capped at --rate {pacer.rate:,.0f}/s)"
+    sys.stderr.write(f"\r{text}   " if sys.stderr.isatty() else text + "\n")
+    sys.stderr.flush()
 
 
 def _now_ms() -> int:

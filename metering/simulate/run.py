@@ -192,23 +192,91 @@ def write_records(
 
 
 class Pacer:
-    """Real-time pacing: record ``n`` is due ``n / rate`` seconds after the start."""
+    """Real-time pacing of a live run: when each record is due, in seconds of ``clock``.
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if rate <= 0:
+    * rate only (``rate`` N, no ``speed``): record ``n`` is due ``n / rate`` seconds after
+      the start (event times are then stamped "now" by the caller);
+    * compressed clock (``speed`` K): a record whose simulated arrival is ``sim_ms`` is due
+      ``(sim_ms - start_ms) / 1000 / K`` seconds after the start, so K simulated seconds
+      pass per real second and the simulated durations between records are kept;
+    * both: the compressed clock, but never more than ``rate`` records per second (a record
+      is due at least ``1 / rate`` s after the previous one); when the simulated cloud is
+      denser than that, its clock falls behind (:meth:`sim_behind_s` tells by how much).
+    """
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 speed: float | None = None, start_ms: int = 0) -> None:
+        if rate is None and speed is None:
+            raise ValueError("give a rate, a speed or both")
+        if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive")
         self.rate = rate
+        self.speed = speed
+        self.start_ms = start_ms
         self.clock = clock
         self.t0 = clock()
         self.count = 0
+        self.due = self.t0
+        self.sim_ms = start_ms
+        """Simulated arrival (UTC ms) of the last record counted."""
 
-    def delay(self) -> float:
-        """Count one record; seconds to wait before sending it (0 when behind)."""
+    def delay(self, sim_ms: int | None = None) -> float:
+        """Count one record (simulated arrival ``sim_ms``, UTC ms; needed with a speed);
+        return the seconds to wait before sending it (0 when behind)."""
         self.count += 1
-        return max(0.0, self.t0 + self.count / self.rate - self.clock())
+        due = self.due
+        if self.rate is not None:
+            due += 1.0 / self.rate
+        if self.speed is not None:
+            if sim_ms is None:
+                raise ValueError("a compressed clock needs each record's simulated time")
+            self.sim_ms = sim_ms
+            due = max(due, self.sim_due(sim_ms))
+        self.due = due
+        return max(0.0, due - self.clock())
+
+    def sim_due(self, sim_ms: int) -> float:
+        """When (``clock`` seconds) the compressed clock reaches ``sim_ms`` (UTC ms)."""
+        assert self.speed is not None
+        return self.t0 + (sim_ms - self.start_ms) / 1000.0 / self.speed
+
+    def sim_behind_s(self) -> float:
+        """Real seconds the last record is due after its compressed-clock time (rate cap)."""
+        if self.speed is None:
+            return 0.0
+        return max(0.0, self.due - self.sim_due(self.sim_ms))
 
     def elapsed(self) -> float:
         return self.clock() - self.t0
+
+
+_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def relative_instant(text: str, now_ms: int) -> int | None:
+    """``now``, ``now-12h``, ``now+30m`` (units s, m, h, d) -> UTC ms, whole seconds, relative
+    to ``now_ms`` (the caller's wall clock, UTC ms); None when ``text`` is not of that form.
+    Raises ValueError for a malformed ``now...`` expression."""
+    t = text.strip().lower()
+    if not t.startswith("now"):
+        return None
+    now_s = now_ms - now_ms % 1000
+    rest = t[3:].replace(" ", "")
+    if not rest:
+        return now_s
+    sign, body = rest[0], rest[1:]
+    unit = body[-1:] if body[-1:] in _UNITS else "s"
+    number = body[:-1] if body[-1:] in _UNITS else body
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if sign not in "+-" or not amount >= 0 or amount != amount or amount > 1e7:
+        raise ValueError(f"not an instant relative to now: {text!r} (e.g. now, now-12h)")
+    delta = int(amount * _UNITS[unit]) // 1000 * 1000
+    return now_s + delta if sign == "+" else now_s - delta
 
 
 def truth_document(config: SimConfig, cloud: Cloud, summary: SimSummary) -> dict[str, Any]:
