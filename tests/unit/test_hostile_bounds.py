@@ -70,10 +70,9 @@ def action(**fields: Any) -> bytes:
     return orjson.dumps(obj)
 
 
-CONTROL_180K = bytes(range(1, 32)) * (180_000 // 31)
-"""Case 1: a 180 kB value of control bytes (valid UTF-8, invalid JSON)."""
-CONTROL_180K_LINE = bytes(b for b in range(1, 32) if b not in (10, 13)) * (180_000 // 29)
-"""The same without line breaks (one line of a replay input)."""
+CONTROL_180K = b"\x01\x02\x1f" * 60_000
+"""Case 1: a 180 kB value of control bytes (valid UTF-8, invalid JSON; JSON escapes each as
+``\\u00XX``, 6 bytes: the old reject carried it whole, 1.08 MB)."""
 LONG_ID_1MB = usage(id="v" * 990_000)
 """Case 1: a valid usage event just under 1 MB, its ``id`` ~990 000 characters."""
 
@@ -285,7 +284,7 @@ def test_the_worker_producer_uses_the_limit_the_bounds_assume() -> None:
 def hostile_records() -> list[bytes]:
     """The records of cases 1 and 3 (resource ids absent from the traces)."""
     return [
-        CONTROL_180K_LINE,
+        CONTROL_180K,
         LONG_ID_1MB,
         usage("0001-01-01 00:30:00 +1400", id="vm-year0"),
         usage("1969-12-31 23:00:00 +0000", id="vm-1969"),
