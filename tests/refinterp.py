@@ -20,7 +20,9 @@ Semantics, as read from the contract:
   start with ``Error`` and that has an ``entityuuid`` closes the account's open intervals at
   its time (the earliest one wins if there are several);
 * bad records (not UTF-8, not JSON, not an object, missing or malformed ``eventDateTime``,
-  metered usage event without ``id`` or ``account``) are skipped;
+  one before 1970-01-01T00:00:00Z, metered usage event without ``id`` or ``account`` or with
+  one, or a ``zone``, longer than 255 characters) are skipped (the upper bound of rule 4b,
+  the wall clock plus ``max_clock_skew``, needs a clock: traces here lie in the past);
 * an interval is keyed by (usage type, resource key): opening what is open does nothing,
   closing what is not open does nothing, a split closes and reopens (or just opens), a close
   earlier than the open gives zero, and a reopen never starts before the end of the previous
@@ -75,6 +77,8 @@ for _type, (_opens, _closes, _splits) in ROWS.items():
 Key = tuple[str, int, str]
 Slot = tuple[int, str, str]  # (usage type, resource id, zone or "")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
+MAX_ID = 255
+"""Contract section 2: a metered usage event whose ``id`` or ``account`` is longer is bad."""
 
 
 def parse_time(value: object) -> int | None:
@@ -142,7 +146,7 @@ def reference_usage(records: Iterable[bytes | str], until_ms: int) -> dict[Key, 
             continue
         kind = category(d)
         t = parse_time(d.get("eventDateTime"))
-        if t is None or t >= until_ms:
+        if t is None or t < 0 or t >= until_ms:
             continue
         if kind == "action":
             description = d.get("description")
@@ -158,7 +162,9 @@ def reference_usage(records: Iterable[bytes | str], until_ms: int) -> dict[Key, 
         zone = d.get("zone")
         if not isinstance(event, str) or event not in ACTIONS or rid is None or account is None:
             continue
-        if zone is not None and not isinstance(zone, str):
+        if zone is not None and (not isinstance(zone, str) or len(zone) > MAX_ID):
+            continue
+        if len(rid) > MAX_ID or len(account) > MAX_ID:
             continue
         if account in deleted and t >= deleted[account]:
             continue

@@ -47,6 +47,7 @@ from metering.rejects import (
 from metering.replay import ReplayOptions, run_replay
 from metering.settings import Settings, SettingsError
 from metering.wire import MAX_ROUTED_MESSAGE_BYTES, MAX_ROUTED_VALUE_BYTES, encode_routed
+from tests.refinterp import reference_usage
 from tests.tracegen import START_MS, build_trace
 
 NOW = START_MS + 3 * 86_400_000
@@ -320,6 +321,8 @@ def test_replay_rejects_hostile_records_and_keeps_the_valid_usage(tmp_path: Path
             progress=False, now_ms=NOW, max_clock_skew_ms=SKEW,
             until_ms=START_MS + 5 * 3_600_000))
 
+    until = START_MS + 5 * 3_600_000
+    assert reference_usage(mixed, until) == reference_usage(trace, until)  # the oracle too
     clean = replay("trace.jsonl", "clean")
     summary = replay("mixed.jsonl.gz", "mixed", tmp_path / "rejects.jsonl")
     assert _rows(tmp_path / "mixed") == _rows(tmp_path / "clean")
