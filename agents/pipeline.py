@@ -3,7 +3,8 @@
 Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
 
 * ``ingest``: input topic (CloudStack ``cs``, raw bytes, any key or none) -> decodes with
-  :func:`metering.decode.decode`; rejects -> rejects topic (JSON with raw, reason, source
+  :func:`metering.decode.decode`; rejects -> rejects topic
+  (:func:`metering.rejects.reject_record`: a bounded excerpt of raw, reason, source
   coordinates); meterable events -> internal events topic keyed by resource id (account
   events go to every partition). Faust never decodes the bytes itself, so no record can
   throw a decode error into the stream.

@@ -91,7 +91,9 @@ def encode_routed(value: Meterable, src: Source, wall_ms: int,
     """Encode a decoded, meterable event with its source and forwarding time.
 
     The last element is ``wall_ms``, or ``[wall_ms, record_ms]`` when the source record's
-    timestamp is known (both forms decode).
+    timestamp is known (both forms decode). For any value :func:`metering.decode.decode`
+    returns the result is at most :data:`MAX_ROUTED_VALUE_BYTES` bytes (its strings are
+    bounded by :data:`~metering.events.MAX_ID_CHARS`), far below the producer's limit.
     """
     tail = [src.topic, src.partition, src.offset,
             wall_ms if record_ms is None else [wall_ms, record_ms]]
