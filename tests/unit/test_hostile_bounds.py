@@ -28,6 +28,7 @@ from metering.events import (
     AccountCreated,
     Category,
     Enrichment,
+    Meterable,
     Rejected,
     RejectReason,
     Source,
@@ -246,7 +247,7 @@ def test_the_longest_forwarded_event_fits_in_one_request() -> None:
     character a 6-byte JSON escape, a 249-character topic, 64-bit numbers) stays bounded."""
     s = "\x01" * MAX_ID_CHARS
     src = Source("t" * 249, 2**31 - 1, 2**63 - 1)
-    values = [
+    values: list[Meterable] = [
         UsageEvent("NETWORK.OFFERING.ASSIGN", s, s, s, 2**62),
         Enrichment(s, 2**62, s, s, s),
         AccountCreated(s, s, 2**62),
