@@ -341,3 +341,29 @@ def test_replay_rejects_hostile_records_and_keeps_the_valid_usage(tmp_path: Path
         original = by_digest[body["raw_sha256"]]
         assert body["raw_length"] == len(original)
         assert original.decode().startswith(body["raw"])
+
+
+def test_replay_cli_bounds_event_times_by_its_own_clock_and_max_clock_skew(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``metering replay`` reads the wall clock once at start; ``--max-clock-skew`` widens
+    the bound of rule 4b, and a year-0 instant is a reject, not a traceback (exit 0)."""
+    import time
+
+    from agents.cli import main
+
+    soon = int(time.time() * 1000) + 2 * 86_400_000  # two days ahead of the real clock
+    trace = tmp_path / "t.jsonl"
+    trace.write_bytes(b"\n".join([
+        usage(format_event_time(soon), id="vm-soon"),
+        usage("0001-01-01 00:30:00 +1400", id="vm-year0"),
+    ]) + b"\n")
+    for skew, want in (("300", 2), (str(3 * 86_400), 1)):
+        code = main(["replay", str(trace), "--output", str(tmp_path / skew), "--json",
+                     "--no-progress", "--max-clock-skew", skew,
+                     "--rejects", str(tmp_path / f"{skew}.jsonl")])
+        assert code == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["rejects_by_reason"] == {"invalid_event_time": want}
+    with pytest.raises(SystemExit):
+        main(["replay", str(trace), "--output", str(tmp_path / "x"), "--max-clock-skew", "-1"])
