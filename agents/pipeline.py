@@ -3,7 +3,8 @@
 Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
 
 * ``ingest``: input topic (CloudStack ``cs``, raw bytes, any key or none) -> decodes with
-  :func:`metering.decode.decode`; rejects -> rejects topic (JSON with raw, reason, source
+  :func:`metering.decode.decode`; rejects -> rejects topic
+  (:func:`metering.rejects.reject_record`: a bounded excerpt of raw, reason, source
   coordinates); meterable events -> internal events topic keyed by resource id (account
   events go to every partition). Faust never decodes the bytes itself, so no record can
   throw a decode error into the stream.
@@ -44,7 +45,7 @@ from metering.decode import BROADCAST, decode, routing_key
 from metering.events import Ignored, Rejected, Source
 from metering.observe import event_time_lag_seconds, idle_from
 from metering.partitioning import partition_for
-from metering.replay import reject_record
+from metering.rejects import reject_key, reject_record
 from metering.usage_types import NAMES
 from metering.wire import Tick, WireError, decode_wire, encode_routed, encode_tick
 
@@ -184,7 +185,7 @@ async def _await_all(futures: list[Any]) -> None:
 async def ingest(stream: faust.StreamT[bytes]) -> None:
     """Decode CloudStack records; forward meterable ones, reject bad ones."""
     n_partitions = settings.partitions
-    max_bytes = settings.max_record_bytes
+    max_bytes, max_skew_ms = settings.max_record_bytes, settings.max_clock_skew_ms
     send, events_name, rejects_name = _sender(), events_topic.get_topic_name(), \
         rejects_topic.get_topic_name()
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
@@ -197,14 +198,15 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 msg = event.message
                 consumed[msg.partition] = msg.offset + 1
                 raw = event.value if isinstance(event.value, bytes) else b""
-                value = decode(raw, max_bytes)
+                value = decode(raw, max_bytes, wall, max_skew_ms)
                 category = value.category.value
                 if isinstance(value, Rejected):
                     stats[f"records:{category}:rejected"] += 1
                     stats[f"rejects:{value.reason.value}"] += 1
                     key = msg.key.decode("utf-8", "replace") if msg.key else None
                     body = reject_record(raw, value, msg.topic, msg.partition, msg.offset, key)
-                    futures.append(await send(rejects_name, msg.key, orjson.dumps(body)))
+                    futures.append(await send(rejects_name, reject_key(msg.key),
+                                              orjson.dumps(body)))
                     continue
                 if isinstance(value, Ignored):
                     stats[f"records:{category}:ignored"] += 1
@@ -449,7 +451,8 @@ async def _recover_once(partitions: list[int]) -> None:
                     position = msg.offset + 1
                     if msg.offset >= end:
                         break
-                    value = decode(msg.value or b"", settings.max_record_bytes)
+                    value = decode(msg.value or b"", settings.max_record_bytes, wall,
+                                   settings.max_clock_skew_ms)
                     if not isinstance(value, Rejected | Ignored):
                         newest = max(newest, value.time_ms)
             if newest >= 0:

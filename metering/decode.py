@@ -13,6 +13,7 @@ from typing import Any, Final
 import orjson
 
 from metering.events import (
+    MAX_ID_CHARS,
     AccountCreated,
     AccountDeleted,
     Category,
@@ -23,11 +24,15 @@ from metering.events import (
     RejectReason,
     UsageEvent,
 )
-from metering.eventtime import parse_event_time
+from metering.eventtime import iso, parse_event_time
 from metering.usage_types import EXPLICITLY_IGNORED, TRANSITIONS
 
-DEFAULT_MAX_RECORD_BYTES: Final = 1_048_576
-"""Records larger than this (bytes) are rejected as ``too_large`` without being parsed."""
+DEFAULT_MAX_RECORD_BYTES: Final = 1_000_000
+"""Records larger than this (bytes) are rejected as ``too_large`` without being parsed
+(the producer's max request size, :data:`metering.rejects.PRODUCER_MAX_REQUEST_BYTES`)."""
+
+DEFAULT_MAX_CLOCK_SKEW_MS: Final = 300_000
+"""How far (ms) an event time may lie ahead of the wall clock (contract rule 4b)."""
 
 _IGNORED_RESOURCE_STATE: Final = Ignored(Category.RESOURCE_STATE, "resource_state")
 _IGNORED_ASYNC_JOB: Final = Ignored(Category.ASYNC_JOB, "async_job")
@@ -87,7 +92,9 @@ def classify(obj: dict[str, Any]) -> Category:
     return Category.UNKNOWN
 
 
-def _time(obj: dict[str, Any], category: Category) -> int | Rejected:
+def _time(obj: dict[str, Any], category: Category, latest_ms: int | None) -> int | Rejected:
+    """The event time (UTC ms), or a rejection: missing, unparsable, before 1970-01-01Z, or
+    after ``latest_ms`` (the wall clock plus the allowed skew; None: no upper bound)."""
     text = obj.get("eventDateTime")
     if text is None:
         return Rejected(RejectReason.MISSING_EVENT_TIME, "no eventDateTime", category)
@@ -98,23 +105,50 @@ def _time(obj: dict[str, Any], category: Category) -> int | Rejected:
             f"eventDateTime {str(text)[:40]!r} is not 'yyyy-MM-dd HH:mm:ss Z'",
             category,
         )
+    if ms < 0:
+        return Rejected(RejectReason.INVALID_EVENT_TIME,
+                        f"eventDateTime {text!r} is before 1970-01-01T00:00:00Z", category)
+    if latest_ms is not None and ms > latest_ms:
+        return Rejected(RejectReason.INVALID_EVENT_TIME,
+                        f"eventDateTime {text!r} is after {iso(latest_ms)} (the wall clock "
+                        f"plus max_clock_skew)", category)
     return ms
+
+
+def _too_long(obj: dict[str, Any], names: tuple[str, ...], what: str,
+              category: Category) -> Rejected | None:
+    """A ``field_too_long`` rejection if a string field in ``names`` exceeds the limit."""
+    for name in names:
+        value = obj.get(name)
+        if type(value) is str and len(value) > MAX_ID_CHARS:
+            return Rejected(RejectReason.FIELD_TOO_LONG,
+                            f"{what} {name!r} has {len(value)} characters > {MAX_ID_CHARS}",
+                            category)
+    return None
+
+
+_USAGE_IDS: Final = ("id", "account", "zone")
+_ACTION_IDS: Final = ("entityuuid", "Domain", "ServiceOffering", "VirtualMachineTemplate",
+                      "DiskOffering")
 
 
 def _opt_str(value: Any) -> str | None:
     return value if type(value) is str and value else None
 
 
-def _decode_usage(obj: dict[str, Any]) -> Decoded:
+def _decode_usage(obj: dict[str, Any], latest_ms: int | None) -> Decoded:
     event = obj["event"]
     if type(event) is not str:
         return Rejected(RejectReason.INVALID_FIELD, "usage event 'event' is not a string",
                         Category.USAGE)
-    ms = _time(obj, Category.USAGE)
+    ms = _time(obj, Category.USAGE, latest_ms)
     if type(ms) is not int:
         return ms  # type: ignore[return-value]  # a Rejected
     if event not in TRANSITIONS:
         return _ignored_usage(event)
+    too_long = _too_long(obj, _USAGE_IDS, event, Category.USAGE)
+    if too_long is not None:
+        return too_long
     resource = obj.get("id")
     if type(resource) is not str or not resource:
         return Rejected(RejectReason.MISSING_RESOURCE_ID, f"{event} without 'id'", Category.USAGE)
@@ -128,8 +162,8 @@ def _decode_usage(obj: dict[str, Any]) -> Decoded:
     return UsageEvent(event, account, resource, zone or None, ms)
 
 
-def _decode_action(obj: dict[str, Any]) -> Decoded:
-    ms = _time(obj, Category.ACTION)
+def _decode_action(obj: dict[str, Any], latest_ms: int | None) -> Decoded:
+    ms = _time(obj, Category.ACTION, latest_ms)
     if type(ms) is not int:
         return ms  # type: ignore[return-value]  # a Rejected
     event = obj.get("event")
@@ -141,6 +175,9 @@ def _decode_action(obj: dict[str, Any]) -> Decoded:
     failed = type(description) is str and description.startswith("Error")
     if failed:
         return _IGNORED_ACTION_FAILED
+    too_long = _too_long(obj, _ACTION_IDS, event, Category.ACTION)
+    if too_long is not None:
+        return too_long
     entity = _opt_str(obj.get("entityuuid"))
     if event == "ACCOUNT.DELETE":
         if status != "Completed":
@@ -162,13 +199,20 @@ def _decode_action(obj: dict[str, Any]) -> Decoded:
     return Enrichment(entity, ms, offering, template, disk)
 
 
-def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Decoded:
+def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_RECORD_BYTES, now_ms: int | None = None,
+           max_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS) -> Decoded:
     """Decode and classify one record value. Total: never raises on any input.
 
     Args:
         raw: the Kafka record value (UTF-8 JSON written by CloudStack's Gson).
         max_bytes: larger values are rejected (``too_large``) without being parsed.
+        now_ms: the wall clock (UTC ms) read by the caller at the edge: event times later
+            than ``now_ms + max_skew_ms`` are rejected (``invalid_event_time``, contract rule
+            4b). None: no upper bound (tests and recorded traces only). Event times before
+            1970-01-01T00:00:00Z are always rejected.
+        max_skew_ms: the allowed clock skew (ms), ``max_clock_skew``.
     """
+    latest_ms = None if now_ms is None else now_ms + max_skew_ms
     if len(raw) > max_bytes:
         return Rejected(RejectReason.TOO_LARGE, f"{len(raw)} bytes > limit {max_bytes}")
     obj = parse_json(raw)
@@ -178,9 +222,9 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Decoded:
         return Rejected(RejectReason.NOT_AN_OBJECT, f"JSON {type(obj).__name__}, not an object")
     category = classify(obj)
     if category is Category.USAGE:
-        return _decode_usage(obj)
+        return _decode_usage(obj, latest_ms)
     if category is Category.ACTION:
-        return _decode_action(obj)
+        return _decode_action(obj, latest_ms)
     if category is Category.RESOURCE_STATE:
         return _IGNORED_RESOURCE_STATE
     if category is Category.ASYNC_JOB:

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+MAX_ID_CHARS: Final = 255
+"""Longest identifier (characters) accepted in ``id``, ``account``, ``zone``, ``entityuuid``,
+``Domain`` and the offering/template keys (contract section 2; CloudStack uses 36-character
+UUIDs). Longer ones are rejected (``field_too_long``), which bounds every key and forwarded
+event the worker sends."""
 
 
 class Category(StrEnum):
@@ -44,6 +50,7 @@ class RejectReason(StrEnum):
     MISSING_ACCOUNT = "missing_account"
     INVALID_FIELD = "invalid_field"
     TOO_LARGE = "too_large"
+    FIELD_TOO_LONG = "field_too_long"
 
 
 class Source(NamedTuple):

@@ -21,7 +21,7 @@ def _day_ms(date_text: str) -> int | None:
     if len(date_text) != 10 or date_text[4] != "-" or date_text[7] != "-":
         return None
     y, m, d = date_text[0:4], date_text[5:7], date_text[8:10]
-    if not (y.isdigit() and m.isdigit() and d.isdigit() and y.isascii()):
+    if not (date_text.isascii() and y.isdigit() and m.isdigit() and d.isdigit()):
         return None
     try:
         day = dt.date(int(y), int(m), int(d))
@@ -56,8 +56,11 @@ def parse_event_time(text: object) -> int | None:
     """Parse ``yyyy-MM-dd HH:mm:ss Z`` into UTC epoch milliseconds.
 
     Returns None for anything that is not exactly that format or not a real instant
-    (``2025-02-30``, hour 25, offset ``+2500``, a number instead of a string, ...).
-    Bad input is a value, never an exception.
+    (``2025-02-30``, year 0, hour 25, offset ``+2500``, a number instead of a string, ...).
+    Bad input is a value, never an exception, for any string. The result may be negative
+    (an instant before 1970, e.g. ``0001-01-01 00:30:00 +1400``, which lies in year 0 in
+    UTC): callers that need an instant within the contract's bounds check it (rule 4b,
+    :func:`metering.decode.decode`).
 
     Events cluster in time, so the date, hour and offset part is parsed once per distinct
     hour and cached; minutes and seconds are two dictionary lookups.

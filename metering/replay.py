@@ -6,7 +6,9 @@ plain or gzip, or ``-`` for stdin), runs the same core as the streaming worker, 
 * the Parquet dataset (``DIR/usage_date=YYYY-MM-DD/replay-<digest>-<n>.parquet``). File names
   derive from a digest of the input bytes and the options, so replaying the same input into
   the same DIR again replaces the same files instead of adding duplicates;
-* rejects as JSONL (``raw``, ``reason``, ``detail``, ``topic``, ``partition``, ``offset``);
+* rejects as JSONL, one :func:`metering.rejects.reject_record` a line (a bounded excerpt of
+  ``raw`` with ``raw_length`` and ``raw_sha256``, ``reason``, ``detail``, ``topic``,
+  ``partition``, ``offset``, ``key``);
 * a summary: records by category, intervals and hours by usage type, rejects by reason,
   records/s. Progress goes to stderr on a terminal.
 
@@ -31,7 +33,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from metering.decode import DEFAULT_MAX_RECORD_BYTES, decode
+from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode
 from metering.events import Category, Ignored, Rejected, Source
 from metering.eventtime import iso, parse_iso_instant
 from metering.gctune import bulk_gc
@@ -39,6 +41,7 @@ from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
 from metering.parquet import partition_dir, sorted_table, write_atomic
 from metering.periods import PERIODS, PeriodGrid
+from metering.rejects import reject_record
 from metering.usage_types import NAMES
 
 EXIT_OK: Final = 0
@@ -73,6 +76,9 @@ class ReplayOptions:
     rejects: Path | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     progress: bool | None = None  # None: only when stderr is a terminal
+    now_ms: int | None = None
+    """The wall clock (UTC ms) for the event-time bound of rule 4b; None: read at start."""
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
 
 
 @dataclass
@@ -302,30 +308,6 @@ class _Progress:
         sys.stderr.flush()
 
 
-def reject_record(
-    value: bytes, rej: Rejected, topic: str | None, partition: int | None,
-    offset: int | None, key: str | None,
-) -> dict[str, Any]:
-    """The JSON form of a rejected record (rejects file and rejects topic).
-
-    ``raw`` is the original value as text; values that are not UTF-8 are shown with
-    backslash escapes and also given exactly as ``raw_base64``.
-    """
-    out: dict[str, Any] = {}
-    try:
-        out["raw"] = value.decode("utf-8")
-    except UnicodeDecodeError:
-        import base64
-
-        out["raw"] = value.decode("utf-8", "backslashreplace")
-        out["raw_base64"] = base64.b64encode(value).decode()
-    out.update(
-        reason=rej.reason.value, detail=rej.detail, category=rej.category.value,
-        topic=topic, partition=partition, offset=offset, key=key,
-    )
-    return out
-
-
 def run_replay(options: ReplayOptions) -> ReplaySummary:
     """Replay ``options.inputs`` into ``options.output``. Raises InputError/OutputError."""
     with bulk_gc():
@@ -364,6 +346,8 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
     started = time.monotonic()
     categories = summary.categories
     max_bytes = options.max_record_bytes
+    now_ms = int(time.time() * 1000) if options.now_ms is None else options.now_ms
+    max_skew_ms = options.max_clock_skew_ms
     ignored: Counter[str] = Counter()
     by_category: Counter[Category] = Counter()
     try:
@@ -372,7 +356,7 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
             options.inputs, digest, summary, progress.add_bytes
         ):
             count += 1
-            value = decode(raw, max_bytes)
+            value = decode(raw, max_bytes, now_ms, max_skew_ms)
             by_category[value.category] += 1
             if isinstance(value, Ignored):
                 ignored[value.kind] += 1
@@ -503,7 +487,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "rule 3; default 86400, as the worker's orphan_close_ttl)")
     p.add_argument("--rejects", type=Path, metavar="FILE", help="write rejected records as JSONL")
     p.add_argument("--max-record-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES,
-                   help="records larger than this are rejected unparsed")
+                   help="records larger than this are rejected unparsed (default 1000000)")
+    p.add_argument("--max-clock-skew", type=float, default=DEFAULT_MAX_CLOCK_SKEW_MS / 1000,
+                   metavar="SECONDS",
+                   help="records dated more than SECONDS after the wall clock at the start of "
+                   "the replay are rejected (invalid_event_time; default 300)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None)
@@ -525,6 +513,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--orphan-close-ttl must be >= 0 seconds")
     if args.max_record_bytes <= 0:
         parser.error("--max-record-bytes must be positive")
+    if not args.max_clock_skew >= 0:
+        parser.error("--max-clock-skew must be >= 0 seconds")
     options = ReplayOptions(
         inputs=list(args.inputs), output=args.output, until_ms=until, period=args.period,
         timezone=args.timezone,
@@ -532,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
         orphan_close_ttl_ms=int(args.orphan_close_ttl * 1000),
         rejects=args.rejects,
         max_record_bytes=args.max_record_bytes, progress=args.progress,
+        now_ms=int(time.time() * 1000), max_clock_skew_ms=int(args.max_clock_skew * 1000),
     )
     try:
         summary = run_replay(options)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from metering.periods import PERIODS, load_timezone
+from metering.rejects import record_limit_problems
 
 ENV_PREFIX: Final = "METERING_"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -65,8 +66,9 @@ class Settings:
         "help": "records per processing batch (take_events)"})
     batch_within: float = field(default=0.5, metadata={
         "help": "seconds to wait for a batch to fill"})
-    max_record_bytes: int = field(default=1_048_576, metadata={
-        "help": "larger records are rejected unparsed"})
+    max_record_bytes: int = field(default=1_000_000, metadata={
+        "help": "larger records are rejected unparsed (at most the producer's max request "
+        "size, 1000000)"})
     web_port: int = field(default=6066, metadata={"help": "HTTP port for /metrics, /healthz"})
     web_bind: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
     session_timeout: float = field(default=30.0, metadata={
@@ -181,6 +183,7 @@ class Settings:
                 f"archive_batch_records: {self.archive_batch_records} not in 1..1000000")
         if self.max_record_bytes <= 0:
             problems.append("max_record_bytes: must be positive")
+        problems += record_limit_problems(self.max_record_bytes)
         for name in ("web_port", "archive_web_port"):
             if not 0 < getattr(self, name) < 65536:
                 problems.append(f"{name}: {getattr(self, name)} not in 1..65535")

@@ -16,6 +16,7 @@ from typing import Final, NamedTuple
 import orjson
 
 from metering.events import (
+    MAX_ID_CHARS,
     AccountCreated,
     AccountDeleted,
     Enrichment,
@@ -23,6 +24,17 @@ from metering.events import (
     Source,
     UsageEvent,
 )
+from metering.rejects import KAFKA_RECORD_OVERHEAD, TOPIC_CHARS
+
+MAX_ROUTED_VALUE_BYTES: Final = 6 * (4 * MAX_ID_CHARS + TOPIC_CHARS) + 512
+"""Upper bound (bytes) of :func:`encode_routed` for any decoded event: at most four strings
+of at most :data:`~metering.events.MAX_ID_CHARS` characters (decode rejects longer ones),
+each character at most 6 bytes in JSON, the topic name, the event type, six integers and
+punctuation."""
+
+MAX_ROUTED_MESSAGE_BYTES: Final = MAX_ROUTED_VALUE_BYTES + 4 * MAX_ID_CHARS + KAFKA_RECORD_OVERHEAD
+"""Upper bound (bytes) of a forwarded event as the producer sizes it (key: the resource id,
+at most 4 UTF-8 bytes a character)."""
 
 TICK: Final = 0
 USAGE: Final = 1
@@ -79,7 +91,9 @@ def encode_routed(value: Meterable, src: Source, wall_ms: int,
     """Encode a decoded, meterable event with its source and forwarding time.
 
     The last element is ``wall_ms``, or ``[wall_ms, record_ms]`` when the source record's
-    timestamp is known (both forms decode).
+    timestamp is known (both forms decode). For any value :func:`metering.decode.decode`
+    returns the result is at most :data:`MAX_ROUTED_VALUE_BYTES` bytes (its strings are
+    bounded by :data:`~metering.events.MAX_ID_CHARS`), far below the producer's limit.
     """
     tail = [src.topic, src.partition, src.offset,
             wall_ms if record_ms is None else [wall_ms, record_ms]]

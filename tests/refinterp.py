@@ -20,7 +20,9 @@ Semantics, as read from the contract (revision 2):
   start with ``Error`` and that has an ``entityuuid`` closes the account's open intervals at
   its time (the earliest one wins if there are several);
 * bad records (not UTF-8, not JSON, not an object, missing or malformed ``eventDateTime``,
-  metered usage event without ``id`` or ``account``) are skipped;
+  one before 1970-01-01T00:00:00Z, metered usage event without ``id`` or ``account`` or with
+  one, or a ``zone``, longer than 255 characters) are skipped (the upper bound of rule 4b,
+  the wall clock plus ``max_clock_skew``, needs a clock: traces here lie in the past);
 * an interval is keyed by (usage type, resource key, **account**) (rule 4a): an event of one
   account never touches another account's interval of the same resource id;
 * opening what is open does nothing; a split closes and reopens, or, with nothing open, acts
@@ -94,6 +96,8 @@ MAX_ORPHANS = 16
 """Remembered closes kept per (usage type, resource key, account); the earliest goes first."""
 EVERY_ZONE = None
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
+MAX_ID = 255
+"""Contract section 2: a metered usage event whose ``id`` or ``account`` is longer is bad."""
 
 
 def parse_time(value: object) -> int | None:
@@ -189,7 +193,7 @@ def reference_usage(
             continue
         kind = category(d)
         t = parse_time(d.get("eventDateTime"))
-        if t is None or t >= until_ms:
+        if t is None or t < 0 or t >= until_ms:
             continue
         if kind == "action":
             watermark = max(watermark, t)
@@ -206,7 +210,9 @@ def reference_usage(
         zone = d.get("zone")
         if not isinstance(event, str) or event not in ACTIONS or rid is None or account is None:
             continue
-        if zone is not None and not isinstance(zone, str):
+        if zone is not None and (not isinstance(zone, str) or len(zone) > MAX_ID):
+            continue
+        if len(rid) > MAX_ID or len(account) > MAX_ID:
             continue
         now, watermark = watermark, max(watermark, t)  # now: before this record
         if account in deleted and t >= deleted[account]:

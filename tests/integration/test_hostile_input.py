@@ -10,14 +10,16 @@ invalid UTF-8, random binary, JSON that is not an object, and empty or blank val
 candidate is kept only if the pure decoder rejects it, so the expectation is exact.
 
 They are interleaved with a small valid trace on a 4-partition topic. The worker must never
-exit; the rejects topic must hold exactly the rejected input records (byte-exact ``raw``,
-the decoder's reason, the right coordinates), ``metering_records_rejected_total`` must count
-them per reason, and the usage must equal ``metering replay`` of the valid records alone.
+exit; the rejects topic must hold exactly the rejected input records (``raw`` an exact
+excerpt with the value's length and SHA-256, the decoder's reason, the right
+coordinates), ``metering_records_rejected_total`` must count them per reason, and the usage
+must equal ``metering replay`` of the valid records alone.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -196,10 +198,25 @@ def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def raw_of(reject: dict[str, Any]) -> bytes:
-    """The original record value of a reject (``raw_base64`` when it was not UTF-8)."""
+    """The excerpt of the record value in a reject (``raw_base64`` when it was not UTF-8):
+    the whole value unless ``raw_truncated``."""
     if "raw_base64" in reject:
         return base64.b64decode(reject["raw_base64"])
     return reject["raw"].encode()
+
+
+def check_raw(reject: dict[str, Any], value: bytes) -> None:
+    """The reject describes ``value``: its length, its digest, and an exact excerpt."""
+    assert reject["raw_length"] == len(value)
+    assert reject["raw_sha256"] == hashlib.sha256(value).hexdigest()
+    excerpt = raw_of(reject)
+    if reject["raw_truncated"]:
+        if "raw_base64" in reject:
+            assert value.startswith(excerpt)
+        else:
+            assert value.decode("utf-8").startswith(reject["raw"])
+    else:
+        assert excerpt == value
 
 
 @pytest.fixture
@@ -221,7 +238,8 @@ def worker_factory(
 
 
 def test_decoder_survives_pathological_nesting_unbounded() -> None:
-    """Even with the default 1 MiB limit (parsed, not too_large) deep nesting is a reject."""
+    """Even with the default limit (1 000 000 bytes: parsed, not too_large) deep nesting is a
+    reject."""
     for raw in (b"[" * 100_000, b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000,
                 b'{"eventDateTime":' + b"[" * 200_000):
         got = decode(raw)
@@ -331,9 +349,9 @@ def test_fuzzed_records_are_rejected_exactly_and_usage_is_unchanged(
         seen[coords] += 1
         assert coords in expected_rejects, f"unexpected reject {body}"
         value, reason = expected_rejects[coords]
-        assert raw_of(body) == value, coords
+        check_raw(body, value)
         assert body["reason"] == reason, coords
-        if "raw_base64" in body:
+        if "raw_base64" in body and not body["raw_truncated"]:
             assert body["raw"] == value.decode("utf-8", "backslashreplace")
     assert set(seen) == set(expected_rejects)
     assert max(seen.values()) == 1
@@ -407,4 +425,102 @@ def test_lone_surrogate_escape_is_not_a_poison_pill(
     assert worker.process.poll() is None, worker.tail(30)
     assert any(lab.get("reason") == "invalid_json" and v >= 1
                for lab, v in samples.get("metering_records_rejected_total", []))
+    assert worker.stop() == 0, worker.tail()
+
+
+PRODUCER_LIMIT = 1_000_000
+"""The worker producer's max request size (Faust's ``producer_max_request_size``)."""
+
+
+def test_oversized_rejects_and_out_of_range_times_never_stop_the_worker(
+    kafka_bootstrap: str, topic_factory: Callable[..., str],
+    worker_factory: Callable[..., WorkerProc], tmp_path: Path,
+) -> None:
+    """Issue 15, cases 1 and 3, with the worker's default ``max_record_bytes``.
+
+    Before: the reject of a 180 kB value of control bytes took 1.08 MB (each control byte a
+    6-byte JSON escape) and a ~1 MB usage event with a ~1 MB ``id`` was forwarded keyed by
+    that id; both exceeded the producer's 1 000 000-byte limit, the ingest batch failed and
+    the worker exited 70, on the same record after every restart. Now both are rejected with
+    a bounded reject, as are event times before 1970 or far in the future, a long key does
+    not reach the rejects topic whole, and the usage is that of the valid trace alone.
+    """
+    trace = build_trace(seed=43, accounts=3, hours=3.0)
+    wall_ms = int(time.time() * 1000)
+
+    def ev(t: str, rid: str, event: str = "VM.START", **extra: str) -> bytes:
+        return orjson.dumps({"eventDateTime": t, "event": event, "id": rid,
+                             "account": "hostile-acct", "zone": "zone-1", **extra})
+
+    hostile: list[tuple[bytes | None, bytes, str]] = [
+        (b"ctl", b"\x01\x02\x1f" * 60_000, "invalid_json"),  # 6-byte JSON escapes
+        (b"vm-long", ev(format_event_time(START_MS + 600_000), "v" * 990_000),
+         "field_too_long"),
+        (b"k" * 600_000, b"\x01not json", "invalid_json"),  # a long key, a short value
+        (b"vm-y0", ev("0001-01-01 00:30:00 +1400", "vm-y0"), "invalid_event_time"),
+        (b"vm-1969", ev("1969-12-31 23:00:00 +0000", "vm-1969"), "invalid_event_time"),
+        (b"snap-future", ev(format_event_time(wall_ms + 30 * 86_400_000), "snap-future",
+                            event="SNAPSHOT.CREATE"), "invalid_event_time"),
+    ]
+    rng = random.Random(15)
+    records: list[tuple[bytes | None, bytes]] = list(trace)
+    marks: set[bytes] = set()
+    for key, value, _ in hostile:
+        records.insert(rng.randrange(len(records) + 1), (key, value))
+        marks.add(value)
+    topic = topic_factory(partitions=PARTITIONS, prefix="cscase1")
+    produced = produce(kafka_bootstrap, topic, records)
+    for p in range(PARTITIONS):
+        produced += produce(kafka_bootstrap, topic, [(None, sentinel(p))], partition=p)
+    inputs = consume(kafka_bootstrap, topic, lambda m: len(m) >= produced, 60)
+    assert len(inputs) == produced
+    reason_of = {value: reason for _, value, reason in hostile}
+    expected_rejects = {(m.partition, m.offset): m for m in inputs if m.value in marks}
+    assert len(expected_rejects) == len(hostile)
+    valid = sorted((m for m in inputs if m.value not in marks),
+                   key=lambda m: (m.timestamp, m.partition, m.offset))
+    expected = replay_rows([kcat_line(m) for m in valid], tmp_path)
+    assert expected
+
+    worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000",
+                            METERING_METRICS_INTERVAL="0.5")
+    worker.start()
+    assert worker.process is not None
+
+    def alive() -> None:
+        assert worker.process is not None
+        assert worker.process.poll() is None, (
+            f"worker exited {worker.process.returncode}:\n{worker.tail(30)}")
+
+    def all_rejects(msgs: list[Any]) -> bool:
+        alive()
+        return len(msgs) >= len(expected_rejects)
+
+    rejects = consume(kafka_bootstrap, worker.rejects_topic, all_rejects, deadline_s=90)
+    assert len(rejects) == len(expected_rejects), worker.tail()
+    for m in rejects:
+        assert len(m.value) + len(m.key or b"") < PRODUCER_LIMIT // 50
+        body = orjson.loads(m.value)
+        source = expected_rejects[(body["partition"], body["offset"])]
+        assert body["topic"] == topic
+        assert body["reason"] == reason_of[source.value], body["detail"]
+        assert body["raw_length"] == len(source.value)
+        assert body["raw_sha256"] == hashlib.sha256(source.value).hexdigest()
+        assert source.value.decode().startswith(body["raw"])
+        assert len(body["raw"]) <= 1024
+
+    def all_usage(msgs: list[Any]) -> bool:
+        alive()
+        return {orjson.loads(m.value)["interval_id"] for m in msgs} >= set(expected)
+
+    usage = consume(kafka_bootstrap, worker.usage_topic, all_usage, deadline_s=90)
+    rows = usage_rows(usage)
+    assert set(rows) == set(expected)
+    for interval_id, row in rows.items():
+        assert row == expected[interval_id], interval_id
+    assert not any(r["account_id"] == "hostile-acct" for r in rows.values())
+    alive()
+    log = worker.log_path.read_text(errors="replace") if worker.log_path else ""
+    assert "batch failed" not in log
+    assert "Traceback" not in log
     assert worker.stop() == 0, worker.tail()
