@@ -78,6 +78,7 @@ class PartitionMeter:
             lateness_ms=settings.lateness_ms,
             idle_advance_ms=settings.idle_advance_ms,
             wait_for_inputs=True,  # the first tick names every input partition
+            max_watermark_jump_ms=settings.max_watermark_jump_ms,
         )
         self.meter = Meter(policy, self.entity_view, self.account_view)
         self._restore()
