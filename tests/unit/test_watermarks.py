@@ -179,8 +179,8 @@ def test_replay_with_one_snapshot_dated_a_month_ahead_equals_the_truth(tmp_path:
     middle = len(lines) // 2
     plain, hostile = tmp_path / "plain.jsonl", tmp_path / "hostile.jsonl"
     plain.write_bytes(b"\n".join(lines + end) + b"\n")
-    hostile.write_bytes(b"\n".join(lines[:middle] + [json.dumps(snapshot).encode()]
-                                   + lines[middle:] + end) + b"\n")
+    hostile.write_bytes(b"\n".join([*lines[:middle], json.dumps(snapshot).encode(),
+                                    *lines[middle:], *end]) + b"\n")
 
     want = truth_totals(truth)
     base = _replay(plain, tmp_path / "plain")
