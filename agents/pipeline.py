@@ -206,7 +206,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
         try:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
-            progress: dict[str, list[int]] = {}  # lane -> event times, in offset order
+            progress: dict[str, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
             consumed: dict[int, int] = {}  # input partition -> next offset to read
             for event in batch:
                 msg = event.message
@@ -228,7 +228,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 stats[f"records:{category}:metered"] += 1
                 src = Source(msg.topic, msg.partition, msg.offset)
                 lane = src.lane
-                progress.setdefault(lane, []).append(value.time_ms)
+                progress.setdefault(lane, []).append((msg.offset, value.time_ms))
                 data = encode_routed(value, src, wall,
                                      int(msg.timestamp * 1000) if msg.timestamp else None)
                 target = routing_key(value)
@@ -453,7 +453,7 @@ async def _recover_once(partitions: list[int]) -> None:
             if end <= 0:
                 continue
             reader.seek(tp, max(0, end - RECOVER_WINDOW))
-            times: list[int] = []
+            times: list[tuple[int, int]] = []  # (offset, event time)
             deadline = time.monotonic() + 15
             position = max(0, end - RECOVER_WINDOW)
             while position < end and time.monotonic() < deadline:
@@ -464,7 +464,7 @@ async def _recover_once(partitions: list[int]) -> None:
                         break
                     value = decode(msg.value or b"", settings.max_record_bytes)
                     if not isinstance(value, Rejected | Ignored):
-                        times.append(value.time_ms)
+                        times.append((msg.offset, value.time_ms))
             progress = _reader(lane)
             progress.recovered(times, settings.max_watermark_jump_ms)
             log.info("lane progress of %s/%d: committed %d, newest confirmed event %d",

@@ -52,7 +52,7 @@ from metering.lifecycle import (
 )
 from metering.periods import PeriodGrid
 from metering.watermarks import NEVER as NEVER
-from metering.watermarks import confirmed, idle_watermark, step
+from metering.watermarks import Suspect, confirmed, idle_watermark, step
 
 
 @dataclass(slots=True)
@@ -78,15 +78,15 @@ class LaneClock:
     :mod:`metering.watermarks`); ``arrival_wall_ms`` the wall-clock time (UTC ms) of the
     lane's last record or reported ``idle_from`` (informational; idle advance uses only the
     current tick's report, see :meth:`Meter.observe_lanes`); ``watermark`` the effective
-    watermark, which idle advance may move beyond ``max_event_ms``; ``suspect_ms`` the
-    lane's one unconfirmed event time more than ``max_watermark_jump_ms`` ahead of it, or
-    None.
+    watermark, which idle advance may move beyond ``max_event_ms``; ``suspect`` the lane's
+    one unconfirmed (event time UTC ms, offset) more than ``max_watermark_jump_ms`` ahead of
+    it, or None.
     """
 
     max_event_ms: int = NEVER
     arrival_wall_ms: int | None = None
     watermark: int = NEVER
-    suspect_ms: int | None = None
+    suspect: Suspect | None = None
 
 
 @dataclass(frozen=True)
@@ -230,9 +230,9 @@ class Meter:
         if watermark <= clock.watermark:
             return
         clock.watermark = watermark
-        if clock.suspect_ms is not None:  # passed, or no longer an outlier: forgotten
-            clock.suspect_ms = confirmed(watermark, clock.suspect_ms, watermark,
-                                         self.policy.max_watermark_jump_ms)[1]
+        if clock.suspect is not None:  # passed, or no longer an outlier: forgotten
+            clock.suspect = confirmed(watermark, clock.suspect, watermark,
+                                      self.policy.max_watermark_jump_ms)[1]
         self._recompute_cut()
 
     def _recompute_cut(self) -> None:
@@ -252,7 +252,7 @@ class Meter:
             if boundary > self.cut_boundary:
                 self.cut_boundary = boundary
 
-    def _observe(self, lane: str, time_ms: int, wall_ms: int | None) -> None:
+    def _observe(self, lane: str, time_ms: int, wall_ms: int | None, offset: int) -> None:
         clock = self._lane(lane)
         if wall_ms is not None:
             clock.arrival_wall_ms = wall_ms
@@ -263,8 +263,8 @@ class Meter:
             return
         # Rule 4b: one record moves the watermark by at most max_watermark_jump; further
         # ahead it waits for a second record (the record itself was applied already).
-        watermark, clock.suspect_ms = step(clock.watermark, clock.suspect_ms, time_ms,
-                                           self.policy.max_watermark_jump_ms)
+        watermark, clock.suspect = step(clock.watermark, clock.suspect, time_ms, offset,
+                                        self.policy.max_watermark_jump_ms)
         if watermark > clock.watermark:
             clock.max_event_ms = max(clock.max_event_ms, watermark)
             self._set_watermark(clock, watermark)
@@ -372,7 +372,7 @@ class Meter:
                 h.record_ms = record_ms
                 heappush(self._held, (h.end, entity_id))
         self._store(entity_id, tr.state, before)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
         self.stats["applied" if "duplicate" not in tr.notes else "duplicate_record"] += 1
         return out
 
@@ -388,7 +388,7 @@ class Meter:
         tr = apply_enrichment(state, ev, src)
         self._count(tr)
         self._store(entity_id, tr.state, before)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
         return out
 
     def _account_record_is_new(self, account: AccountState, src: Source) -> bool:
@@ -406,7 +406,7 @@ class Meter:
             self.stats["account_created"] += 1
         self.accounts[ev.account_id] = account
         self.dirty_accounts.add(ev.account_id)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
 
     def _account_deleted(
         self, ev: AccountDeleted, src: Source, wall_ms: int | None
@@ -434,7 +434,7 @@ class Meter:
                     self._store(entity_id, state, before)
         self.accounts[ev.account_id] = account
         self.dirty_accounts.add(ev.account_id)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
         return out
 
     # ------------------------------------------------------------------ time passing
@@ -479,8 +479,8 @@ class Meter:
                 clock.arrival_wall_ms = idle_from
             if max_event > clock.max_event_ms and max_event >= 0:
                 clock.max_event_ms = max_event
-                watermark, clock.suspect_ms = confirmed(
-                    clock.watermark, clock.suspect_ms, max_event,
+                watermark, clock.suspect = confirmed(
+                    clock.watermark, clock.suspect, max_event,
                     self.policy.max_watermark_jump_ms)
                 self._set_watermark(clock, watermark)
         limit = self.policy.idle_advance_ms

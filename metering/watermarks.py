@@ -12,7 +12,9 @@ takes effect only when
   and the suspect is within ``jump_ms`` of the wall clock (a live stream resuming after a
   quiet period).
 
-A suspect the confirmed watermark comes within ``jump_ms`` of is dropped (it is no longer an
+"Later" means a higher offset: a redelivered record (the suspect itself, read again after a
+crash or a rebalance) confirms nothing. A suspect the confirmed watermark comes within
+``jump_ms`` of is dropped (it is no longer an
 outlier; the lane's own records move the watermark on). The record itself is always applied
 to its own resource; only the watermark is held. The first record of a lane is accepted as
 it is (nothing to compare it with).
@@ -32,22 +34,27 @@ from dataclasses import dataclass
 NEVER = -(2**62)
 """A watermark before any event (the same value as :data:`metering.meter.NEVER`)."""
 
+Suspect = tuple[int, int]
+"""An unconfirmed outlier of a lane: (event time UTC ms, offset of its record)."""
 
-def _still_suspect(watermark: int, suspect: int | None, jump_ms: int) -> int | None:
+
+def _still_suspect(watermark: int, suspect: Suspect | None,
+                   jump_ms: int) -> Suspect | None:
     """The suspect, unless the watermark passed it or came within ``jump_ms`` of it."""
-    if suspect is None or suspect - watermark <= jump_ms:
+    if suspect is None or suspect[0] - watermark <= jump_ms:
         return None
     return suspect
 
 
-def step(watermark: int, suspect: int | None, time_ms: int,
-         jump_ms: int | None) -> tuple[int, int | None]:
+def step(watermark: int, suspect: Suspect | None, time_ms: int, offset: int,
+         jump_ms: int | None) -> tuple[int, Suspect | None]:
     """Take one record's event time into a lane's progress.
 
     Args:
         watermark: the lane's confirmed watermark (UTC ms), :data:`NEVER` before any record.
-        suspect: the lane's unconfirmed outlier (UTC ms) or None.
+        suspect: the lane's unconfirmed outlier or None.
         time_ms: the record's event time (UTC ms).
+        offset: the record's offset in the lane.
         jump_ms: the largest advance one record may make (ms); None: no limit.
 
     Returns:
@@ -55,20 +62,25 @@ def step(watermark: int, suspect: int | None, time_ms: int,
     """
     if jump_ms is None:
         return max(watermark, time_ms), None
+    if suspect is not None and offset <= suspect[1]:
+        return watermark, suspect  # read again (redelivery): it confirms nothing
     if time_ms <= watermark:
         return watermark, _still_suspect(watermark, suspect, jump_ms)
     if watermark <= NEVER or time_ms - watermark <= jump_ms:
         return time_ms, _still_suspect(time_ms, suspect, jump_ms)
     if suspect is None:
-        return watermark, time_ms  # beyond the jump: held until confirmed
-    low, high = min(suspect, time_ms), max(suspect, time_ms)
-    if high - low <= jump_ms:  # the two agree: time moved on
-        return high, None
-    return low, high  # confirmed up to the smaller; the larger is the new suspect
+        return watermark, (time_ms, offset)  # beyond the jump: held until confirmed
+    if suspect[0] <= time_ms:
+        low, high = suspect, (time_ms, offset)
+    else:
+        low, high = (time_ms, offset), suspect
+    if high[0] - low[0] <= jump_ms:  # the two agree: time moved on
+        return high[0], None
+    return low[0], high  # confirmed up to the smaller; the larger is the new suspect
 
 
-def confirmed(watermark: int, suspect: int | None, progress_ms: int,
-              jump_ms: int | None) -> tuple[int, int | None]:
+def confirmed(watermark: int, suspect: Suspect | None, progress_ms: int,
+              jump_ms: int | None) -> tuple[int, Suspect | None]:
     """Take progress (UTC ms) that was already confirmed elsewhere (a tick of the reader)."""
     if progress_ms > watermark:
         watermark = progress_ms
@@ -77,16 +89,16 @@ def confirmed(watermark: int, suspect: int | None, progress_ms: int,
     return watermark, _still_suspect(watermark, suspect, jump_ms)
 
 
-def confirm_by_wall(watermark: int, suspect: int | None, wall_ms: int,
-                    jump_ms: int | None) -> tuple[int, int | None]:
+def confirm_by_wall(watermark: int, suspect: Suspect | None, wall_ms: int,
+                    jump_ms: int | None) -> tuple[int, Suspect | None]:
     """Confirm a suspect within ``jump_ms`` of the wall clock (UTC ms).
 
     Call it only for a lane whose reader is caught up: the suspect is then the newest record
     of a live stream, not an outlier among older records read from a backlog.
     """
-    if suspect is None or jump_ms is None or suspect < wall_ms - jump_ms:
+    if suspect is None or jump_ms is None or suspect[0] < wall_ms - jump_ms:
         return watermark, suspect
-    return max(watermark, suspect), None
+    return max(watermark, suspect[0]), None
 
 
 def idle_watermark(max_event_ms: int, idle_ms: int, idle_advance_ms: int,
@@ -108,43 +120,45 @@ class LaneReader:
     """What the worker's ingest agent knows of one input lane it reads (for ticks).
 
     ``newest_ms`` is the newest *confirmed* event time (UTC ms) among the lane's forwarded
-    and delivered records, -1 before any; ``suspect_ms`` the lane's unconfirmed outlier (never
+    and delivered records, -1 before any; ``suspect`` the lane's unconfirmed outlier (never
     announced); ``idle_since_mono_ms`` the monotonic time (ms, the reader's own
     ``time.monotonic``) of the lane's last meterable record or of the last moment the reader
     was behind on it.
     """
 
     newest_ms: int = -1
-    suspect_ms: int | None = None
+    suspect: Suspect | None = None
     idle_since_mono_ms: int = 0
 
-    def fold(self, times: list[int], jump_ms: int | None) -> tuple[int, int | None]:
-        """(confirmed, suspect) after the event times ``times`` (UTC ms, in offset order)."""
+    def fold(self, records: list[tuple[int, int]],
+             jump_ms: int | None) -> tuple[int, Suspect | None]:
+        """(confirmed, suspect) after ``records``: (offset, event time UTC ms) in offset
+        order."""
         watermark = NEVER if self.newest_ms < 0 else self.newest_ms
-        suspect = self.suspect_ms
-        for time_ms in times:
-            watermark, suspect = step(watermark, suspect, time_ms, jump_ms)
+        suspect = self.suspect
+        for offset, time_ms in records:
+            watermark, suspect = step(watermark, suspect, time_ms, offset, jump_ms)
         return watermark, suspect
 
-    def delivered(self, watermark: int, suspect: int | None, jump_ms: int | None,
+    def delivered(self, watermark: int, suspect: Suspect | None, jump_ms: int | None,
                   mono_ms: int) -> None:
         """Take a :meth:`fold` result once its records are delivered; the lane is not idle."""
         newest, suspect = confirmed(NEVER if self.newest_ms < 0 else self.newest_ms,
                                     suspect, watermark, jump_ms)
         if newest > self.newest_ms:
             self.newest_ms = newest
-        self.suspect_ms = suspect
+        self.suspect = suspect
         self.idle_since_mono_ms = mono_ms
 
-    def recovered(self, times: list[int], jump_ms: int | None) -> None:
-        """Take the event times (UTC ms, offset order) of records an earlier process
-        delivered (read back after an assignment): a lower bound of the lane's progress."""
-        watermark, suspect = LaneReader().fold(times, jump_ms)
+    def recovered(self, records: list[tuple[int, int]], jump_ms: int | None) -> None:
+        """Take (offset, event time UTC ms) of records an earlier process delivered (read
+        back after an assignment, in offset order): a lower bound of the lane's progress."""
+        watermark, suspect = LaneReader().fold(records, jump_ms)
         if watermark < 0:
             return
-        newest, self.suspect_ms = confirmed(NEVER if self.newest_ms < 0 else self.newest_ms,
-                                            suspect if self.suspect_ms is None else self.suspect_ms,
-                                            watermark, jump_ms)
+        newest, self.suspect = confirmed(NEVER if self.newest_ms < 0 else self.newest_ms,
+                                         suspect if self.suspect is None else self.suspect,
+                                         watermark, jump_ms)
         self.newest_ms = max(self.newest_ms, newest)
 
     def report(self, caught_up: bool, wall_ms: int, mono_ms: int,
@@ -159,9 +173,9 @@ class LaneReader:
         """
         if not caught_up:
             self.idle_since_mono_ms = mono_ms
-        elif self.suspect_ms is not None:
-            newest, self.suspect_ms = confirm_by_wall(self.newest_ms, self.suspect_ms,
-                                                      wall_ms, jump_ms)
+        elif self.suspect is not None:
+            newest, self.suspect = confirm_by_wall(self.newest_ms, self.suspect, wall_ms,
+                                                   jump_ms)
             self.newest_ms = max(self.newest_ms, newest)
         idle = max(0, mono_ms - self.idle_since_mono_ms)
         return self.newest_ms, wall_ms - idle

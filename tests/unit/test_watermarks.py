@@ -36,36 +36,40 @@ def _usage(event: str, rid: str, t: int) -> UsageEvent:
 
 
 def test_one_record_moves_a_watermark_by_at_most_the_jump() -> None:
-    assert step(NEVER, None, T, JUMP) == (T, None)  # the first record: nothing to compare
-    assert step(T, None, T + JUMP, JUMP) == (T + JUMP, None)  # exactly the jump: taken
-    assert step(T, None, T + MONTH, JUMP) == (T, T + MONTH)  # beyond: held as the suspect
-    assert step(T, T + MONTH, T + MIN, JUMP) == (T + MIN, T + MONTH)  # normal records go on
-    assert step(T, None, T + MONTH, None) == (T + MONTH, None)  # no limit configured
+    assert step(NEVER, None, T, 0, JUMP) == (T, None)  # the first record: nothing to compare
+    assert step(T, None, T + JUMP, 1, JUMP) == (T + JUMP, None)  # exactly the jump: taken
+    assert step(T, None, T + MONTH, 1, JUMP) == (T, (T + MONTH, 1))  # beyond: the suspect
+    outlier = (T + MONTH, 1)
+    assert step(T, outlier, T + MIN, 2, JUMP) == (T + MIN, outlier)  # normal records go on
+    assert step(T, None, T + MONTH, 1, None) == (T + MONTH, None)  # no limit configured
 
 
 def test_a_jump_confirmed_by_a_second_record_advances_the_watermark() -> None:
-    watermark, suspect = step(T, None, T + 3 * HOUR, JUMP)
-    assert (watermark, suspect) == (T, T + 3 * HOUR)
+    watermark, suspect = step(T, None, T + 3 * HOUR, 5, JUMP)
+    assert (watermark, suspect) == (T, (T + 3 * HOUR, 5))
     # the lane's next record is also beyond the jump: time really moved on, to the smaller
-    assert step(watermark, suspect, T + 3 * HOUR + MIN, JUMP) == (T + 3 * HOUR + MIN, None)
+    assert step(watermark, suspect, T + 3 * HOUR + MIN, 6, JUMP) == (T + 3 * HOUR + MIN, None)
     # a far outlier confirmed by a genuine gap: the gap is taken, the outlier stays held
-    assert step(T, T + MONTH, T + 2 * HOUR, JUMP) == (T + 2 * HOUR, T + MONTH)
+    assert step(T, (T + MONTH, 5), T + 2 * HOUR, 6, JUMP) == (T + 2 * HOUR, (T + MONTH, 5))
+    # the outlier read again (redelivery after a crash or a rebalance) confirms nothing
+    assert step(T, (T + MONTH, 5), T + MONTH, 5, JUMP) == (T, (T + MONTH, 5))
     # and in the Meter
     meter = Meter(MeterPolicy(lateness_ms=0))
     meter.process(_usage("VM.START", "vm-1", T + MIN), Source("cs", 0, 0))
     meter.process(_usage("VM.START", "vm-2", T + 3 * HOUR), Source("cs", 0, 1))
     assert meter.watermark("cs/0") == T + MIN
-    assert meter.lanes["cs/0"].suspect_ms == T + 3 * HOUR
+    assert meter.lanes["cs/0"].suspect == (T + 3 * HOUR, 1)
     rows = meter.process(_usage("VM.STOP", "vm-1", T + 3 * HOUR + MIN), Source("cs", 0, 2))
     assert meter.watermark("cs/0") == T + 3 * HOUR + MIN
-    assert meter.lanes["cs/0"].suspect_ms is None
+    assert meter.lanes["cs/0"].suspect is None
     rows += meter.advance()
     assert sum(r.duration_ms for r in rows if r.resource_id == "vm-1") == 3 * HOUR
 
 
 def test_the_wall_clock_confirms_only_a_suspect_near_it() -> None:
-    assert confirm_by_wall(T, T + 2 * HOUR, T + 2 * HOUR + MIN, JUMP) == (T + 2 * HOUR, None)
-    assert confirm_by_wall(T, T + 2 * HOUR, T + MONTH, JUMP) == (T, T + 2 * HOUR)
+    suspect = (T + 2 * HOUR, 3)
+    assert confirm_by_wall(T, suspect, T + 2 * HOUR + MIN, JUMP) == (T + 2 * HOUR, None)
+    assert confirm_by_wall(T, suspect, T + MONTH, JUMP) == (T, suspect)
 
 
 def test_an_outlier_cuts_no_other_resource_in_the_meter() -> None:
@@ -75,6 +79,10 @@ def test_an_outlier_cuts_no_other_resource_in_the_meter() -> None:
     rows += meter.advance()
     assert rows == []  # before: 744 hourly pieces of vm-1 up to the outlier
     assert "snap-9" in meter.open_entities  # the record itself is applied
+    # redelivered (same offset): still no confirmation
+    rows += meter.process(_usage("SNAPSHOT.CREATE", "snap-9", T + MONTH), Source("cs", 0, 1))
+    rows += meter.advance()
+    assert rows == []
     rows += meter.process(_usage("VM.STOP", "vm-1", T + 30 * MIN), Source("cs", 0, 2))
     rows += meter.advance()
     assert [(r.resource_id, r.duration_ms) for r in rows] == [("vm-1", 29 * MIN)]
@@ -87,20 +95,24 @@ def test_an_outlier_cuts_no_other_resource_in_the_meter() -> None:
 
 def test_the_reader_never_announces_an_unconfirmed_outlier() -> None:
     reader = LaneReader(idle_since_mono_ms=0)
-    reader.delivered(*reader.fold([T, T + MIN, T + MONTH, T + 2 * MIN], JUMP), JUMP, 10)
-    assert (reader.newest_ms, reader.suspect_ms) == (T + 2 * MIN, T + MONTH)
+    reader.delivered(*reader.fold(list(enumerate([T, T + MIN, T + MONTH, T + 2 * MIN])),
+                                  JUMP), JUMP, 10)
+    assert (reader.newest_ms, reader.suspect) == (T + 2 * MIN, (T + MONTH, 2))
+    # the lane read again from offset 1 after a rebalance: the outlier confirms nothing
+    reader.delivered(*reader.fold([(1, T + MIN), (2, T + MONTH)], JUMP), JUMP, 15)
+    assert (reader.newest_ms, reader.suspect) == (T + 2 * MIN, (T + MONTH, 2))
     # caught up, and the wall clock (a year later: a backlog replayed) does not confirm it
     assert reader.report(True, T + 365 * 24 * HOUR, 20, JUMP)[0] == T + 2 * MIN
     # a backlog being read: not caught up, nothing confirmed by the wall clock
     behind = LaneReader(idle_since_mono_ms=0)
-    behind.delivered(*behind.fold([T, T + 2 * HOUR], JUMP), JUMP, 10)
+    behind.delivered(*behind.fold([(0, T), (1, T + 2 * HOUR)], JUMP), JUMP, 10)
     assert behind.report(False, T + 2 * HOUR, 20, JUMP)[0] == T
     # a live lane resuming after a quiet period: caught up, near the wall clock: confirmed
     assert behind.report(True, T + 2 * HOUR + 500, 30, JUMP)[0] == T + 2 * HOUR
     # progress recovered after a restart skips an outlier among the records read back
     recovered = LaneReader()
-    recovered.recovered([T, T + MONTH, T + MIN], JUMP)
-    assert (recovered.newest_ms, recovered.suspect_ms) == (T + MIN, T + MONTH)
+    recovered.recovered([(7, T), (8, T + MONTH), (9, T + MIN)], JUMP)
+    assert (recovered.newest_ms, recovered.suspect) == (T + MIN, (T + MONTH, 8))
 
 
 def test_a_forward_step_of_the_wall_clock_is_no_idle_time() -> None:
@@ -114,7 +126,7 @@ def test_a_forward_step_of_the_wall_clock_is_no_idle_time() -> None:
     rows: list[UsageInterval] = []
 
     def forward(event: str, t: int, offset: int, mono: int, wall: int) -> None:
-        reader.delivered(*reader.fold([t], JUMP), JUMP, mono)
+        reader.delivered(*reader.fold([(offset, t)], JUMP), JUMP, mono)
         rows.extend(meter.process(_usage(event, "vm-1", t), Source("cs", 0, offset), wall))
 
     def wall_at(mono: int) -> int:  # the host clock steps 6 h forward after 5 minutes
