@@ -452,7 +452,8 @@ class Meter:
         find its periods already closed).
 
         The reported ``max_event_ms`` is progress the reader confirmed (rule 4b: an outlier
-        it holds is not announced); it also confirms this engine's own suspect of the lane.
+        it holds is not announced); this engine's own suspect of the lane is dropped once
+        the reported progress comes within ``max_watermark_jump_ms`` of it.
 
         Idle advance (``idle_advance_ms``, with ``wall_ms`` the tick's wall clock, UTC ms):
         a lane is idle only as its reader says so, within one tick: ``wall_ms -

@@ -187,7 +187,7 @@ def test_replay_with_one_snapshot_dated_a_month_ahead_equals_the_truth(tmp_path:
     end = [_marker("2025-03-03 00:00:00 +0000")] * 2
     snapshot = json.loads(next(line for line in lines if b"SNAPSHOT.CREATE" in line))
     snapshot.update(id="00000000-0000-4000-8000-00000000beef",
-                    eventDateTime="2025-04-02 12:00:00 +0000")  # a month ahead, in the past
+                    eventDateTime="2025-04-01 12:00:00 +0000")  # a month ahead, in the past
     middle = len(lines) // 2
     plain, hostile = tmp_path / "plain.jsonl", tmp_path / "hostile.jsonl"
     plain.write_bytes(b"\n".join(lines + end) + b"\n")
