@@ -43,10 +43,11 @@ from agents.observe import Observability, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.events import Ignored, Rejected, Source
-from metering.observe import event_time_lag_seconds, idle_from
+from metering.observe import caught_up, event_time_lag_seconds
 from metering.partitioning import partition_for
 from metering.rejects import reject_key, reject_record
 from metering.usage_types import NAMES
+from metering.watermarks import LaneReader
 from metering.wire import Tick, WireError, decode_wire, encode_routed, encode_tick
 
 log = logging.getLogger("metering.worker")
@@ -72,13 +73,26 @@ TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None
 entities_table = app.Table("entities", **TABLE)  # resource id -> codec.encode_entity
 accounts_table = app.Table("accounts", **TABLE)  # "<partition>:<account>" -> encode_account
 
-lane_progress: dict[str, tuple[int, int]] = {}
-"""Source lane -> (newest forwarded event time or -1, idle since), UTC ms.
+lane_progress: dict[str, LaneReader] = {}
+"""Source lane -> its progress as this process read it (:class:`LaneReader`).
 
-The event time is updated only after a batch's forwarded records are delivered. "Idle
-since" is the wall time of the lane's last meterable record, moved to the tick's wall clock
-whenever this process is behind on the lane (see :func:`metering.observe.idle_from`).
-Ticks carry the entries of :data:`owned_lanes`."""
+The newest confirmed event time is updated only after a batch's forwarded records are
+delivered; an outlier more than ``max_watermark_jump`` ahead is held until a later record
+of the lane or the wall clock confirms it (contract rule 4b), and never announced before.
+"Idle since" is the monotonic time of the lane's last meterable record, moved on whenever
+this process is behind on the lane. Ticks carry the entries of :data:`owned_lanes`."""
+
+
+def _mono_ms() -> int:
+    """Monotonic milliseconds (idle time; immune to steps of the host's wall clock)."""
+    return int(time.monotonic() * 1000)
+
+
+def _reader(lane: str) -> LaneReader:
+    reader = lane_progress.get(lane)
+    if reader is None:
+        reader = lane_progress[lane] = LaneReader(idle_since_mono_ms=_mono_ms())
+    return reader
 
 owned_lanes: set[str] = set()
 """Input lanes assigned to this process: only their reader reports them in ticks."""
@@ -186,13 +200,14 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
     """Decode CloudStack records; forward meterable ones, reject bad ones."""
     n_partitions = settings.partitions
     max_bytes, max_skew_ms = settings.max_record_bytes, settings.max_clock_skew_ms
+    jump = settings.max_watermark_jump_ms
     send, events_name, rejects_name = _sender(), events_topic.get_topic_name(), \
         rejects_topic.get_topic_name()
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
         try:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
-            progress: dict[str, int] = {}
+            progress: dict[str, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
             consumed: dict[int, int] = {}  # input partition -> next offset to read
             for event in batch:
                 msg = event.message
@@ -215,8 +230,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 stats[f"records:{category}:metered"] += 1
                 src = Source(msg.topic, msg.partition, msg.offset)
                 lane = src.lane
-                if value.time_ms > progress.get(lane, -1):
-                    progress[lane] = value.time_ms
+                progress.setdefault(lane, []).append((msg.offset, value.time_ms))
                 data = encode_routed(value, src, wall,
                                      int(msg.timestamp * 1000) if msg.timestamp else None)
                 target = routing_key(value)
@@ -225,10 +239,12 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                         futures.append(await send(events_name, None, data, p))
                 elif target is not None:
                     futures.append(await send(events_name, target.encode(), data))
+            folded = {lane: _reader(lane).fold(times, jump)  # rule 4b, record by record
+                      for lane, times in progress.items()}
             await _await_all(futures)
-            for lane, newest in progress.items():  # delivered: ticks may now announce it
-                previous = lane_progress.get(lane, (newest, wall))[0]
-                lane_progress[lane] = (max(previous, newest), wall)
+            mono = _mono_ms()
+            for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
+                _reader(lane).delivered(newest, suspect, jump, mono)
             for partition, offset in consumed.items():
                 lane = f"{settings.input_topic}/{partition}"
                 read_to[lane] = max(offset, read_to.get(lane, offset))
@@ -351,13 +367,11 @@ async def tick() -> None:
     inputs = {settings.input_topic: count}
     lanes = sorted(owned_lanes)
     ends = await _end_offsets(lanes)
-    wall = int(time.time() * 1000)
+    wall, mono = int(time.time() * 1000), _mono_ms()
     report: dict[str, tuple[int, int]] = {}
     for lane in lanes:
-        newest, since = lane_progress.get(lane, (-1, wall))
-        since = idle_from(since, read_to.get(lane), None if ends is None else ends.get(lane),
-                          wall)
-        lane_progress[lane] = report[lane] = (newest, since)
+        up = caught_up(read_to.get(lane), None if ends is None else ends.get(lane))
+        report[lane] = _reader(lane).report(up, wall, mono, settings.max_watermark_jump_ms)
     data = encode_tick(wall, report, inputs)
     for p in range(settings.partitions):
         await events_topic.send(value=data, partition=p)
@@ -377,11 +391,11 @@ async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
 async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
     inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
-    wall = int(time.time() * 1000)
+    mono = _mono_ms()
     for partition in inputs:  # reported from now on; not idle until seen caught up
         lane = f"{settings.input_topic}/{partition}"
         owned_lanes.add(lane)
-        lane_progress[lane] = (lane_progress.get(lane, (-1, wall))[0], wall)
+        _reader(lane).idle_since_mono_ms = mono
     if inputs:
         _pending.append(asyncio.ensure_future(recover_lane_progress(inputs)))
 
@@ -442,7 +456,7 @@ async def _recover_once(partitions: list[int]) -> None:
             if end <= 0:
                 continue
             reader.seek(tp, max(0, end - RECOVER_WINDOW))
-            newest = -1
+            times: list[tuple[int, int]] = []  # (offset, event time)
             deadline = time.monotonic() + 15
             position = max(0, end - RECOVER_WINDOW)
             while position < end and time.monotonic() < deadline:
@@ -454,12 +468,11 @@ async def _recover_once(partitions: list[int]) -> None:
                     value = decode(msg.value or b"", settings.max_record_bytes, wall,
                                    settings.max_clock_skew_ms)
                     if not isinstance(value, Rejected | Ignored):
-                        newest = max(newest, value.time_ms)
-            if newest >= 0:
-                previous = lane_progress.get(lane, (newest, wall))[0]
-                lane_progress[lane] = (max(previous, newest), wall)
-            log.info("lane progress of %s/%d: committed %d, newest event %d",
-                     topic, tp.partition, end, newest)
+                        times.append((msg.offset, value.time_ms))
+            progress = _reader(lane)
+            progress.recovered(times, settings.max_watermark_jump_ms)
+            log.info("lane progress of %s/%d: committed %d, newest confirmed event %d",
+                     topic, tp.partition, end, progress.newest_ms)
     finally:
         await reader.stop()
         await admin.close()

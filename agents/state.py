@@ -79,6 +79,7 @@ class PartitionMeter:
             idle_advance_ms=settings.idle_advance_ms,
             wait_for_inputs=True,  # the first tick names every input partition
             orphan_close_ttl_ms=settings.orphan_close_ttl_ms,
+            max_watermark_jump_ms=settings.max_watermark_jump_ms,
         )
         self.meter = Meter(policy, self.entity_view, self.account_view)
         self._restore()

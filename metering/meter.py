@@ -4,9 +4,10 @@
 ``replay``, a Faust/RocksDB-backed table in the streaming worker) and emits intervals. It owns
 what spans entities:
 
-* **watermarks** per source lane (``topic/partition``): the newest event time seen, advanced
-  by wall-clock time when the lane's reader reports it caught up and idle longer than
-  ``idle_advance_ms`` (streaming only);
+* **watermarks** per source lane (``topic/partition``): the newest confirmed event time
+  (one record moves it by at most ``max_watermark_jump_ms``; a larger advance waits for
+  confirmation, see :mod:`metering.watermarks`), advanced by idle time when the lane's
+  reader reports it caught up and idle longer than ``idle_advance_ms`` (streaming only);
 * **settling**: an interval closed by an event is held until every lane's watermark has
   passed its end (so action events of other lanes before it are applied, whatever order the
   lanes arrive in), then emitted (see :func:`metering.lifecycle.release`);
@@ -50,9 +51,8 @@ from metering.lifecycle import (
     release,
 )
 from metering.periods import PeriodGrid
-
-NEVER = -(2**62)
-"""A watermark before any event."""
+from metering.watermarks import NEVER as NEVER
+from metering.watermarks import Suspect, confirmed, idle_watermark, step
 
 
 @dataclass(slots=True)
@@ -74,15 +74,19 @@ class AccountState:
 class LaneClock:
     """Event-time progress of one source lane.
 
-    ``max_event_ms`` is the newest event time seen; ``arrival_wall_ms`` the wall-clock time
-    (UTC ms) of the lane's last record or reported ``idle_from`` (informational; idle advance
-    uses only the current tick's report, see :meth:`Meter.observe_lanes`); ``watermark`` the
-    effective watermark, which idle advance may move beyond ``max_event_ms``.
+    ``max_event_ms`` is the newest confirmed event time (contract rule 4b: see
+    :mod:`metering.watermarks`); ``arrival_wall_ms`` the wall-clock time (UTC ms) of the
+    lane's last record or reported ``idle_from`` (informational; idle advance uses only the
+    current tick's report, see :meth:`Meter.observe_lanes`); ``watermark`` the effective
+    watermark, which idle advance may move beyond ``max_event_ms``; ``suspect`` the lane's
+    one unconfirmed (event time UTC ms, offset) more than ``max_watermark_jump_ms`` ahead of
+    it, or None.
     """
 
     max_event_ms: int = NEVER
     arrival_wall_ms: int | None = None
     watermark: int = NEVER
+    suspect: Suspect | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,9 @@ class Meter:
         if watermark <= clock.watermark:
             return
         clock.watermark = watermark
+        if clock.suspect is not None:  # passed, or no longer an outlier: forgotten
+            clock.suspect = confirmed(watermark, clock.suspect, watermark,
+                                      self.policy.max_watermark_jump_ms)[1]
         self._recompute_cut()
 
     def _recompute_cut(self) -> None:
@@ -245,13 +252,22 @@ class Meter:
             if boundary > self.cut_boundary:
                 self.cut_boundary = boundary
 
-    def _observe(self, lane: str, time_ms: int, wall_ms: int | None) -> None:
+    def _observe(self, lane: str, time_ms: int, wall_ms: int | None, offset: int) -> None:
         clock = self._lane(lane)
         if wall_ms is not None:
             clock.arrival_wall_ms = wall_ms
-        if time_ms > clock.max_event_ms:
+        if time_ms <= clock.max_event_ms:
+            return
+        if time_ms <= clock.watermark:  # behind an idle advance: nothing to confirm
             clock.max_event_ms = time_ms
-            self._set_watermark(clock, time_ms)
+            return
+        # Rule 4b: one record moves the watermark by at most max_watermark_jump; further
+        # ahead it waits for a second record (the record itself was applied already).
+        watermark, clock.suspect = step(clock.watermark, clock.suspect, time_ms, offset,
+                                        self.policy.max_watermark_jump_ms)
+        if watermark > clock.watermark:
+            clock.max_event_ms = max(clock.max_event_ms, watermark)
+            self._set_watermark(clock, watermark)
 
     def low_watermark(self) -> int:
         """The engine's watermark (UTC ms): the minimum over its lanes; :data:`NEVER` if none."""
@@ -363,7 +379,7 @@ class Meter:
                 h.record_ms = record_ms
                 heappush(self._held, (h.end, entity_id))
         self._store(entity_id, tr.state, before)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
         self.stats["applied" if "duplicate" not in tr.notes else "duplicate_record"] += 1
         return out
 
@@ -379,7 +395,7 @@ class Meter:
         tr = apply_enrichment(state, ev, src)
         self._count(tr)
         self._store(entity_id, tr.state, before)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
         return out
 
     def _account_record_is_new(self, account: AccountState, src: Source) -> bool:
@@ -397,7 +413,7 @@ class Meter:
             self.stats["account_created"] += 1
         self.accounts[ev.account_id] = account
         self.dirty_accounts.add(ev.account_id)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
 
     def _account_deleted(
         self, ev: AccountDeleted, src: Source, wall_ms: int | None
@@ -425,7 +441,7 @@ class Meter:
                     self._store(entity_id, state, before)
         self.accounts[ev.account_id] = account
         self.dirty_accounts.add(ev.account_id)
-        self._observe(src.lane, ev.time_ms, wall_ms)
+        self._observe(src.lane, ev.time_ms, wall_ms, src.offset)
         return out
 
     # ------------------------------------------------------------------ time passing
@@ -442,14 +458,20 @@ class Meter:
         is read later than the others, e.g. after a restart or by another worker, must not
         find its periods already closed).
 
+        The reported ``max_event_ms`` is progress the reader confirmed (rule 4b: an outlier
+        it holds is not announced); this engine's own suspect of the lane is dropped once
+        the reported progress comes within ``max_watermark_jump_ms`` of it.
+
         Idle advance (``idle_advance_ms``, with ``wall_ms`` the tick's wall clock, UTC ms):
         a lane is idle only as its reader says so, within one tick: ``wall_ms -
         idle_from_ms`` is how long the reader has been caught up on the lane with no new
-        meterable record (a reader that is behind, paused or restarting keeps
-        ``idle_from_ms`` at its wall clock). An idle lane's watermark moves on to
-        ``max_event + idle - idle_advance``; an idle lane that never had data
-        (``max_event_ms < 0``) follows the slowest lane that has. Idleness is never
-        inferred from an old report: a lane nobody reports holds back.
+        meterable record, measured by the reader with a monotonic clock (so a step of the
+        host's wall clock is no idle time; a reader that is behind, paused or restarting
+        keeps ``idle_from_ms`` at its wall clock). An idle lane's watermark moves on to
+        ``max_event + idle - idle_advance``, never beyond ``wall_ms`` (one tick thus moves
+        it by at most the monotonic time since the reader's previous report); an idle lane
+        that never had data (``max_event_ms < 0``) follows the slowest lane that has.
+        Idleness is never inferred from an old report: a lane nobody reports holds back.
         """
         for topic, count in (inputs or {}).items():
             for partition in range(count):
@@ -465,7 +487,10 @@ class Meter:
                 clock.arrival_wall_ms = idle_from
             if max_event > clock.max_event_ms and max_event >= 0:
                 clock.max_event_ms = max_event
-                self._set_watermark(clock, max_event)
+                watermark, clock.suspect = confirmed(
+                    clock.watermark, clock.suspect, max_event,
+                    self.policy.max_watermark_jump_ms)
+                self._set_watermark(clock, watermark)
         limit = self.policy.idle_advance_ms
         if limit is None or wall_ms is None:
             return
@@ -478,7 +503,9 @@ class Meter:
             if clock.max_event_ms <= NEVER:
                 silent.append(clock)  # caught up and never delivered anything: empty
             else:
-                self._set_watermark(clock, clock.max_event_ms + idle - limit)
+                target = idle_watermark(clock.max_event_ms, idle, limit, wall_ms)
+                if target is not None:
+                    self._set_watermark(clock, target)
         if silent:
             # An empty input partition follows the slowest lane that has data, so it stops
             # holding back.
@@ -533,7 +560,8 @@ class Meter:
 
         With ``until_ms`` the horizon is that instant (``close_reason="until"`` unless it is a
         period boundary); without it, the last period boundary at or before the newest event
-        time of any lane. Open intervals stay open in the state.
+        time any lane confirmed (an unconfirmed outlier, rule 4b, does not move it). Open
+        intervals stay open in the state.
         """
         if until_ms is not None:
             horizon, reason = until_ms, CloseReason.UNTIL

@@ -69,16 +69,27 @@ def readiness(
     return Readiness(True, ())
 
 
-def idle_from(previous_ms: int, read_to: int | None, end_offset: int | None,
-              wall_ms: int) -> int:
-    """Since when (UTC ms) a reader may call its input partition idle.
+def caught_up(read_to: int | None, end_offset: int | None) -> bool:
+    """Whether a reader has processed its input partition up to the log end.
 
     ``read_to`` is the next offset the reader will process (None: not known yet, e.g. just
     assigned), ``end_offset`` the partition's log-end offset (None: could not be measured).
-    A reader that is behind, or cannot tell, is not idle: the instant moves to ``wall_ms``.
-    Caught up, it keeps ``previous_ms`` (the wall time of its last meterable record or of
-    the last moment it was behind), so the idle time grows only while nothing arrives.
+    A reader that cannot tell is not caught up.
     """
-    if read_to is None or end_offset is None or read_to < end_offset:
-        return wall_ms
+    return read_to is not None and end_offset is not None and read_to >= end_offset
+
+
+def idle_from(previous_ms: int, read_to: int | None, end_offset: int | None,
+              now_ms: int) -> int:
+    """Since when (ms) a reader may call its input partition idle.
+
+    A reader that is behind, or cannot tell (see :func:`caught_up`), is not idle: the
+    instant moves to ``now_ms``. Caught up, it keeps ``previous_ms`` (the time of its last
+    meterable record or of the last moment it was behind), so the idle time grows only
+    while nothing arrives. The worker passes monotonic milliseconds (``time.monotonic``),
+    so a step of the host's wall clock is no idle time (see
+    :meth:`metering.watermarks.LaneReader.report`).
+    """
+    if not caught_up(read_to, end_offset):
+        return now_ms
     return previous_ms

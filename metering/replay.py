@@ -73,6 +73,7 @@ class ReplayOptions:
     lateness_ms: int | None = None
     orphan_close_ttl_ms: int = 86_400_000
     """Event time a close of what is not open is remembered (contract rule 3)."""
+    max_watermark_jump_ms: int = 3_600_000  # contract rule 4b, as the worker's setting
     rejects: Path | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     progress: bool | None = None  # None: only when stderr is a terminal
@@ -317,7 +318,8 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
 def _run_replay(options: ReplayOptions) -> ReplaySummary:
     grid = PeriodGrid(options.period, options.timezone)  # type: ignore[arg-type]
     meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms,
-                              orphan_close_ttl_ms=options.orphan_close_ttl_ms))
+                              orphan_close_ttl_ms=options.orphan_close_ttl_ms,
+                              max_watermark_jump_ms=options.max_watermark_jump_ms))
     summary = ReplaySummary()
     digest = hashlib.blake2b(digest_size=16)
     digest.update(
@@ -325,6 +327,8 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
     )
     if options.orphan_close_ttl_ms != ReplayOptions.orphan_close_ttl_ms:  # default: names kept
         digest.update(f"|orphan_close_ttl={options.orphan_close_ttl_ms}".encode())
+    if options.max_watermark_jump_ms != ReplayOptions.max_watermark_jump_ms:
+        digest.update(f"|jump={options.max_watermark_jump_ms}".encode())
     for name in options.inputs:
         if name != "-" and not os.access(name, os.R_OK):
             reason = "no such file" if not os.path.exists(name) else "permission denied"
@@ -473,7 +477,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--until", metavar="T",
                    help="horizon (ISO 8601, e.g. 2025-03-11T00:00:00Z): open intervals are cut "
                    "at T and records at or after T are not applied. Default: the last period "
-                   "boundary at or before the newest event time")
+                   "boundary at or before the newest confirmed event time (rule 4b)")
     p.add_argument("--period", choices=PERIODS, default="hour", help="aggregation period")
     p.add_argument("--timezone", default="UTC", metavar="TZ",
                    help="IANA time zone of period boundaries and usage_date (default UTC)")
@@ -485,6 +489,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="event time a close of what is not open (e.g. a VM.STOP read before "
                    "its VM.START) is remembered for an earlier open arriving later (contract "
                    "rule 3; default 86400, as the worker's orphan_close_ttl)")
+    p.add_argument("--max-watermark-jump", type=float, default=3600.0, metavar="SECONDS",
+                   help="a partition's watermark advance larger than this waits for a later "
+                   "record to confirm it (contract rule 4b; as the worker's setting). "
+                   "Default: 3600")
     p.add_argument("--rejects", type=Path, metavar="FILE", help="write rejected records as JSONL")
     p.add_argument("--max-record-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES,
                    help="records larger than this are rejected unparsed (default 1000000)")
@@ -515,11 +523,14 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--max-record-bytes must be positive")
     if not args.max_clock_skew >= 0:
         parser.error("--max-clock-skew must be >= 0 seconds")
+    if not args.max_watermark_jump > 0:
+        parser.error("--max-watermark-jump must be > 0 seconds")
     options = ReplayOptions(
         inputs=list(args.inputs), output=args.output, until_ms=until, period=args.period,
         timezone=args.timezone,
         lateness_ms=None if args.lateness is None else int(args.lateness * 1000),
         orphan_close_ttl_ms=int(args.orphan_close_ttl * 1000),
+        max_watermark_jump_ms=int(args.max_watermark_jump * 1000),
         rejects=args.rejects,
         max_record_bytes=args.max_record_bytes, progress=args.progress,
         now_ms=int(time.time() * 1000), max_clock_skew_ms=int(args.max_clock_skew * 1000),

@@ -27,7 +27,7 @@ PARTITIONS = 4
 
 @dataclass
 class Cloud:
-    """A simulated cloud produced to ``topic`` (plus one sentinel per partition)."""
+    """A simulated cloud produced to ``topic`` (plus two sentinels per partition)."""
 
     topic: str
     records: int
@@ -52,7 +52,7 @@ def simulated_cloud(bootstrap: str, topic: str, tmp: Path, accounts: int, days: 
         produce(bootstrap, topic, [(None, orjson.dumps({
             "eventDateTime": format_event_time(end + 5_400_000), "event": "VM.STOP",
             "resource": "com.cloud.vm.VirtualMachine", "id": f"sentinel-{p}",
-            "account": "sentinel", "zone": "z"}))], partition=p)
+            "account": "sentinel", "zone": "z"}))] * 2, partition=p)
     dump = dump_kcat(bootstrap, topic, deadline_s=120)
     work = tmp / f"replay-{topic}"
     work.mkdir()

@@ -289,7 +289,7 @@ def test_fuzzed_records_are_rejected_exactly_and_usage_is_unchanged(
     topic = topic_factory(partitions=PARTITIONS, prefix="cshostile")
     produced = produce(kafka_bootstrap, topic, records)
     for p in range(PARTITIONS):
-        produced += produce(kafka_bootstrap, topic, [(None, sentinel(p))], partition=p)
+        produced += produce(kafka_bootstrap, topic, [(None, sentinel(p))] * 2, partition=p)
 
     # The expectation, from the topic itself and the pure decoder only.
     inputs = consume(kafka_bootstrap, topic, lambda m: len(m) >= produced, 60)
@@ -402,7 +402,7 @@ def test_lone_surrogate_escape_is_not_a_poison_pill(
     assert isinstance(rejected, Rejected)
     assert rejected.reason.value == "invalid_json"
     topic = topic_factory(partitions=1, prefix="cspoison")
-    produce(kafka_bootstrap, topic, [(None, poison), (None, sentinel(0))])
+    produce(kafka_bootstrap, topic, [(None, poison)] + [(None, sentinel(0))] * 2)
     worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000",
                             METERING_METRICS_INTERVAL="0.5")
     worker.start()

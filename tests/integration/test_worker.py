@@ -23,7 +23,11 @@ SENTINEL_MS = START_MS + int((HOURS + 1.5) * 3_600_000)  # a half hour past a bo
 
 
 def sentinel(partition: int) -> bytes:
-    """An orphan VM.STOP that moves a lane's watermark past the trace (no usage)."""
+    """An orphan VM.STOP that moves a lane's watermark past the trace (no usage).
+
+    Produced twice per lane: a step of more than ``max_watermark_jump`` takes effect once a
+    second record confirms it (contract rule 4b).
+    """
     return orjson.dumps({
         "eventDateTime": format_event_time(SENTINEL_MS), "event": "VM.STOP",
         "resource": "com.cloud.vm.VirtualMachine", "id": f"sentinel-{partition}",
@@ -92,7 +96,7 @@ def test_worker_equals_replay_keyed(
     trace = build_trace(seed=11, hours=HOURS, malformed=5)
     produce(kafka_bootstrap, topic, trace)
     for p in range(4):
-        produce(kafka_bootstrap, topic, [(None, sentinel(p))], partition=p)
+        produce(kafka_bootstrap, topic, [(None, sentinel(p))] * 2, partition=p)
     worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000")
     rows = _run_and_compare(kafka_bootstrap, topic, worker, tmp_path)
     assert {r["close_reason"] for r in rows.values()} >= {"period", "VM.STOP",
@@ -101,7 +105,7 @@ def test_worker_equals_replay_keyed(
         f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5).read().decode()
     consumed = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
                    if line.startswith("metering_records_consumed_total{"))
-    assert consumed == len(trace) + 4  # every record produced, sentinels included
+    assert consumed == len(trace) + 8  # every record produced, sentinels included
     assert 'metering_records_rejected_total{reason="invalid_json"} 1.0' in scraped
     assert 'metering_intervals_emitted_total{usage_type="RUNNING_VM"}' in scraped
     rejects = consume(kafka_bootstrap, worker.rejects_topic, lambda m: len(m) >= 5, 60)
@@ -120,7 +124,7 @@ def test_null_keyed_single_partition_input_gives_the_same_result(
     topic = topic_factory(partitions=1, prefix="csnull")
     trace = build_trace(seed=12, hours=HOURS)
     produce(kafka_bootstrap, topic, [(None, v) for _, v in trace])
-    produce(kafka_bootstrap, topic, [(None, sentinel(0))])
+    produce(kafka_bootstrap, topic, [(None, sentinel(0))] * 2)
     worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000")
     _run_and_compare(kafka_bootstrap, topic, worker, tmp_path)
     worker.stop()
@@ -147,7 +151,7 @@ def test_restart_mid_stream_loses_and_changes_nothing(
     else:
         worker.kill()
     for p in range(4):
-        produce(kafka_bootstrap, topic, [(None, sentinel(p))], partition=p)
+        produce(kafka_bootstrap, topic, [(None, sentinel(p))] * 2, partition=p)
     restarted = WorkerProc(kafka_bootstrap, worker.app_id, topic, worker.data_dir,
                            extra=worker.extra)
     try:
@@ -199,13 +203,14 @@ def test_simulated_cloud_through_the_worker_equals_replay_and_truth(
                 "--to-kafka", kafka_bootstrap, "--topic", topic, "--truth", str(truth_file),
                 "--no-progress"]) == 0
     truth = orjson.loads(truth_file.read_bytes())
-    # sentinels move every lane's watermark 1.5 h past the end: all periods complete
+    # sentinels move every lane's watermark 1.5 h past the end: all periods complete (two
+    # per lane: the second confirms the step of the first, rule 4b)
     end = truth["until_ms"]
     for p in range(4):
         produce(kafka_bootstrap, topic, [(None, orjson.dumps({
             "eventDateTime": format_event_time(end + 5_400_000), "event": "VM.STOP",
             "resource": "com.cloud.vm.VirtualMachine", "id": f"sentinel-{p}",
-            "account": "sentinel", "zone": "z"}))], partition=p)
+            "account": "sentinel", "zone": "z"}))] * 2, partition=p)
     worker = worker_factory(topic, METERING_IDLE_ADVANCE="100000")
     rows = _run_and_compare(kafka_bootstrap, topic, worker, tmp_path)
     # until the simulation's end the worker's usage equals the truth (pieces after it are

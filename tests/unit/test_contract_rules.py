@@ -903,10 +903,11 @@ def test_replay_horizon() -> None:
     # a horizon on a boundary is a period cut
     rows, _ = run(records, until=T0 + 2 * HOUR)
     assert [r.close_reason for r in rows] == ["period", "period"]
-    # without a horizon: the last boundary at or before the newest event time
+    # without a horizon: the last boundary at or before the newest (confirmed) event time
     rows, _ = run(
         [
             usage("VM.START", "vm", T0 + 10 * MIN),
+            usage("VM.START", "vm", T0 + 1 * HOUR + 50 * MIN),  # open already: no change
             usage("NET.IPASSIGN", "ip", T0 + 2 * HOUR + 50 * MIN),
         ]
     )
@@ -914,6 +915,15 @@ def test_replay_horizon() -> None:
         (1, "vm", Z1, T0 + 10 * MIN, T0 + HOUR, False, "period"),
         (1, "vm", Z1, T0 + HOUR, T0 + 2 * HOUR, False, "period"),
     ]
+    # rule 4b: a last record more than max_watermark_jump (1 h) ahead of the rest is not
+    # confirmed by a later one, so it does not move the horizon
+    rows, _ = run(
+        [
+            usage("VM.START", "vm", T0 + 10 * MIN),
+            usage("NET.IPASSIGN", "ip", T0 + 2 * HOUR + 50 * MIN),
+        ]
+    )
+    assert spans(rows) == []
 
 
 @pytest.mark.parametrize("field", ["account", "id", "zone", "event"])

@@ -169,7 +169,8 @@ def test_a_period_cut_in_chunks_emits_what_one_call_emits() -> None:
     """The meter agent cuts a period ``CUT_CHUNK`` resources at a time, and records may be
     applied between chunks: the rows are the same as one cut of everything."""
     hour = 3_600_000
-    whole, chunked = (Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True))
+    whole, chunked = (Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True,
+                                        max_watermark_jump_ms=None))  # a 3 h step: no limit
                       for _ in range(2))
     for meter in (whole, chunked):
         _many_open(meter, 25)
