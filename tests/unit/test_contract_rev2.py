@@ -163,7 +163,8 @@ def test_a_split_with_nothing_open_claims_a_remembered_close() -> None:
 def _expiry_trace() -> list[bytes]:
     return [
         usage("VM.STOP", "vm", T0 + HOUR),
-        usage("NET.IPASSIGN", "ip", T0 + 27 * HOUR),  # event time moves on: 26 h later
+        usage("NET.IPASSIGN", "ip", T0 + 27 * HOUR),  # event time moves on: 26 h later,
+        usage("NET.IPASSIGN", "ip2", T0 + 27 * HOUR),  # confirmed by a second record (4b)
         usage("VM.START", "vm", T0),
     ]
 
