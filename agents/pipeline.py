@@ -244,7 +244,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             await _await_all(futures)
             mono = _mono_ms()
             for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
-                _reader(lane).delivered(newest, suspect, jump, mono)
+                _reader(lane).delivered(newest, suspect, jump, mono, progress[lane][-1][0])
             for partition, offset in consumed.items():
                 lane = f"{settings.input_topic}/{partition}"
                 read_to[lane] = max(offset, read_to.get(lane, offset))

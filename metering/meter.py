@@ -80,13 +80,15 @@ class LaneClock:
     current tick's report, see :meth:`Meter.observe_lanes`); ``watermark`` the effective
     watermark, which idle advance may move beyond ``max_event_ms``; ``suspect`` the lane's
     one unconfirmed (event time UTC ms, offset) more than ``max_watermark_jump_ms`` ahead of
-    it, or None.
+    it, or None; ``last_offset`` the highest record offset of the lane observed (a record at
+    or below it is read again, after a crash or a rebalance, and moves nothing: rule 6).
     """
 
     max_event_ms: int = NEVER
     arrival_wall_ms: int | None = None
     watermark: int = NEVER
     suspect: Suspect | None = None
+    last_offset: int = -1
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,9 @@ class Meter:
         clock = self._lane(lane)
         if wall_ms is not None:
             clock.arrival_wall_ms = wall_ms
+        if offset <= clock.last_offset:
+            return  # read again: its first reading already moved what it could (rule 6)
+        clock.last_offset = offset
         if time_ms <= clock.max_event_ms:
             return
         if time_ms <= clock.watermark:  # behind an idle advance: nothing to confirm

@@ -129,6 +129,8 @@ class LaneReader:
     newest_ms: int = -1
     suspect: Suspect | None = None
     idle_since_mono_ms: int = 0
+    last_offset: int = -1
+    """Highest offset folded in: a record at or below it is read again and moves nothing."""
 
     def fold(self, records: list[tuple[int, int]],
              jump_ms: int | None) -> tuple[int, Suspect | None]:
@@ -136,13 +138,19 @@ class LaneReader:
         order."""
         watermark = NEVER if self.newest_ms < 0 else self.newest_ms
         suspect = self.suspect
+        last = self.last_offset
         for offset, time_ms in records:
+            if offset <= last:
+                continue  # read again after a rebalance: it confirms and moves nothing
+            last = offset
             watermark, suspect = step(watermark, suspect, time_ms, offset, jump_ms)
         return watermark, suspect
 
     def delivered(self, watermark: int, suspect: Suspect | None, jump_ms: int | None,
-                  mono_ms: int) -> None:
-        """Take a :meth:`fold` result once its records are delivered; the lane is not idle."""
+                  mono_ms: int, last_offset: int = -1) -> None:
+        """Take a :meth:`fold` result once its records (up to ``last_offset``) are
+        delivered; the lane is not idle."""
+        self.last_offset = max(self.last_offset, last_offset)
         newest, suspect = confirmed(NEVER if self.newest_ms < 0 else self.newest_ms,
                                     suspect, watermark, jump_ms)
         if newest > self.newest_ms:
