@@ -15,4 +15,11 @@ settings: Settings = load_settings()
 app = make_app(settings)
 
 # Importing the pipeline registers topics, tables, agents and timers on ``app``.
-from agents import pipeline  # noqa: E402,F401  (registration by import, after app exists)
+from agents import pipeline  # noqa: E402  (registration by import, after app exists)
+
+
+def state_topics() -> list[str]:
+    """Topics that must have exactly ``settings.partitions`` partitions (checked at start by
+    :mod:`agents.preflight`): the internal events topic and the tables' changelogs."""
+    return [pipeline.events_topic.get_topic_name(),
+            *(table.changelog_topic.get_topic_name() for table in app.tables.values())]
