@@ -97,12 +97,14 @@ async def _read_grid(settings: Settings, topic: str) -> tuple[Grid | None, bool]
 
     tp = TopicPartition(topic, 0)
     reader = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
-                              enable_auto_commit=False, request_timeout_ms=10_000)
+                              enable_auto_commit=False, auto_offset_reset="earliest",
+                              request_timeout_ms=10_000)
     await reader.start()
     try:
         reader.assign([tp])
         end = (await asyncio.wait_for(reader.end_offsets([tp]), 15))[tp]
-        await reader.seek_to_beginning(tp)
+        start = (await asyncio.wait_for(reader.beginning_offsets([tp]), 15))[tp]
+        reader.seek(tp, start)
         last: bytes | None = None
         deadline = time.monotonic() + 30
         while await reader.position(tp) < end:
