@@ -18,8 +18,19 @@ app = make_app(settings)
 from agents import pipeline  # noqa: E402  (registration by import, after app exists)
 
 
-def state_topics() -> list[str]:
-    """Topics that must have exactly ``settings.partitions`` partitions (checked at start by
+def state_topics() -> dict[str, dict[str, str]]:
+    """Topics that must have exactly ``settings.partitions`` partitions, with the config
+    Faust would create them with (checked, and created if missing, at start by
     :mod:`agents.preflight`): the internal events topic and the tables' changelogs."""
-    return [pipeline.events_topic.get_topic_name(),
-            *(table.changelog_topic.get_topic_name() for table in app.tables.values())]
+    topics = [pipeline.events_topic, *(t.changelog_topic for t in app.tables.values())]
+    specs: dict[str, dict[str, str]] = {}
+    for topic in topics:
+        config = {k: str(v) for k, v in (topic.config or {}).items()}
+        flags = ["compact"] * bool(topic.compacting) + ["delete"] * bool(topic.deleting)
+        policy = ",".join(flags)
+        if policy:
+            config["cleanup.policy"] = policy
+        if topic.retention:
+            config["retention.ms"] = str(int(topic.retention * 1000))
+        specs[topic.get_topic_name()] = config
+    return specs

@@ -4,7 +4,8 @@
    saying what it waits for; on expiry exit 1 with one clear line, no traceback.
 2. Compare ``partitions`` with the real partition counts of the existing internal events
    topic and the tables' changelog topics (:func:`metering.guards.partition_problems`);
-   refuse (exit 2) on a mismatch. Missing topics are created by Faust as before.
+   refuse (exit 2) on a mismatch. Missing ones are created here, as Faust would, and
+   waited for until every partition has a leader (see :func:`_create_state_topics`).
 3. Compare the period grid the state was built with (the last record of the compacted
    grid topic ``<app_id>-grid``) with ``period``/``timezone``
    (:func:`metering.guards.grid_decision`); refuse (exit 2) on a change unless
@@ -22,7 +23,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from metering.guards import Grid, GridAction, grid_decision, partition_refusal
@@ -83,12 +84,46 @@ async def _connect(settings: Settings, deadline_s: float) -> Any:
             await asyncio.sleep(min(1.0, max(0.0, deadline_s - waited)))
 
 
-async def _partition_counts(admin: Any, names: Sequence[str]) -> dict[str, int]:
+async def _partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
     """Partition count of each existing topic of ``names``."""
+    wanted = set(names)
     described = await asyncio.wait_for(admin.describe_topics(None), 30)
     counts = {t["topic"]: len(t["partitions"]) for t in described
-              if t["topic"] in names and not t["error_code"]}
+              if t["topic"] in wanted and not t["error_code"]}
     return counts
+
+
+async def _create_state_topics(admin: Any, settings: Settings,
+                               missing: Mapping[str, Mapping[str, str]]) -> None:
+    """Create the missing state topics as Faust would, and wait until each has leaders.
+
+    Faust creates them itself when it starts, but its group leader may then assign
+    partitions from metadata that does not list a just-created topic yet ("Ignoring missing
+    topic"): the worker would never read its internal topic until the next rebalance.
+    Created here, and visible with a leader for every partition, they exist before Faust
+    subscribes.
+    """
+    from aiokafka.admin import NewTopic
+
+    if not missing:
+        return
+    await asyncio.wait_for(admin.create_topics([
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=1,
+                 topic_configs=dict(config)) for name, config in sorted(missing.items())]), 30)
+    deadline = time.monotonic() + 30
+    while True:
+        described = await asyncio.wait_for(admin.describe_topics(sorted(missing)), 10)
+        ready = {t["topic"] for t in described if not t["error_code"]
+                 and len(t["partitions"]) == settings.partitions
+                 and all(p["leader"] >= 0 for p in t["partitions"])}
+        if ready >= set(missing):
+            log.info("created %s with %d partitions", ", ".join(sorted(missing)),
+                     settings.partitions)
+            return
+        if time.monotonic() > deadline:
+            raise PreflightError(EXIT_UNREACHABLE, "created topics "
+                                 f"{sorted(set(missing) - ready)} have no leader after 30 s")
+        await asyncio.sleep(0.2)  # poll with a deadline
 
 
 async def _read_grid(settings: Settings, topic: str) -> tuple[Grid | None, bool]:
@@ -147,11 +182,13 @@ async def _write_grid(settings: Settings, admin: Any, topic: str, exists: bool,
         await producer.stop()
 
 
-async def check(settings: Settings, state_topics: Sequence[str] | None) -> None:
+async def check(settings: Settings,
+                state_topics: Mapping[str, Mapping[str, str]] | None) -> None:
     """Run the checks; raise :class:`PreflightError` to refuse.
 
-    ``state_topics``: the internal events topic and the tables' changelog topics (each must
-    have ``settings.partitions`` partitions); None: only wait for the broker.
+    ``state_topics``: name -> topic config of the internal events topic and the tables'
+    changelog topics (each must have ``settings.partitions`` partitions; missing ones are
+    created); None: only wait for the broker.
     """
     deadline = broker_wait_seconds(settings)
     log.info("preflight: connecting to broker %s (waiting up to %.0f s)", settings.broker,
@@ -178,6 +215,8 @@ async def check(settings: Settings, state_topics: Sequence[str] | None) -> None:
             log.info("grid: %s", decision.message)
         if decision.action is not GridAction.KEEP:
             await _write_grid(settings, admin, gtopic, grid_exists, configured)
+        await _create_state_topics(admin, settings, {
+            name: config for name, config in state_topics.items() if name not in counts})
         log.info("preflight passed: partitions=%d (%s), %s", settings.partitions,
                  ", ".join(f"{t}: {n}" for t, n in sorted(counts.items())) or "new state",
                  configured)
@@ -185,8 +224,8 @@ async def check(settings: Settings, state_topics: Sequence[str] | None) -> None:
         await admin.close()
 
 
-def run(settings: Settings, state_topics: Sequence[str] | None, level: str = "info"
-        ) -> int | None:
+def run(settings: Settings, state_topics: Mapping[str, Mapping[str, str]] | None,
+        level: str = "info") -> int | None:
     """Run :func:`check` in its own event loop; None if passed, else the exit code.
 
     Logs to stderr (Faust's logging is not set up yet); a refusal is one CRITICAL message,
