@@ -83,7 +83,8 @@ class Liveness:
         except Exception as exc:
             if self.broker_failing_since is None:
                 self.broker_failing_since = time.monotonic()
-            self.broker_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            name, text = type(exc).__name__, str(exc)
+            self.broker_error = text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
         else:
             self.broker_error = None
             self.broker_failing_since = None

@@ -222,3 +222,35 @@ def test_period_change_against_existing_state_is_refused_unless_forced(
     code, _ = wait_exit(back, 60)
     assert code == 2
     assert "built with period=day timezone=UTC, but period=hour" in log_text(back)
+
+
+def test_broker_gone_mid_run_is_reported_and_sigterm_stops(
+    make_worker: Callable[..., WorkerProc], unique_name: Callable[[str], str],
+) -> None:
+    from agents.localkafka import LocalKafka
+
+    broker = LocalKafka().start()  # its own broker: this test stops it
+    try:
+        topic = unique_name("csgone")
+        asyncio.run(_create_topic(broker.bootstrap, topic, 1, {}))
+        produce(broker.bootstrap, topic, build_trace(seed=5, hours=2.0))
+        w = make_worker(broker.bootstrap, unique_name("gone"), topic)
+        w.start()
+        wait_ready(w)
+        broker.stop(grace_s=5)
+        gone = time.monotonic()
+        while True:
+            status, body = readyz(w.web_port)
+            reasons = body.get("reasons", [])
+            assert isinstance(reasons, list)
+            if status == 503 and any(r.startswith("broker unreachable") for r in reasons):
+                break
+            assert time.monotonic() - gone < REPORT_WITHIN + 5, (status, body, w.tail())
+            time.sleep(0.5)  # poll with a deadline
+        assert "cannot make progress: broker unreachable" in log_text(w)
+        assert w.process is not None
+        os.killpg(w.process.pid, signal.SIGTERM)
+        _, took = wait_exit(w, SHUTDOWN_GRACE + 10)
+        assert took <= SHUTDOWN_GRACE + 5, took
+    finally:
+        broker.stop()
