@@ -92,7 +92,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w = sub.add_parser(
         "worker", help="run the streaming worker (Faust agents: cs -> usage)",
         description="Run the Faust worker. Same as `faust -A agents.app worker` with the "
-        "settings below (flags override METERING_* environment variables).")
+        "settings below (flags override METERING_* environment variables), plus start-up "
+        "checks before any agent starts: it waits for the broker up to 3 x session_timeout "
+        "(exit 1 if unreachable), and refuses (exit 2) a partition count other than the "
+        "existing internal topic's and changelogs', or a period/timezone other than the "
+        "existing state's (unless --force-period-change true). Exit 70: a batch failed, or "
+        "a stop (SIGTERM) did not finish within 20 s; nothing past it is committed.")
     w.add_argument("--loglevel", "-l", default="info",
                    choices=["debug", "info", "warn", "error"])
     _add_settings_flags(w)
