@@ -55,6 +55,7 @@ def _export(overrides: dict[str, object]) -> None:
 def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
     import importlib
 
+    from agents import preflight
     from metering.settings import SettingsError, load_settings
 
     overrides = _overrides(args)
@@ -64,7 +65,15 @@ def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
         print(f"metering {command}: {exc}", file=sys.stderr)
         return 2
     _export(overrides)  # the app module reads the environment when imported
-    app = importlib.import_module(module).app
+    loaded = importlib.import_module(module)
+    app = loaded.app
+    # Before Faust starts: wait for the broker, refuse settings the existing state cannot
+    # take (agents.preflight). The worker's module names its state topics; others only wait.
+    state_topics = getattr(loaded, "state_topics", None)
+    code = preflight.run(loaded.settings, state_topics() if state_topics else None,
+                         args.loglevel)
+    if code is not None:
+        return code
     sys.argv = [f"metering-{command}", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0
@@ -83,7 +92,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w = sub.add_parser(
         "worker", help="run the streaming worker (Faust agents: cs -> usage)",
         description="Run the Faust worker. Same as `faust -A agents.app worker` with the "
-        "settings below (flags override METERING_* environment variables).")
+        "settings below (flags override METERING_* environment variables), plus start-up "
+        "checks before any agent starts: it waits for the broker up to 3 x session_timeout "
+        "(exit 1 if unreachable), and refuses (exit 2) a partition count other than the "
+        "existing internal topic's and changelogs', or a period/timezone other than the "
+        "existing state's (unless --force-period-change true). Exit 70: a batch failed, or "
+        "a stop (SIGTERM) did not finish within 20 s; nothing past it is committed.")
     w.add_argument("--loglevel", "-l", default="info",
                    choices=["debug", "info", "warn", "error"])
     _add_settings_flags(w)

@@ -3,6 +3,11 @@ streaming worker, :mod:`agents.app`, and the archive, :mod:`agents.archive`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
+
 import faust
 from faust.transport.producer import ProducerBuffer
 from faust.worker import Worker as FaustWorker
@@ -26,6 +31,41 @@ def _no_spinner(self: FaustWorker, level: int) -> None:
 # (measured ~12 % of the worker's throughput, BENCHMARKS.md). The spinner is off here at
 # every level; the root logger keeps the requested level.
 FaustWorker._disable_spinner_if_level_below_WARN = _no_spinner  # type: ignore[method-assign]
+
+SHUTDOWN_GRACE = 20.0
+"""Seconds a worker or archive may take to stop after SIGTERM/SIGINT before it exits 70.
+
+A clean stop waits for the batch in progress, and a batch waiting for acknowledgements
+that never come (an output topic deleted, the broker gone) would wait for ever. After the
+grace the process exits at once without committing anything more: the batch in progress
+was not acknowledged, so its records are delivered again after the restart
+(at-least-once). 20 s fits inside Kubernetes' default termination grace (30 s)."""
+EXIT_STUCK = 70
+
+
+def _force_exit(signum: int) -> None:
+    log = logging.getLogger("metering.worker")
+    log.critical("shutdown on signal %d not finished after %.0f s (a batch waits for sends "
+                 "the broker does not acknowledge?): exiting %d without committing more "
+                 "(at-least-once: the rest is delivered again after restart)",
+                 signum, SHUTDOWN_GRACE, EXIT_STUCK)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    os._exit(EXIT_STUCK)
+
+
+_schedule_shutdown = FaustWorker._schedule_shutdown
+
+
+def _schedule_bounded_shutdown(self: FaustWorker, signal: signal.Signals) -> None:
+    if not self._signal_stop_time:  # the first signal starts the grace period
+        timer = threading.Timer(SHUTDOWN_GRACE, _force_exit, args=(int(signal),))
+        timer.daemon = True  # a clean stop in time exits without waiting for it
+        timer.start()
+    _schedule_shutdown(self, signal)
+
+
+FaustWorker._schedule_shutdown = _schedule_bounded_shutdown  # type: ignore[method-assign]
 
 def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None) -> faust.App:
     """A Faust app for these settings (RocksDB store, at-least-once, web on ``web_bind``).

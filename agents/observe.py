@@ -172,17 +172,21 @@ class Observability:
         collect: yields the process's own metric families at each scrape.
         health: extra liveness details (``status`` overrides "ok"); the process is alive
             whenever its event loop answers.
+        problems: reasons the process cannot make progress now (a missing output topic,
+            the broker unreachable, stuck sends); any makes ``/readyz`` answer 503.
     """
 
     def __init__(self, app: Any, settings: Settings, role: str, group: str,
                  topics: set[str], collect: Callable[[], Iterable[Any]],
-                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+                 health: Callable[[], dict[str, Any]] | None = None,
+                 problems: Callable[[], list[str]] | None = None) -> None:
         self.role = role
         self.settings = settings
         self.registry = CollectorRegistry(auto_describe=False)
         self.monitor = LagMonitor(app, settings, group, topics)
         self._collect = collect
         self._health = health or dict
+        self._problems = problems or list
         self.registry.register(_Collector(self._families))  # type: ignore[arg-type]
         self.latency = Histogram(
             "metering_processing_latency_seconds",
@@ -196,14 +200,19 @@ class Observability:
 
         async def healthz(view: Any, request: Any) -> Any:
             """Liveness: the event loop answers (200 even while writes fail)."""
-            return view.json({"status": "ok", **self._health()})
+            problems = self._problems()
+            return view.json({"status": "ok", **self._health(),
+                              **({"problems": problems} if problems else {})})
 
         async def readyz(view: Any, request: Any) -> Any:
-            """Readiness: partitions assigned and each within ``ready_max_lag`` records."""
+            """Readiness: partitions assigned and each within ``ready_max_lag`` records, and
+            nothing known to stop progress (output topics exist, broker answers)."""
             state = monitor.readiness()
+            problems = self._problems()
+            ready = state.ready and not problems
             lags = {f"{t}[{p}]": v for (t, p), v in sorted((monitor.lags or {}).items())}
-            return view.json({"ready": state.ready, "reasons": list(state.reasons),
-                              "lag": lags}, status=200 if state.ready else 503)
+            return view.json({"ready": ready, "reasons": [*problems, *state.reasons],
+                              "lag": lags}, status=200 if ready else 503)
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             monitor.on_assigned(assigned)

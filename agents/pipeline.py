@@ -39,6 +39,8 @@ from faust.streams import _current_event  # private API: pinned faust <0.16 (see
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
+from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
+from agents.liveness import Liveness
 from agents.observe import Observability, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
@@ -192,7 +194,8 @@ class BatchSender:
 
 async def _await_all(futures: list[Any]) -> None:
     if futures:
-        await asyncio.gather(*futures)
+        with liveness.sending():  # a wait that never ends is reported (agents.liveness)
+            await asyncio.gather(*futures)
 
 
 @app.agent(input_topic, concurrency=1)
@@ -521,6 +524,21 @@ def _worker_families() -> Iterable[Any]:
                  value=dir_bytes(settings.data_dir))
 
 
+async def _admin() -> Any:
+    return (await observability.monitor._clients())[0]  # shared with the lag monitor
+
+
+liveness = Liveness({settings.usage_topic, settings.rejects_topic, settings.events_topic},
+                    _admin)
+"""Output topics, broker and pending sends, reported in the log and ``/readyz``."""
+
 observability = Observability(app, settings, "worker", settings.app_id,
-                              {settings.input_topic, settings.events_topic}, _worker_families)
+                              {settings.input_topic, settings.events_topic}, _worker_families,
+                              problems=liveness.problems)
 """``/metrics``, ``/healthz`` and ``/readyz`` on the worker's web port."""
+
+
+@app.timer(LIVENESS_INTERVAL)
+async def check_liveness() -> None:
+    """Report a missing output topic or an unreachable broker (see :mod:`agents.liveness`)."""
+    await liveness.check()
