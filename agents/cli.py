@@ -65,11 +65,11 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "simulate": ("agents.simulate",
                  "generate a realistic CloudStack event stream whose true usage is known"),
-    "replay": ("metering.replay",
+    "replay": ("agents.batchcli",
                "meter recorded CloudStack events into a Parquet dataset (batch, no broker)"),
-    "compact": ("metering.compact", "merge the Parquet files of closed days into one sorted, "
+    "compact": ("agents.batchcli", "merge the Parquet files of closed days into one sorted, "
                 "deduplicated file per day"),
-    "report": ("metering.report",
+    "report": ("agents.batchcli",
                "usage hours and interval counts per account, usage type and/or day"),
     "worker": ("agents.commands", "run the streaming worker (Faust agents: cs -> usage)"),
     "archive": ("agents.commands", "run the archive worker (usage topic -> Parquet dataset)"),

@@ -48,24 +48,22 @@ output.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from metering.layout import COMPACTED_NAME
 from metering.parquet import (
     ARROW_SCHEMA,
     PARTITION_COLUMN,
@@ -82,7 +80,6 @@ EXIT_USAGE: Final = 2
 EXIT_INPUT: Final = 3
 EXIT_OUTPUT: Final = 4
 
-COMPACTED_NAME: Final = "part-compacted.parquet"
 """Name of the one file of a compacted day (constant, so a rerun replaces it)."""
 
 LOCK_NAME: Final = ".metering-compact.lock"
@@ -105,7 +102,6 @@ remaining ties are broken by the other columns in ascending order, so the choice
 deterministic. ``metering report`` uses the same order."""
 
 OnConflict = Literal["fail", "keep-latest"]
-ON_CONFLICT: Final = ("fail", "keep-latest")
 
 _DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_CONFLICT_DETAILS: Final = 100
@@ -577,89 +573,3 @@ def format_summary(summary: CompactSummary) -> str:
 
 
 # ---------------------------------------------------------------------------- CLI
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``compact`` to the ``metering`` command line."""
-    p = sub.add_parser(
-        "compact",
-        help="merge the Parquet files of closed days into one sorted, deduplicated file per day",
-        description=(
-            "Rewrite each closed usage_date=YYYY-MM-DD partition of DIR as one file, "
-            f"{COMPACTED_NAME}, sorted by {', '.join(SORT_COLUMNS)}, one row per interval_id. "
-            "A day is closed when it is before today's UTC date minus --min-age-days. "
-            "The merged file is written atomically before the old files are removed; "
-            "rerunning after a crash finishes the job. Only the selected day directories are "
-            "touched. Versions of an interval_id that differ in content (lineage columns "
-            "aside) are conflicts: such a day is reported and left unchanged unless "
-            "--on-conflict keep-latest. Exit codes: 0 ok, 1 conflicts left days uncompacted "
-            "(or another compact is running), 2 bad options or an open day without --force, "
-            "3 unreadable input, 4 unwritable output."
-        ),
-    )
-    p.add_argument("root", type=Path, metavar="DIR", help="dataset directory")
-    p.add_argument(
-        "--date",
-        action="append",
-        dest="dates",
-        metavar="YYYY-MM-DD",
-        help="compact this day only (repeatable); open days need --force",
-    )
-    p.add_argument(
-        "--min-age-days",
-        type=int,
-        default=1,
-        metavar="N",
-        help="a day D is closed when D < today (UTC) - N days (default 1: from the "
-        "second UTC midnight after D, when D has ended in every time zone)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="compact days given with --date even if they are not closed",
-    )
-    p.add_argument(
-        "--on-conflict",
-        choices=ON_CONFLICT,
-        default="fail",
-        help="fail (default): leave a day with conflicting versions unchanged and "
-        "exit 1; keep-latest: keep the version with the highest source_offset",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="read and report what would be done; write and remove nothing",
-    )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run, _parser=p)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``metering compact`` from parsed arguments; return the exit code."""
-    parser: argparse.ArgumentParser = args._parser
-    if args.min_age_days < 0:
-        parser.error("--min-age-days must be >= 0")
-    try:
-        dates = [valid_date(d) for d in args.dates] if args.dates else None
-    except ValueError as exc:
-        parser.error(f"--date: {exc}")
-    options = CompactOptions(
-        root=args.root,
-        dates=dates,
-        min_age_days=args.min_age_days,
-        force=args.force,
-        dry_run=args.dry_run,
-        on_conflict=args.on_conflict,
-    )
-    try:
-        summary = run_compact(options)
-    except (OpenDayError, InputError, OutputError, LockedError) as exc:
-        print(f"metering compact: {exc}", file=sys.stderr)
-        return {OpenDayError: EXIT_USAGE, InputError: EXIT_INPUT,
-                OutputError: EXIT_OUTPUT}.get(type(exc), EXIT_FAILED)
-    if args.json:
-        sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_summary(summary))
-    return EXIT_FAILED if summary.days_refused else EXIT_OK

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metering.intervals import FIELDS, UsageInterval
+from metering.layout import PARTITION_COLUMN as PARTITION_COLUMN
+from metering.layout import SORT_COLUMNS as SORT_COLUMNS
 
 TS: Final = pa.timestamp("ms", tz="UTC")
 
@@ -50,7 +52,6 @@ ARROW_SCHEMA: Final = pa.schema(_FIELDS)
 
 assert tuple(ARROW_SCHEMA.names) == FIELDS, "Parquet columns must follow the contract order"
 
-PARTITION_COLUMN: Final = "usage_date"
 
 
 def to_table(rows: Sequence[UsageInterval]) -> pa.Table:
@@ -67,7 +68,6 @@ def sorted_table(rows: Sequence[UsageInterval]) -> pa.Table:
     return to_table(rows).sort_by([(name, "ascending") for name in SORT_COLUMNS])
 
 
-SORT_COLUMNS: Final = ("account_id", "start", "usage_type", "resource_id", "interval_id")
 
 
 def write_atomic(table: pa.Table, path: Path) -> int:

@@ -18,7 +18,6 @@ Exit codes are those of :mod:`agents.cli`: 0 ok, 2 bad options, 3 unreadable inp
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -35,12 +34,11 @@ import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode
 from metering.events import Category, Ignored, Rejected, Source
-from metering.eventtime import iso, parse_iso_instant
 from metering.gctune import bulk_gc
 from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
 from metering.parquet import partition_dir, sorted_table, write_atomic
-from metering.periods import PERIODS, PeriodGrid
+from metering.periods import PeriodGrid
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
 
@@ -457,97 +455,3 @@ def format_summary(summary: ReplaySummary, options: ReplayOptions) -> str:
 
 
 # ---------------------------------------------------------------------------- CLI
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``replay`` to the ``metering`` command line."""
-    p = sub.add_parser(
-        "replay",
-        help="meter recorded CloudStack events into a Parquet dataset (batch, no broker)",
-        description=(
-            "Read CloudStack event-bus records (bare JSON values or kcat -J envelopes; plain, "
-            ".gz or - for stdin), compute usage intervals and write a Hive-partitioned "
-            "Parquet dataset. Replaying the same input into the same DIR gives the same "
-            "dataset. Exit codes: 0 ok, 2 bad options, 3 unreadable input, 4 unwritable output."
-        ),
-    )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s), .gz, or -")
-    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR",
-                   help="dataset directory (created if missing)")
-    p.add_argument("--until", metavar="T",
-                   help="horizon (ISO 8601, e.g. 2025-03-11T00:00:00Z): open intervals are cut "
-                   "at T and records at or after T are not applied. Default: the last period "
-                   "boundary at or before the newest confirmed event time (rule 4b)")
-    p.add_argument("--period", choices=PERIODS, default="hour", help="aggregation period")
-    p.add_argument("--timezone", default="UTC", metavar="TZ",
-                   help="IANA time zone of period boundaries and usage_date (default UTC)")
-    p.add_argument("--lateness", type=float, default=None, metavar="SECONDS",
-                   help="emulate the worker: cut periods once the watermark passes their end "
-                   "plus SECONDS, so events later than that count as late. Default: off (the "
-                   "whole input is known; every event applies in order)")
-    p.add_argument("--orphan-close-ttl", type=float, default=86_400.0, metavar="SECONDS",
-                   help="event time a close of what is not open (e.g. a VM.STOP read before "
-                   "its VM.START) is remembered for an earlier open arriving later (contract "
-                   "rule 3; default 86400, as the worker's orphan_close_ttl)")
-    p.add_argument("--max-watermark-jump", type=float, default=3600.0, metavar="SECONDS",
-                   help="a partition's watermark advance larger than this waits for a later "
-                   "record to confirm it (contract rule 4b; as the worker's setting). "
-                   "Default: 3600")
-    p.add_argument("--rejects", type=Path, metavar="FILE", help="write rejected records as JSONL")
-    p.add_argument("--max-record-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES,
-                   help="records larger than this are rejected unparsed (default 1000000)")
-    p.add_argument("--max-clock-skew", type=float, default=DEFAULT_MAX_CLOCK_SKEW_MS / 1000,
-                   metavar="SECONDS",
-                   help="records dated more than SECONDS after the wall clock at the start of "
-                   "the replay are rejected (invalid_event_time; default 300)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None)
-    g.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run, _parser=p)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``metering replay`` from parsed arguments; return the exit code."""
-    parser: argparse.ArgumentParser = args._parser
-    try:
-        until = parse_iso_instant(args.until) if args.until else None
-        PeriodGrid(args.period, args.timezone)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.lateness is not None and args.lateness < 0:
-        parser.error("--lateness must be >= 0 seconds")
-    if not args.orphan_close_ttl >= 0:
-        parser.error("--orphan-close-ttl must be >= 0 seconds")
-    if args.max_record_bytes <= 0:
-        parser.error("--max-record-bytes must be positive")
-    if not args.max_clock_skew >= 0:
-        parser.error("--max-clock-skew must be >= 0 seconds")
-    if not args.max_watermark_jump > 0:
-        parser.error("--max-watermark-jump must be > 0 seconds")
-    options = ReplayOptions(
-        inputs=list(args.inputs), output=args.output, until_ms=until, period=args.period,
-        timezone=args.timezone,
-        lateness_ms=None if args.lateness is None else int(args.lateness * 1000),
-        orphan_close_ttl_ms=int(args.orphan_close_ttl * 1000),
-        max_watermark_jump_ms=int(args.max_watermark_jump * 1000),
-        rejects=args.rejects,
-        max_record_bytes=args.max_record_bytes, progress=args.progress,
-        now_ms=int(time.time() * 1000), max_clock_skew_ms=int(args.max_clock_skew * 1000),
-    )
-    try:
-        summary = run_replay(options)
-    except InputError as exc:
-        print(f"metering replay: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except OutputError as exc:
-        print(f"metering replay: {exc}", file=sys.stderr)
-        return EXIT_OUTPUT
-    if args.json:
-        sys.stdout.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_summary(summary, options))
-        if until is not None:
-            sys.stdout.write(f"horizon: {iso(until)}\n")
-    return EXIT_OK

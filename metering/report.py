@@ -26,10 +26,8 @@ be read). A date range that selects no partition is not an error: the report is 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,17 +44,15 @@ from metering.compact import (
     dedupe,
     list_days,
     part_files,
-    valid_date,
 )
 from metering.intervals import MS_PER_HOUR
+from metering.layout import GROUP_BY
 from metering.parquet import PARTITION_COLUMN
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
 EXIT_INPUT: Final = 3
 
-GROUP_BY: Final = ("account", "usage_type", "day")
-FORMATS: Final = ("table", "csv", "json")
 
 GROUP_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "account": ("account_id",),
@@ -254,79 +250,3 @@ def format_json(report: Report) -> str:
 
 
 # ---------------------------------------------------------------------------- CLI
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``report`` to the ``metering`` command line."""
-    p = sub.add_parser(
-        "report",
-        help="usage hours and interval counts per account, usage type and/or day",
-        description=(
-            "Sum raw_usage_hours and count intervals per group from a metering Parquet "
-            "dataset, counting each interval_id once (the archive may hold repeats until "
-            "compacted). Exit codes: 0 ok, 2 bad options, 3 unreadable input (DIR missing or "
-            "without usage_date partitions)."
-        ),
-    )
-    p.add_argument("root", type=Path, metavar="DIR", help="dataset directory")
-    p.add_argument(
-        "--by",
-        action="append",
-        choices=GROUP_BY,
-        metavar="{account,usage_type,day}",
-        help="group by this key; repeat for several (in that order; default account)",
-    )
-    p.add_argument(
-        "--from",
-        dest="date_from",
-        metavar="YYYY-MM-DD",
-        help="first usage_date included (inclusive)",
-    )
-    p.add_argument(
-        "--to",
-        dest="date_to",
-        metavar="YYYY-MM-DD",
-        help="last usage_date included (INCLUSIVE: --from 2025-03-01 --to 2025-03-31 is March)",
-    )
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="table",
-        help="table (people, with a total row), csv or json (scripts)",
-    )
-    p.set_defaults(func=run, _parser=p)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``metering report`` from parsed arguments; return the exit code."""
-    parser: argparse.ArgumentParser = args._parser
-    try:
-        date_from = valid_date(args.date_from) if args.date_from else None
-        date_to = valid_date(args.date_to) if args.date_to else None
-    except ValueError as exc:
-        parser.error(str(exc))
-    if date_from and date_to and date_from > date_to:
-        parser.error(f"--from {date_from} is after --to {date_to}")
-    try:
-        report = usage_report(args.root, args.by or ["account"], date_from, date_to)
-    except InputError as exc:
-        print(f"metering report: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
-    sys.stdout.write(formatter(report))
-    if report.conflicts:
-        print(
-            f"metering report: {report.conflicts:,} interval id(s) have versions that "
-            "differ; counted the one with the highest source_offset (see metering compact)",
-            file=sys.stderr,
-        )
-    if args.format == "table":
-        if report.duplicates:
-            print(
-                f"({report.duplicates:,} repeated row(s) counted once; metering compact "
-                "removes them)",
-                file=sys.stderr,
-            )
-        if not report.files:
-            print("(no data in the selected days)", file=sys.stderr)
-    return EXIT_OK

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from metering import replay
+from agents import batchcli
 from metering.decode import decode
 from metering.events import Source
 from metering.lifecycle import MAX_ORPHANS
@@ -348,15 +348,15 @@ def test_replay_cli_has_the_orphan_close_ttl_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    replay.register(parser.add_subparsers())
+    batchcli.register_replay(parser.add_subparsers())
     trace = tmp_path / "trace.jsonl"
     trace.write_bytes(b"\n".join(_expiry_trace()) + b"\n")
     base = ["replay", str(trace), "--until", "2025-03-15T14:00:00Z", "--json", "--no-progress"]
-    assert replay.run(parser.parse_args([*base, "-o", str(tmp_path / "a")])) == 0
+    assert batchcli.run_replay_command(parser.parse_args([*base, "-o", str(tmp_path / "a")])) == 0
     default = json.loads(capsys.readouterr().out)  # 24 h: expired after 26 h
     assert default["outcomes"]["orphan_close"] == 1
     assert "orphan_close_applied" not in default["outcomes"]
-    assert replay.run(parser.parse_args(
+    assert batchcli.run_replay_command(parser.parse_args(
         [*base, "-o", str(tmp_path / "b"), "--orphan-close-ttl", "108000"])) == 0
     longer = json.loads(capsys.readouterr().out)
     assert longer["outcomes"]["orphan_close_applied"] == 1

@@ -130,3 +130,10 @@ def test_importing_every_core_module_loads_no_edge_package() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"importing metering loads {done.stdout.strip()}"
+
+
+def test_the_core_parses_no_command_line() -> None:
+    """Argument parsing, exit codes and printing live at the edge (agents/), not in the core."""
+    offenders = {str(p.relative_to(ROOT)): n for p in CORE_FILES
+                 for n in imported_modules(p) if n.split(".")[0] == "argparse"}
+    assert not offenders, offenders
