@@ -471,7 +471,7 @@ def test_oversized_rejects_and_out_of_range_times_never_stop_the_worker(
     topic = topic_factory(partitions=PARTITIONS, prefix="cscase1")
     produced = produce(kafka_bootstrap, topic, records)
     for p in range(PARTITIONS):
-        produced += produce(kafka_bootstrap, topic, [(None, sentinel(p))], partition=p)
+        produced += produce(kafka_bootstrap, topic, [(None, sentinel(p))] * 2, partition=p)
     inputs = consume(kafka_bootstrap, topic, lambda m: len(m) >= produced, 60)
     assert len(inputs) == produced
     reason_of = {value: reason for _, value, reason in hostile}
