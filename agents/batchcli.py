@@ -14,16 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from agents.cli import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
 from metering.layout import COMPACTED_NAME, FORMATS, GROUP_BY, ON_CONFLICT, SORT_COLUMNS
 from metering.periods import PERIODS, PeriodGrid
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INPUT = 3
-EXIT_OUTPUT = 4
-
 
 
 def _dump_json(value: object) -> None:

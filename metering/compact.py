@@ -74,12 +74,6 @@ from metering.parquet import (
     write_atomic,
 )
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INPUT: Final = 3
-EXIT_OUTPUT: Final = 4
-
 """Name of the one file of a compacted day (constant, so a rerun replaces it)."""
 
 LOCK_NAME: Final = ".metering-compact.lock"

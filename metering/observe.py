@@ -77,19 +77,3 @@ def caught_up(read_to: int | None, end_offset: int | None) -> bool:
     A reader that cannot tell is not caught up.
     """
     return read_to is not None and end_offset is not None and read_to >= end_offset
-
-
-def idle_from(previous_ms: int, read_to: int | None, end_offset: int | None,
-              now_ms: int) -> int:
-    """Since when (ms) a reader may call its input partition idle.
-
-    A reader that is behind, or cannot tell (see :func:`caught_up`), is not idle: the
-    instant moves to ``now_ms``. Caught up, it keeps ``previous_ms`` (the time of its last
-    meterable record or of the last moment it was behind), so the idle time grows only
-    while nothing arrives. The worker passes monotonic milliseconds (``time.monotonic``),
-    so a step of the host's wall clock is no idle time (see
-    :meth:`metering.watermarks.LaneReader.report`).
-    """
-    if not caught_up(read_to, end_offset):
-        return now_ms
-    return previous_ms

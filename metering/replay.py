@@ -42,11 +42,6 @@ from metering.periods import PeriodGrid
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
 
-EXIT_OK: Final = 0
-EXIT_USAGE: Final = 2
-EXIT_INPUT: Final = 3
-EXIT_OUTPUT: Final = 4
-
 FLUSH_ROWS: Final = 250_000
 """Rows buffered per ``usage_date`` before a part file is written (bounds memory)."""
 

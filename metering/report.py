@@ -49,11 +49,6 @@ from metering.intervals import MS_PER_HOUR
 from metering.layout import GROUP_BY
 from metering.parquet import PARTITION_COLUMN
 
-EXIT_OK: Final = 0
-EXIT_USAGE: Final = 2
-EXIT_INPUT: Final = 3
-
-
 GROUP_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "account": ("account_id",),
     "usage_type": ("usage_type", "usage_type_name"),

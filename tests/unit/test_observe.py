@@ -13,8 +13,9 @@ from agents.catalogue import BY_NAME, LATENCY_BUCKETS, METRICS, markdown_table
 from metering.events import Source, UsageEvent
 from metering.intervals import UsageInterval
 from metering.meter import NEVER, Meter, MeterPolicy
-from metering.observe import consumer_lag, event_time_lag_seconds, idle_from, readiness
+from metering.observe import caught_up, consumer_lag, event_time_lag_seconds, readiness
 from metering.usage_types import UsageType
+from metering.watermarks import LaneReader
 from metering.wire import Routed, decode_wire, encode_routed
 
 README = Path(__file__).parents[2] / "README.md"
@@ -156,10 +157,13 @@ def test_idleness_comes_only_from_the_current_report_of_the_lane_reader() -> Non
 
 
 def test_a_reader_is_idle_only_when_caught_up() -> None:
-    assert idle_from(5, None, 10, 99) == 99  # position unknown (just assigned)
-    assert idle_from(5, 10, None, 99) == 99  # end offset unknown (broker away)
-    assert idle_from(5, 7, 10, 99) == 99  # behind
-    assert idle_from(5, 10, 10, 99) == 5  # caught up: idle since its last record
+    """A reader's idle time (in a tick: wall clock minus ``idle_from``) grows only while it
+    is caught up; behind, or unable to tell, it restarts at the tick (monotonic ms)."""
+    cases = [((None, 10), 99), ((10, None), 99), ((7, 10), 99), ((10, 10), 5)]
+    for (read_to, end), since in cases:
+        reader = LaneReader(newest_ms=1, idle_since_mono_ms=5)
+        up = caught_up(read_to, end)
+        assert reader.report(up, 1_000, 99, None) == (1, 1_000 - (99 - since))
 
 
 def test_ticks_carry_the_input_partition_counts_and_old_ticks_decode() -> None:
