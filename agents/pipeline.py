@@ -45,6 +45,7 @@ from agents.observe import Observability, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.events import Ignored, Rejected, Source
+from metering.intervals import encode_interval
 from metering.observe import caught_up, event_time_lag_seconds
 from metering.partitioning import partition_for
 from metering.rejects import reject_key, reject_record
@@ -259,7 +260,7 @@ async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
     for row in rows:
         stats[f"intervals:{row.usage_type_name}"] += 1
         stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
-        await usage_out.add(row.account_id.encode(), orjson.dumps(row.to_dict()))
+        await usage_out.add(row.account_id.encode(), encode_interval(row))
 
 
 @app.agent(events_topic, concurrency=1)

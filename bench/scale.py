@@ -18,7 +18,7 @@ Phases (instants are UTC ms inside one hour, so no period boundary is crossed un
 3. **Timed batch**: ``events`` usage events on resources drawn uniformly at random (seeded);
    each toggles the resource's RUNNING_VM interval (``VM.START`` if stopped, else
    ``VM.STOP``, which closes an interval). Timed: ``Meter.process``, JSON-encoding every
-   emitted interval (``orjson.dumps(row.to_dict())``, as the worker does before sending)
+   emitted interval (``encode_interval(row)``, as the worker does before sending)
    and a ``flush()`` every 2 000 events; building each event (~1 µs) is inside the loop.
    Reported as events/s.
 4. **Period cut**: the watermark passes the hour's end; one ``Meter.advance`` cuts every
@@ -89,11 +89,11 @@ class _Table:
 
 def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     """Run the phases for ``n`` open resources; return the measurements (see module doc)."""
-    import orjson
     from faust.stores.rocksdb import RocksDBOptions
 
     from agents.state import CUT_CHUNK, PartitionMeter
     from metering.events import AccountCreated, Source, UsageEvent
+    from metering.intervals import encode_interval
     from metering.settings import Settings
 
     opts = RocksDBOptions(**ROCKSDB_OPTIONS)
@@ -132,7 +132,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     running = bytearray(n)
     start_ms = T0 + HOUR // 2 + 60_000
     span = HOUR // 4
-    dumps = orjson.dumps
+    dumps = encode_interval
     intervals = 0
     t0 = time.perf_counter()
     for j in range(events):
@@ -142,7 +142,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
         ev = UsageEvent(kind, accounts[r % len(accounts)], f"vm-{r:08d}", "zone-1",
                         start_ms + j * span // events)
         for row in meter.process(ev, Source("bench-cs", 0, offset), wall):
-            dumps(row.to_dict())
+            dumps(row)
             intervals += 1
         offset += 1
         if offset % BATCH == 0:
@@ -159,7 +159,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     cut = 0
     while True:
         for row in meter.advance(CUT_CHUNK):
-            dumps(row.to_dict())
+            dumps(row)
             cut += 1
         pm.flush()
         if not meter.cutting:
