@@ -127,6 +127,9 @@ if FIELDS != FIELD_NAMES:  # not an assert: must hold under ``python -O`` too
                       f"{FIELD_NAMES} (metering.usage_schema.INTERVAL_FIELDS)")
 
 _new_row: Final = tuple.__new__
+_TYPE_NAMES: Final = tuple(NAMES.get(i, "") for i in range(max(NAMES) + 1))
+"""Usage type id -> name by index: the engine's ids are ``UsageType`` members, whose hash is
+a Python call (``Enum.__hash__``), so a dict lookup per row would cost ~0.2 µs."""
 
 
 def build_row(
@@ -151,13 +154,14 @@ def build_row(
     Derives ``usage_type_name``, ``duration_ms = end - start``, ``raw_usage_hours`` and
     ``schema_version``; the lineage comes from ``source``. Times are UTC epoch ms; the caller
     guarantees ``start <= end`` and a known ``usage_type`` (:func:`make_interval` checks the
-    former and computes the id). About 1.2 times the cost of ``tuple.__new__`` with the same
-    values computed inline, and 3 times faster than ``UsageInterval(...)``.
+    former and computes the id). Costs one Python call more than ``tuple.__new__`` with the
+    same values computed inline (~0.05 µs: 0.31 against 0.26 µs per row on the development
+    machine), and is 1.5 times faster than ``UsageInterval(...)``.
     """
     duration = end - start
     topic, partition, offset = source
     return _new_row(UsageInterval, (
-        interval_id, account_id, domain_id, zone_id, usage_type, NAMES[usage_type],
+        interval_id, account_id, domain_id, zone_id, usage_type, _TYPE_NAMES[usage_type],
         resource_id, offering_id, template_id, start, end, duration, duration / MS_PER_HOUR,
         period_start, final, close_reason, topic, partition, offset, SCHEMA_VERSION,
     ))
@@ -181,9 +185,11 @@ def make_interval(
     source_partition: int,
     source_offset: int,
 ) -> UsageInterval:
-    """Build a row, computing id, duration and hours. ``end < start`` is a bug and raises."""
+    """Build a row, computing id, duration and hours. ``end < start`` is a bug and raises
+    ``ValueError``; an unknown ``usage_type`` raises ``KeyError``."""
     if end < start:
         raise ValueError(f"negative interval [{start}, {end}) for {resource_id}")
+    NAMES[usage_type]  # KeyError for an unknown type (build_row does not check)
     return build_row(
         interval_id(usage_type, account_id, resource_key(usage_type, resource_id, zone_id),
                     start, end == start),
