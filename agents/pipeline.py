@@ -8,7 +8,7 @@ Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
   coordinates); meterable events -> internal events topic keyed by resource id (account
   events go to every partition). Faust never decodes the bytes itself, so no record can
   throw a decode error into the stream.
-* ``meter``: internal events topic -> per-partition :class:`metering.meter.Meter` over the
+* ``meter``: internal events topic -> per-partition :class:`metering.engine.Engine` over the
   RocksDB tables -> usage intervals to the usage topic (key = account_id, JSON value). The
   sends are awaited *before* the state is written, so a state that reached the changelog
   never hides an interval that did not reach the usage topic; a crash in between re-emits
@@ -44,6 +44,7 @@ from agents.liveness import Liveness
 from agents.observe import Observability, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
+from metering.engine import Record
 from metering.events import Ignored, Rejected, Source
 from metering.observe import caught_up, event_time_lag_seconds
 from metering.partitioning import partition_for
@@ -277,6 +278,8 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                 token = _current_event.set(weakref.ref(events[-1]))
                 try:
                     pm = meters.for_partition(partition)
+                    engine = pm.meter
+                    run: list[Record] = []  # records since the last tick: one engine batch
                     for event in events:
                         try:
                             item = decode_wire(event.value)
@@ -285,17 +288,21 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                             log.error("skipping foreign record on %s[%d]@%d",
                                       event.message.topic, partition, event.message.offset)
                             continue
-                        if isinstance(item, Tick):
-                            pm.meter.observe_lanes(item.lanes, item.inputs, item.wall_ms)
-                            rows = pm.meter.advance(CUT_CHUNK)
-                        else:
-                            rows = pm.meter.process(item.value, item.source, item.wall_ms,
-                                                    item.record_ms)
-                        await _send_rows(usage_out, rows)
-                        while pm.meter.cutting:  # a period cut of many open resources:
+                        if not isinstance(item, Tick):
+                            run.append(Record(item.value, item.source, item.wall_ms,
+                                              item.record_ms))
+                            continue
+                        if run:
+                            await _send_rows(usage_out, pm.take(engine.apply(run)))
+                            run = []
+                        engine.report(item.lanes, item.inputs, item.wall_ms)
+                        await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                        while engine.cutting:  # a period cut of many open resources:
                             await usage_out.flush()  # chunk by chunk, each sent, then
                             pm.flush()  # stored (bounded memory, same order rule)
-                            await _send_rows(usage_out, pm.meter.advance(CUT_CHUNK))
+                            await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                    if run:
+                        await _send_rows(usage_out, pm.take(engine.apply(run)))
                 finally:
                     _current_event.reset(token)
                 touched.append((pm, events[-1]))

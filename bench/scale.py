@@ -104,7 +104,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     lane, wall = "bench-cs/0", int(time.time() * 1000)
     # The input topic has one partition (as a tick would say): closed intervals are
     # released, and periods cut, as soon as this lane's watermark passes them.
-    meter.observe_lanes({}, {"bench-cs": 1}, wall)
+    meter.report({}, {"bench-cs": 1}, wall)
     offset = 0
     accounts = [f"acct-{i:07d}" for i in range(max(1, n // RESOURCES_PER_ACCOUNT))]
     for i, acct in enumerate(accounts):
@@ -154,11 +154,11 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     # The watermark passes the hour's end (+ lateness): a tick cuts every open interval,
     # CUT_CHUNK resources per step, each step encoded and stored before the next (as the
     # meter agent does).
-    meter.observe_lanes({lane: (T0 + HOUR + 3 * 60_000, wall)}, {"bench-cs": 1}, wall)
+    meter.report({lane: (T0 + HOUR + 3 * 60_000, wall)}, {"bench-cs": 1}, wall)
     t0 = time.perf_counter()
     cut = 0
     while True:
-        for row in meter.advance(CUT_CHUNK):
+        for row in meter.advance(CUT_CHUNK).rows:
             dumps(row.to_dict())
             cut += 1
         pm.flush()

@@ -33,10 +33,10 @@ from typing import IO, Any, Final
 import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode
+from metering.engine import Engine, Policy
 from metering.events import Category, Ignored, Rejected, Source
 from metering.gctune import bulk_gc
 from metering.intervals import UsageInterval
-from metering.meter import Meter, MeterPolicy
 from metering.parquet import partition_dir, sorted_table, write_atomic
 from metering.periods import PeriodGrid
 from metering.rejects import reject_record
@@ -310,7 +310,7 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
 
 def _run_replay(options: ReplayOptions) -> ReplaySummary:
     grid = PeriodGrid(options.period, options.timezone)  # type: ignore[arg-type]
-    meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms,
+    meter = Engine(Policy(grid=grid, lateness_ms=options.lateness_ms,
                               orphan_close_ttl_ms=options.orphan_close_ttl_ms,
                               max_watermark_jump_ms=options.max_watermark_jump_ms))
     summary = ReplaySummary()
@@ -338,7 +338,7 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
     writer = DatasetWriter(options.output, grid, lambda: digest.hexdigest()[:20],
-                           meter.domain_of)
+                           meter.accounts.domain_of)
     until = options.until_ms
     started = time.monotonic()
     categories = summary.categories
@@ -377,7 +377,7 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
             if count & 0x3FFF == 0:
                 progress.tick(count)
         summary.records = count
-        rows = meter.finish(until)
+        rows = meter.finish(until).rows
         writer.add(rows)
         writer.close(tmpdir, summary)
     except OSError as exc:
@@ -394,7 +394,7 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
     for cat, n in by_category.items():
         categories[cat.value] += n
     for name, n in meter.stats.items():
-        summary.outcomes[name] += n
+        summary.outcomes[str(name)] += n  # Note members are str enums
     _tally(summary, writer)
     return summary
 

@@ -11,9 +11,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from metering.decode import decode
+from metering.engine import Engine, Policy
 from metering.events import Source
 from metering.intervals import FIELDS
-from metering.meter import Meter, MeterPolicy
 from metering.parquet import ARROW_SCHEMA
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.run import stream
@@ -42,11 +42,11 @@ def test_examples_validate_or_fail_as_named(path: Path) -> None:
 
 def _intervals() -> list[dict[str, Any]]:
     cfg = SimConfig(seed=3, accounts=15, until_ms=SimConfig().start_ms + 2 * DAY)
-    meter = Meter(MeterPolicy(lateness_ms=0))
+    meter = Engine(Policy(lateness_ms=0))
     rows = []
     for e in stream(Cloud(cfg)):
         rows += meter.process(decode(e.value), Source("cs", e.position % 3, e.position))
-    rows += meter.finish(cfg.until_ms)
+    rows += meter.finish(cfg.until_ms).rows
     return [r.to_dict() for r in rows]
 
 
