@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from metering.events import Enrichment, Source, UsageEvent
 from metering.intervals import (
@@ -61,8 +60,7 @@ from metering.states import (
 from metering.usage_types import CLOSE, NAMES, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
     """Result of one step: the new state, the intervals to emit, and what happened.
 
     ``notes`` name the contract rules that applied, for metrics (:class:`Note`);
@@ -101,8 +99,7 @@ class Note(StrEnum):
     """Offering/template attributes recorded (rule 7)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(NamedTuple):
     """What a step reads besides the state and the event; immutable.
 
     ``grid`` cuts pieces at period boundaries; ``accounts`` (read only) gives each account's
@@ -293,8 +290,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     the earliest of ``bound``, the open slots' starts and the held intervals' starts.
     """
     changes = state.changes
-    if len(changes) <= 1:
-        return
+    if len(changes) <= 1 or changes[1][0] > bound:
+        return  # at most one change at or before the bound: nothing to drop
     horizon = bound
     for slot in state.slots.values():
         if slot.start < horizon:
@@ -302,6 +299,16 @@ def prune_changes(state: EntityState, bound: int) -> None:
     for held in state.held:
         if held.slot.start < horizon:
             horizon = held.slot.start
+    kinds = 0
+    for change in changes:  # drop only if a kind repeats at or before the horizon
+        if change[0] > horizon:
+            return
+        bit = 1 << change[1]
+        if kinds & bit:
+            break
+        kinds |= bit
+    else:
+        return
     keep: list[tuple[int, int, str]] = []
     latest_before: dict[int, tuple[int, int, str]] = {}
     for change in changes:
@@ -390,9 +397,9 @@ def step(state: EntityState | None, event: UsageEvent | Enrichment, src: Source,
     with the intervals to emit, the rules that applied and the closes it held. It reads
     nothing but its arguments: the same inputs give the same transition.
     """
-    if type(event) is UsageEvent:
+    if isinstance(event, UsageEvent):
         return apply_usage(state, event, src, ctx)
-    return apply_enrichment(state, event, src)  # type: ignore[arg-type]
+    return apply_enrichment(state, event, src)
 
 
 def apply_usage(
@@ -468,7 +475,7 @@ def apply_usage(
             if action != CLOSE:  # SPLIT: reopen with the event's attributes
                 start = max(t, state.ends.get(k, t))
                 slots[k] = Slot(account, event.zone_id, start, src)
-    return Transition(state, tuple(out), tuple(notes), tuple(held))
+    return Transition(state, tuple(out), tuple(notes) if notes else (), tuple(held))
 
 
 def apply_enrichment(

@@ -12,7 +12,6 @@ Instants are UTC epoch milliseconds.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import MutableMapping
 
 from metering.events import AccountCreated, AccountDeleted, Source
@@ -34,7 +33,7 @@ class Accounts:
         """Account -> resources with an interval of that account open."""
         self.open: dict[str, tuple[SlotKey, ...]] = {}
         """Resources with open intervals -> the keys of their open slots."""
-        self.open_counts: Counter[int] = Counter()
+        self.open_counts: dict[int, int] = {}
         """Open intervals per usage type (kept with :attr:`open`)."""
 
     def _is_new(self, account: AccountState, src: Source) -> bool:
@@ -83,7 +82,13 @@ class Accounts:
         for key in old:
             counts[key[0]] -= 1
         for key in keys:
-            counts[key[0]] += 1
+            counts[key[0]] = counts.get(key[0], 0) + 1
+        if keys:
+            self.open[entity_id] = keys
+        else:
+            self.open.pop(entity_id, None)
+        if old and keys and len(old) == 1 == len(keys) and old[0][2] == keys[0][2]:
+            return  # the same one account: the account index stays
         before = {k[2] for k in old}
         after = {k[2] for k in keys}
         for account in before - after:
@@ -94,10 +99,6 @@ class Accounts:
                     del self.by_account[account]
         for account in after - before:
             self.by_account.setdefault(account, set()).add(entity_id)
-        if keys:
-            self.open[entity_id] = keys
-        else:
-            self.open.pop(entity_id, None)
 
     def clear_index(self) -> None:
         """Forget the index (before rebuilding it from stored states)."""

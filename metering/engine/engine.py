@@ -119,21 +119,33 @@ class Engine:
         self.advanced_to = NEVER
         self._cut_queue: list[str] = []
         self._changed: set[str] = set()
+        self._last_ctx: Context | None = None
 
     def _ctx(self, record_ms: int | None = None) -> Context:
+        """The step context at the current settled instant (reused while it holds)."""
+        ctx = self._last_ctx
         settled = self.lanes.settled
+        if ctx is not None and ctx.settled == settled and ctx.record_ms == record_ms:
+            return ctx
         horizon = NEVER if settled <= NEVER else settled - self.policy.orphan_close_ttl_ms
-        return Context(self.policy.grid, self.accounts.store, settled, horizon, record_ms)
+        ctx = self._last_ctx = Context(self.policy.grid, self.accounts.store, settled, horizon,
+                                       record_ms)
+        return ctx
 
-    def _store(self, entity_id: str, state: EntityState) -> None:
-        if len(state.changes) > 1:
+    def _store(self, entity_id: str, state: EntityState, slots_changed: bool = True) -> None:
+        """Keep ``state`` (pruned of attribute changes nothing can see any more) and index
+        its open slots unless ``slots_changed`` is False."""
+        changes = state.changes
+        if len(changes) > 1:
             bound = self.lanes.settled
             if self.policy.lateness_ms is not None and bound > NEVER:
                 bound -= self.policy.lateness_ms  # a record this late may still open a piece
-            prune_changes(state, bound)
+            if changes[1][0] <= bound:
+                prune_changes(state, bound)
         self.entities[entity_id] = state
         self._changed.add(entity_id)
-        self.accounts.index(entity_id, tuple(state.slots))
+        if slots_changed:
+            self.accounts.index(entity_id, tuple(state.slots))
 
     def _cut(self, entity_id: str, state: EntityState, upto: int, ctx: Context,
              reason: str, out: list[UsageInterval], store: bool = False) -> None:
@@ -147,44 +159,63 @@ class Engine:
         """Apply records in order; rows include held closes of other resources they settled."""
         out: list[UsageInterval] = []
         self._changed = changed = set[str]()
-        touched_accounts: set[str] = set()
-        stats, lanes, held, entities = self.stats, self.lanes, self.held, self.entities
+        accounts: set[str] = set()
+        lanes, held = self.lanes, self.held
+        applied = duplicates = 0
         for value, src, wall_ms, record_ms in records:
-            kind = type(value)
-            if kind is UsageEvent or kind is Enrichment:
-                entity_id = value.resource_id if kind is UsageEvent else value.entity_id  # type: ignore[union-attr]
-                ctx = self._ctx(record_ms)
-                state = entities.get(entity_id)
-                if (state is not None and state.slots and lanes.cut_boundary > NEVER
-                        and not is_duplicate(state, src)):
-                    out.extend(cut(state, entity_id, lanes.cut_boundary, ctx))  # lazy cut
-                tr = step(state, value, src, ctx)  # type: ignore[arg-type]
-                for note in tr.notes:
-                    stats[note] += 1
-                if tr.intervals:
-                    out.extend(tr.intervals)
-                    if record_ms is not None:
-                        self.closed_record_ms.extend(
-                            record_ms for row in tr.intervals if row.final)
-                for h in tr.held:
-                    held.hold(h.end, entity_id)
-                self._store(entity_id, tr.state)
-                if kind is UsageEvent:
-                    stats["applied" if Note.DUPLICATE not in tr.notes
-                          else "duplicate_record"] += 1
-            elif kind is AccountDeleted or kind is AccountCreated:
-                touched_accounts.add(value.account_id)  # type: ignore[union-attr]
-                self._account(value, src, out)  # type: ignore[arg-type]
+            if isinstance(value, UsageEvent):
+                if Note.DUPLICATE in self._resource(value.resource_id, value, src, record_ms,
+                                                    out):
+                    duplicates += 1
+                else:
+                    applied += 1
+            elif isinstance(value, Enrichment):
+                self._resource(value.entity_id, value, src, record_ms, out)
+            elif isinstance(value, AccountCreated | AccountDeleted):
+                accounts.add(value.account_id)
+                self._account(value, src, out)
             else:
-                if kind is Ignored:
-                    stats[f"ignored:{value.kind}"] += 1  # type: ignore[union-attr]
-                elif kind is Rejected:
-                    stats[f"rejected:{value.reason.value}"] += 1  # type: ignore[union-attr]
+                self._skipped(value)
                 continue
-            lanes.observe(src.lane, value.time_ms, wall_ms, src.offset)  # type: ignore[union-attr]
+            lanes.observe(src.lane, value.time_ms, wall_ms, src.offset)
             if held.due(lanes.settled):
                 out.extend(self._release(lanes.settled))
-        return Applied(out, changed, touched_accounts)
+        if applied:
+            self.stats["applied"] += applied
+        if duplicates:
+            self.stats["duplicate_record"] += duplicates
+        return Applied(out, changed, accounts)
+
+    def _resource(self, entity_id: str, value: UsageEvent | Enrichment, src: Source,
+                  record_ms: int | None, out: list[UsageInterval]) -> tuple[str, ...]:
+        """Step one resource's state with ``value``; its rows go to ``out``; the notes."""
+        lanes = self.lanes
+        ctx = self._last_ctx
+        if ctx is None or ctx.settled != lanes.settled or ctx.record_ms != record_ms:
+            ctx = self._ctx(record_ms)
+        state = self.entities.get(entity_id)
+        if (state is not None and state.slots and lanes.cut_boundary > NEVER
+                and not is_duplicate(state, src)):
+            out.extend(cut(state, entity_id, lanes.cut_boundary, ctx))  # lazy period cut
+        tr = step(state, value, src, ctx)
+        if tr.notes:
+            stats = self.stats
+            for note in tr.notes:
+                stats[note] += 1
+        if tr.intervals:
+            out.extend(tr.intervals)
+            if record_ms is not None:
+                self.closed_record_ms.extend(record_ms for row in tr.intervals if row.final)
+        for h in tr.held:
+            self.held.hold(h.end, entity_id)
+        self._store(entity_id, tr.state)
+        return tr.notes
+
+    def _skipped(self, value: Ignored | Rejected) -> None:
+        if isinstance(value, Ignored):
+            self.stats[f"ignored:{value.kind}"] += 1
+        else:
+            self.stats[f"rejected:{value.reason.value}"] += 1
 
     def _account(self, ev: AccountCreated | AccountDeleted, src: Source,
                  out: list[UsageInterval]) -> None:
@@ -223,7 +254,7 @@ class Engine:
             rows = release(state, entity_id, settled, ctx)
             if rows or not state.held:
                 out.extend(rows)
-                self._store(entity_id, state)
+                self._store(entity_id, state, slots_changed=False)  # release opens nothing
         return out
 
     def process(self, value: Decoded, src: Source, wall_ms: int | None = None,
@@ -307,8 +338,8 @@ class Engine:
 
     @property
     def open_counts(self) -> Counter[int]:
-        """Open intervals per usage type."""
-        return self.accounts.open_counts
+        """Open intervals per usage type (a copy)."""
+        return Counter(self.accounts.open_counts)
 
     def low_watermark(self) -> int:
         """The engine's watermark (UTC ms): the minimum over its lanes; NEVER if none."""
