@@ -87,8 +87,10 @@ class Accounts:
             self.open[entity_id] = keys
         else:
             self.open.pop(entity_id, None)
-        if old and keys and len(old) == 1 == len(keys) and old[0][2] == keys[0][2]:
-            return  # the same one account: the account index stays
+        if old and keys:
+            account = old[0][2]
+            if all(k[2] == account for k in old) and all(k[2] == account for k in keys):
+                return  # one and the same account before and after: its index stays
         before = {k[2] for k in old}
         after = {k[2] for k in keys}
         for account in before - after:
