@@ -21,8 +21,8 @@ from agents import batchcli
 from metering.decode import decode
 from metering.engine import Engine, Policy
 from metering.events import Source
-from metering.replay import ReplayOptions, run_replay
 from metering.states import MAX_ORPHANS
+from storage.replay import ReplayOptions, run_replay
 from tests.refinterp import reference_usage
 from tests.unit.test_contract_rules import (
     ACCT,
