@@ -45,7 +45,7 @@ from agents.observe import Observability, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
-from metering.events import Ignored, Rejected, Source
+from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of
 from metering.observe import caught_up, event_time_lag_seconds
 from metering.partitioning import partition_for
 from metering.rejects import reject_key, reject_record
@@ -76,7 +76,7 @@ TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None
 entities_table = app.Table("entities", **TABLE)  # resource id -> codec.encode_entity
 accounts_table = app.Table("accounts", **TABLE)  # "<partition>:<account>" -> encode_account
 
-lane_progress: dict[str, LaneReader] = {}
+lane_progress: dict[Lane, LaneReader] = {}
 """Source lane -> its progress as this process read it (:class:`LaneReader`).
 
 The newest confirmed event time is updated only after a batch's forwarded records are
@@ -91,16 +91,16 @@ def _mono_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def _reader(lane: str) -> LaneReader:
+def _reader(lane: Lane) -> LaneReader:
     reader = lane_progress.get(lane)
     if reader is None:
         reader = lane_progress[lane] = LaneReader(idle_since_mono_ms=_mono_ms())
     return reader
 
-owned_lanes: set[str] = set()
+owned_lanes: set[Lane] = set()
 """Input lanes assigned to this process: only their reader reports them in ticks."""
 
-read_to: dict[str, int] = {}
+read_to: dict[Lane, int] = {}
 """Input lane -> next offset to process (after the last delivered batch, or the group's
 committed offset found after an assignment)."""
 
@@ -250,7 +250,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
                 _reader(lane).delivered(newest, suspect, jump, mono, progress[lane][-1][0])
             for partition, offset in consumed.items():
-                lane = f"{settings.input_topic}/{partition}"
+                lane = lane_of(settings.input_topic, partition)
                 read_to[lane] = max(offset, read_to.get(lane, offset))
         except Exception:
             _die("ingest batch failed")
@@ -347,13 +347,13 @@ async def input_partitions() -> int | None:
     return len(parts)
 
 
-async def _end_offsets(lanes: list[str]) -> dict[str, int] | None:
+async def _end_offsets(lanes: list[Lane]) -> dict[Lane, int] | None:
     """Log-end offset per input lane (None if the broker could not tell)."""
     from aiokafka import TopicPartition
 
     if not lanes:
         return {}
-    tps = {lane: TopicPartition(settings.input_topic, int(lane.rpartition("/")[2]))
+    tps = {lane: TopicPartition(settings.input_topic, partition_of(lane))
            for lane in lanes}
     ends = await observability.monitor.end_offsets(list(tps.values()))
     if ends is None:
@@ -392,7 +392,7 @@ async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
     meters.forget({tp.partition for tp in revoked if tp.topic == settings.events_topic})
     for tp in revoked:
         if tp.topic == settings.input_topic:  # its next reader reports it from now on
-            lane = f"{tp.topic}/{tp.partition}"
+            lane = lane_of(tp.topic, tp.partition)
             owned_lanes.discard(lane)
             read_to.pop(lane, None)
 
@@ -403,7 +403,7 @@ async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
     inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
     mono = _mono_ms()
     for partition in inputs:  # reported from now on; not idle until seen caught up
-        lane = f"{settings.input_topic}/{partition}"
+        lane = lane_of(settings.input_topic, partition)
         owned_lanes.add(lane)
         _reader(lane).idle_since_mono_ms = mono
     if inputs:
@@ -429,7 +429,7 @@ async def recover_lane_progress(partitions: list[int]) -> None:
     """
     topic = settings.input_topic
     for attempt in range(1_000_000):
-        if not any(f"{topic}/{p}" in owned_lanes for p in partitions):
+        if not any(lane_of(topic, p) in owned_lanes for p in partitions):
             return  # revoked meanwhile: the next owner recovers them
         try:
             await _recover_once(partitions)
@@ -460,7 +460,7 @@ async def _recover_once(partitions: list[int]) -> None:
         for tp in tps:
             meta = committed.get(tp)
             end = -1 if meta is None else meta.offset
-            lane = f"{topic}/{tp.partition}"
+            lane = lane_of(topic, tp.partition)
             if lane in owned_lanes and lane not in read_to:
                 read_to[lane] = max(0, end)  # no commit yet: reading starts at the beginning
             if end <= 0:

@@ -109,7 +109,11 @@ class Lanes:
             return
         # The engine's watermark is the minimum over its lanes (as in Flink): an account-wide
         # event on one lane (ACCOUNT.DELETE/CREATE) is never late for resources on another.
-        low = min(c.watermark for c in self.clocks.values())
+        clocks = self.clocks
+        if len(clocks) == 1:
+            low = next(iter(clocks.values())).watermark
+        else:
+            low = min(c.watermark for c in clocks.values())
         if low > self.settled:
             self.settled = low
         lateness = self.lateness_ms
