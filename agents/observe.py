@@ -187,7 +187,7 @@ class Observability:
         self._collect = collect
         self._health = health or dict
         self._problems = problems or list
-        self.registry.register(_Collector(self._families))  # type: ignore[arg-type]
+        self.registry.register(_Collector(self._families))
         self.latency = Histogram(
             "metering_processing_latency_seconds",
             BY_NAME["metering_processing_latency_seconds"].help,
