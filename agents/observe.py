@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,6 @@ class LagMonitor:
         self.assigned: set[tuple[str, int]] = set()
         self.rebalanced = False
         self.lags: dict[tuple[str, int], int] | None = None
-        self.refreshed_at = 0.0
         self._admin: Any = None
         self._offsets: Any = None
         self._lock = asyncio.Lock()
@@ -137,7 +135,6 @@ class LagMonitor:
                 lags[(tp.topic, tp.partition)] = consumer_lag(
                     ends[tp], None if meta is None else meta.offset, beginnings[tp])
             self.lags = lags
-            self.refreshed_at = time.time()
 
     def families(self) -> Iterable[Any]:
         """``metering_consumer_lag_records`` and ``metering_assigned_partitions``."""

@@ -60,11 +60,6 @@ class PeriodGrid:
             return 0
         return _HOUR if self.period == "hour" else _DAY
 
-    @property
-    def length_hint_ms(self) -> int:
-        """Nominal period length in ms (3 600 000 or 86 400 000; DST days differ)."""
-        return _HOUR if self.period == "hour" else _DAY
-
     def _is_boundary_slow(self, ms: int) -> bool:
         """True if the local calendar day (or hour) starts at ``ms``, a UTC quarter-hour."""
         local = dt.datetime.fromtimestamp(ms / 1000, self._tz)
@@ -116,26 +111,6 @@ class PeriodGrid:
     def next_boundary(self, ms: int) -> int:
         """The first boundary strictly after ``ms`` (the end of its period), UTC ms."""
         return self.bounds(ms)[1]
-
-    def last_boundary_at_or_before(self, ms: int) -> int:
-        """The latest boundary ``<= ms`` (equals ``floor``)."""
-        return self.bounds(ms)[0]
-
-    def is_boundary(self, ms: int) -> bool:
-        """True if ``ms`` is exactly a period boundary."""
-        return self.bounds(ms)[0] == ms
-
-    def split(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Split ``[start, end)`` at every boundary; ``[]`` if ``end <= start``."""
-        out: list[tuple[int, int]] = []
-        while start < end:
-            b = self.bounds(start)[1]
-            if b >= end:
-                out.append((start, end))
-                break
-            out.append((start, b))
-            start = b
-        return out
 
     def local_date(self, ms: int) -> str:
         """``YYYY-MM-DD`` of instant ``ms`` in the grid's time zone (for ``usage_date``)."""
