@@ -40,11 +40,13 @@ def task(app: faust.App) -> Callable[[TaskFun], TaskFun]:
     return cast(Callable[[TaskFun], TaskFun], app.task)
 
 
-def timer(app: faust.App, interval: float) -> Callable[[TaskFun], TaskFun]:
-    """``@app.timer(interval)``: run the decorated function every ``interval`` seconds."""
+def timer(app: faust.App, interval: float,
+          name: str | None = None) -> Callable[[TaskFun], TaskFun]:
+    """``@app.timer(interval, name=name)``: run the decorated function every ``interval``
+    seconds (``name``: the timer's name in Faust's logs; default the function's)."""
     # App.timer returns a bare Callable: a decorator that registers a nullary wrapper
     # (``around_timer(*args)``) of the function as a task and returns that wrapper.
-    return cast(Callable[[TaskFun], TaskFun], app.timer(interval))
+    return cast(Callable[[TaskFun], TaskFun], app.timer(interval, name=name))
 
 
 def take_events(stream: faust.StreamT[bytes], max_: int,

@@ -19,6 +19,14 @@ _HOUR: Final = 3_600_000
 _DAY: Final = 86_400_000
 
 
+def as_period(name: str) -> Period:
+    """``name`` as a :data:`Period` (``hour`` or ``day``); ValueError if it is neither."""
+    for period in PERIODS:
+        if name == period:
+            return period
+    raise ValueError(f"period must be one of {PERIODS}, not {name!r}")
+
+
 def load_timezone(name: str) -> dt.tzinfo:
     """An IANA time zone by name (``UTC``, ``Europe/Berlin``); ValueError if unknown."""
     if name.upper() in {"UTC", "Z", "ETC/UTC", "GMT"}:
