@@ -4,7 +4,7 @@
 ``<app_id>-archive``, so it reads the usage topic independently of billing consumers. One
 agent takes batches (at most ``archive_batch_records`` records, at most
 ``archive_flush_seconds`` old) and hands each topic-partition's share to
-:class:`metering.archive.ArchiveWriter`, which writes the files and the checkpoint. The
+:class:`storage.archive.ArchiveWriter`, which writes the files and the checkpoint. The
 batch body returns (and Faust acks the records, then commits) only once every file is on
 disk:
 
@@ -48,10 +48,10 @@ from agents.faustapi import (
 )
 from agents.faustapp import make_app
 from agents.observe import Observability, family
-from metering.archive import LOCK_NAME, ArchiveWriter, BatchResult
-from metering.parquet import DirectoryLock, LockHeldError
 from metering.periods import PeriodGrid, as_period
 from metering.settings import Settings, load_settings
+from storage.archive import LOCK_NAME, ArchiveWriter, BatchResult
+from storage.dataset import DirectoryLock, LockHeldError
 
 log = logging.getLogger("metering.archive")
 

@@ -1,8 +1,8 @@
 """The batch commands ``replay``, ``compact`` and ``report``: argument parsing, exit codes
 and printing, at the edge.
 
-The engines live in the core (:func:`metering.replay.run_replay`,
-:func:`metering.compact.run_compact`, :func:`metering.report.usage_report`) and are imported
+The engines live in the core (:func:`storage.replay.run_replay`,
+:func:`storage.compact.run_compact`, :func:`storage.report.usage_report`) and are imported
 only when a command runs: building these parsers loads neither pyarrow nor pandas, so
 ``metering replay --help`` starts fast. Exit codes are those of :mod:`agents.cli`.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from agents.cli import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
-from metering.layout import COMPACTED_NAME, FORMATS, GROUP_BY, ON_CONFLICT, SORT_COLUMNS
 from metering.periods import PERIODS, PeriodGrid
+from storage.layout import COMPACTED_NAME, FORMATS, GROUP_BY, ON_CONFLICT, SORT_COLUMNS
 
 
 def _dump_json(value: object) -> None:
@@ -88,7 +88,7 @@ def register_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_replay_command(args: argparse.Namespace) -> int:
     """Run ``metering replay`` from parsed arguments; return the exit code."""
     from metering.eventtime import iso, parse_iso_instant
-    from metering.replay import (
+    from storage.replay import (
         InputError,
         OutputError,
         ReplayOptions,
@@ -179,7 +179,7 @@ def register_compact(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_compact_command(args: argparse.Namespace) -> int:
     """Run ``metering compact`` from parsed arguments; return the exit code."""
-    from metering.compact import (
+    from storage.compact import (
         CompactOptions,
         InputError,
         LockedError,
@@ -244,8 +244,8 @@ def register_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Run ``metering report`` from parsed arguments; return the exit code."""
-    from metering.compact import valid_date
-    from metering.report import InputError, format_csv, format_json, format_table, usage_report
+    from storage.compact import valid_date
+    from storage.report import InputError, format_csv, format_json, format_table, usage_report
 
     parser: argparse.ArgumentParser = args._parser
     try:

@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from metering.archive import ArchiveWriter, BatchResult
+from storage.archive import ArchiveWriter, BatchResult
 
 FAULTS = ("archive_after_files", "archive_after_checkpoint")
 

@@ -36,8 +36,8 @@ import pytest
 from metering.decode import decode
 from metering.events import Rejected
 from metering.eventtime import format_event_time
-from metering.parquet import read_dataset
-from metering.replay import ReplayOptions, run_replay
+from storage.dataset import read_dataset
+from storage.replay import ReplayOptions, run_replay
 from tests.integration.kafkautil import consume, produce, usage_rows
 from tests.integration.workerproc import WorkerProc
 from tests.tracegen import START_MS, build_trace

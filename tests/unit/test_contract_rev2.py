@@ -22,7 +22,7 @@ from metering.decode import decode
 from metering.events import Source
 from metering.lifecycle import MAX_ORPHANS
 from metering.meter import Meter, MeterPolicy
-from metering.replay import ReplayOptions, run_replay
+from storage.replay import ReplayOptions, run_replay
 from tests.refinterp import reference_usage
 from tests.unit.test_contract_rules import (
     ACCT,

@@ -34,13 +34,13 @@ import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode
 from metering.events import Category, Ignored, Rejected, Source
-from metering.gctune import bulk_gc
 from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
-from metering.parquet import partition_dir, sorted_table, write_atomic
 from metering.periods import PeriodGrid
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
+from storage.dataset import partition_dir, sorted_table, write_atomic
+from storage.gctune import bulk_gc
 
 FLUSH_ROWS: Final = 250_000
 """Rows buffered per ``usage_date`` before a part file is written (bounds memory)."""

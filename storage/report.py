@@ -13,7 +13,7 @@ dataset was written with), and for each group reports:
 
 The archive may hold an interval more than once until ``metering compact`` has merged its
 day, so rows are deduplicated by ``interval_id`` first. If the versions of an id differ, the
-one :func:`metering.compact.dedupe` keeps is counted (highest ``source_offset``; the same
+one :func:`storage.compact.dedupe` keeps is counted (highest ``source_offset``; the same
 version ``compact --on-conflict keep-latest`` keeps) and the number of such ids is reported
 on stderr.
 
@@ -38,16 +38,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from metering.compact import (
+from metering.intervals import MS_PER_HOUR
+from storage.compact import (
     PREFERENCE,
     InputError,
     dedupe,
     list_days,
     part_files,
 )
-from metering.intervals import MS_PER_HOUR
-from metering.layout import GROUP_BY
-from metering.parquet import PARTITION_COLUMN
+from storage.dataset import PARTITION_COLUMN
+from storage.layout import GROUP_BY
 
 GROUP_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "account": ("account_id",),
@@ -68,7 +68,7 @@ _READ: Final = tuple(
         )
     )
 )
-"""Columns read: the groups, the sum, and what :func:`~metering.compact.dedupe` prefers by."""
+"""Columns read: the groups, the sum, and what :func:`~storage.compact.dedupe` prefers by."""
 
 
 @dataclass

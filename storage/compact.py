@@ -4,10 +4,10 @@ A dataset (contract section 5) accumulates many small files per ``usage_date=YYY
 partition: one per archive batch, one per replay run. Compaction rewrites each selected
 **closed** day as the single file ``usage_date=D/part-compacted.parquet``:
 
-* rows sorted by :data:`~metering.parquet.SORT_COLUMNS`;
+* rows sorted by :data:`~storage.dataset.SORT_COLUMNS`;
 * one row per ``interval_id`` (rule 9 makes the id a deterministic function of usage type,
   resource key and start, so a repeat is the same interval delivered twice);
-* written with :func:`~metering.parquet.write_atomic` (temporary name, fsync, rename), then
+* written with :func:`~storage.dataset.write_atomic` (temporary name, fsync, rename), then
   the files it replaces are removed. A crash in between leaves the merged file next to old
   files whose rows it already holds: readers deduplicating by ``interval_id`` (``metering
   report``) see the same numbers, and running compact again finishes the job (it is
@@ -34,10 +34,10 @@ version.
 
 **Concurrency.** Only the selected day directories are touched, so an archive writer may
 keep writing other days. Files whose names start with ``.`` or ``_`` (temporary files of
-:func:`~metering.parquet.write_atomic`, staging directories) are ignored. A file that
+:func:`~storage.dataset.write_atomic`, staging directories) are ignored. A file that
 appears or is replaced while a day is compacted is not removed (its stat changed), and the
 next run merges it. Two compactions of one dataset exclude each other with a lock file
-(``DIR/.metering-compact.lock``, :class:`~metering.parquet.DirectoryLock`; the archive's is
+(``DIR/.metering-compact.lock``, :class:`~storage.dataset.DirectoryLock`; the archive's is
 ``DIR/.metering-archive.lock``, so compaction and the archive run side by side).
 
 Exit codes are those of :mod:`agents.cli`: 0 ok, 1 days left uncompacted because of
@@ -63,8 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metering.layout import COMPACTED_NAME
-from metering.parquet import (
+from storage.dataset import (
     ARROW_SCHEMA,
     PARTITION_COLUMN,
     SORT_COLUMNS,
@@ -73,6 +72,7 @@ from metering.parquet import (
     fsync_dir,
     write_atomic,
 )
+from storage.layout import COMPACTED_NAME
 
 """Name of the one file of a compacted day (constant, so a rerun replaces it)."""
 

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metering.intervals import FIELDS, UsageInterval
-from metering.layout import PARTITION_COLUMN as PARTITION_COLUMN
-from metering.layout import SORT_COLUMNS as SORT_COLUMNS
+from storage.layout import PARTITION_COLUMN as PARTITION_COLUMN
+from storage.layout import SORT_COLUMNS as SORT_COLUMNS
 
 TS: Final = pa.timestamp("ms", tz="UTC")
 

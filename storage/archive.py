@@ -55,7 +55,8 @@ import orjson
 import pyarrow as pa
 
 from metering.intervals import FIELDS, UsageInterval
-from metering.parquet import (
+from metering.periods import PeriodGrid
+from storage.dataset import (
     PARTITION_COLUMN,
     fsync_dir,
     partition_dir,
@@ -63,7 +64,6 @@ from metering.parquet import (
     to_table,
     write_atomic,
 )
-from metering.periods import PeriodGrid
 
 CHECKPOINT_DIR: Final = "_archive"
 CHECKPOINT_LOCK: Final = ".checkpoints.lock"
