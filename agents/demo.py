@@ -198,7 +198,8 @@ def _fresh_dir(data_dir: Path) -> None:
 def _report(dataset: Path, chart: Path) -> None:
     """Print the archived usage hours per usage type and per account (as ``metering report``
     computes them: each ``interval_id`` once) and write the chart."""
-    from storage.report import InputError, format_table, usage_report
+    from storage.compact import InputError  # what usage_report raises
+    from storage.report import format_table, usage_report
 
     if not any(dataset.glob("usage_date=*/*.parquet")):
         _log(f"no usage archived under {dataset} yet (let the demo run longer)")
