@@ -244,8 +244,8 @@ def register_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Run ``metering report`` from parsed arguments; return the exit code."""
-    from storage.compact import valid_date
-    from storage.report import InputError, format_csv, format_json, format_table, usage_report
+    from storage.compact import InputError, valid_date
+    from storage.report import format_csv, format_json, format_table, usage_report
 
     parser: argparse.ArgumentParser = args._parser
     try:

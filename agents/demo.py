@@ -198,7 +198,8 @@ def _fresh_dir(data_dir: Path) -> None:
 def _report(dataset: Path, chart: Path) -> None:
     """Print the archived usage hours per usage type and per account (as ``metering report``
     computes them: each ``interval_id`` once) and write the chart."""
-    from storage.report import InputError, format_table, usage_report
+    from storage.compact import InputError  # what usage_report raises
+    from storage.report import format_table, usage_report
 
     if not any(dataset.glob("usage_date=*/*.parquet")):
         _log(f"no usage archived under {dataset} yet (let the demo run longer)")
@@ -289,11 +290,11 @@ def write_chart(dataset: Path, path: Path) -> tuple[float, int]:
               for i, t in enumerate(starts)]
     fig, ax = plt.subplots(figsize=(max(8.0, 0.45 * len(pivot) + 4), 5.5), dpi=110)
     bottom = [0.0] * len(pivot)
-    colors = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10")  # ten colours; palette(i) is the i-th (RGBA)
     for i, name in enumerate(pivot.columns):
         values = list(pivot[name])
         bars = ax.bar(range(len(pivot)), values, bottom=bottom, width=0.85, label=name,
-                      color=colors[i % len(colors)])
+                      color=palette(i % palette.N))
         for bar, done in zip(bars, complete, strict=True):
             if not done:  # not cut yet: only the intervals an event closed
                 bar.set_alpha(0.45)

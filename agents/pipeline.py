@@ -36,9 +36,18 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event  # private API: pinned faust <0.16 (see notes)
+from faust.types import TP
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
+from agents.faustapi import (
+    kafka_producer,
+    on_partitions_assigned,
+    on_partitions_revoked,
+    take_events,
+    task,
+    timer,
+)
 from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
 from agents.observe import Observability, dir_bytes, family
@@ -117,7 +126,7 @@ def _die(what: str) -> None:
     os._exit(70)
 
 
-@app.task
+@task(app)
 async def declare_output_topics() -> None:
     """Create the usage and rejects topics if missing (brokers may disable auto-creation)."""
     for topic in (usage_topic, rejects_topic):
@@ -157,7 +166,7 @@ class BatchSender:
         self._cache: dict[bytes, int] = {}
 
     def _producer(self) -> Any:
-        return app.producer._ensure_producer()  # the driver's aiokafka producer (private API)
+        return kafka_producer(app)
 
     async def _n_partitions(self) -> int:
         if self._partitions is None:
@@ -207,7 +216,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
     jump = settings.max_watermark_jump_ms
     send, events_name, rejects_name = _sender(), events_topic.get_topic_name(), \
         rejects_topic.get_topic_name()
-    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+    async for batch in take_events(stream, settings.batch_size, settings.batch_within):
         try:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
@@ -267,7 +276,7 @@ async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
 async def meter(stream: faust.StreamT[bytes]) -> None:
     """Apply forwarded events per partition; send intervals, then store the state."""
     usage_out = BatchSender(usage_topic.get_topic_name())
-    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+    async for batch in take_events(stream, settings.batch_size, settings.batch_within):
         try:
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
@@ -335,7 +344,7 @@ async def input_partitions() -> int | None:
     now = time.monotonic()
     if _input_partitions and now - _input_partitions[1] < 60:
         return int(_input_partitions[0])
-    producer = app.producer._ensure_producer()  # the driver's aiokafka producer (private API)
+    producer = kafka_producer(app)
     try:
         await asyncio.wait_for(producer.client._wait_on_metadata(settings.input_topic), 5)
     except Exception:  # no metadata yet (topic missing, broker away): no tick this time
@@ -361,7 +370,7 @@ async def _end_offsets(lanes: list[Lane]) -> dict[Lane, int] | None:
     return {lane: ends[tp] for lane, tp in tps.items() if tp in ends}
 
 
-@app.timer(settings.tick_interval)
+@timer(app, settings.tick_interval)
 async def tick() -> None:
     """Send a tick (wall clock + this worker's lane progress) to every internal partition.
 
@@ -387,8 +396,8 @@ async def tick() -> None:
         await events_topic.send(value=data, partition=p)
 
 
-@app.on_partitions_revoked.connect
-async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+@on_partitions_revoked(app)
+async def _on_revoked(revoked: set[TP]) -> None:
     meters.forget({tp.partition for tp in revoked if tp.topic == settings.events_topic})
     for tp in revoked:
         if tp.topic == settings.input_topic:  # its next reader reports it from now on
@@ -397,8 +406,8 @@ async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             read_to.pop(lane, None)
 
 
-@app.on_partitions_assigned.connect
-async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+@on_partitions_assigned(app)
+async def _on_assigned(assigned: set[TP]) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
     inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
     mono = _mono_ms()
@@ -545,7 +554,7 @@ observability = Observability(app, settings, "worker", settings.app_id,
 """``/metrics``, ``/healthz`` and ``/readyz`` on the worker's web port."""
 
 
-@app.timer(LIVENESS_INTERVAL)
+@timer(app, LIVENESS_INTERVAL)
 async def check_liveness() -> None:
     """Report a missing output topic or an unreachable broker (see :mod:`agents.liveness`)."""
     await liveness.check()

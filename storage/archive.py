@@ -194,8 +194,6 @@ class ArchiveWriter:
         self.grid = grid
         self._checkpoints: dict[tuple[str, int], int] = {}
         self._recovered: set[tuple[str, int]] = set()
-        self.on_files_written: Callable[[], None] | None = None
-        """Called after a batch's files are durable, before its checkpoint (fault tests)."""
 
     def _checkpoint_path(self, topic: str, partition: int) -> Path:
         return self.root / CHECKPOINT_DIR / f"{topic}-{partition}.json"
@@ -318,8 +316,6 @@ class ArchiveWriter:
             fsync_dir(path.parent)
             result.files.append(str(path))
             result.rows += rows
-        if self.on_files_written is not None:
-            self.on_files_written()
         if rejected:
             _write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
                                 b"\n".join(line for _, line in sorted(rejected)) + b"\n")
