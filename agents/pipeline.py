@@ -220,7 +220,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
         try:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
-            progress: dict[str, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
+            progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
             consumed: dict[int, int] = {}  # input partition -> next offset to read
             for event in batch:
                 msg = event.message
@@ -387,7 +387,7 @@ async def tick() -> None:
     lanes = sorted(owned_lanes)
     ends = await _end_offsets(lanes)
     wall, mono = int(time.time() * 1000), _mono_ms()
-    report: dict[str, tuple[int, int]] = {}
+    report: dict[Lane, tuple[int, int]] = {}
     for lane in lanes:
         up = caught_up(read_to.get(lane), None if ends is None else ends.get(lane))
         report[lane] = _reader(lane).report(up, wall, mono, settings.max_watermark_jump_ms)

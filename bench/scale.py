@@ -93,7 +93,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     from faust.stores.rocksdb import RocksDBOptions
 
     from agents.state import CUT_CHUNK, PartitionMeter
-    from metering.events import AccountCreated, Source, UsageEvent
+    from metering.events import AccountCreated, Source, UsageEvent, lane_of
     from metering.settings import Settings
 
     opts = RocksDBOptions(**ROCKSDB_OPTIONS)
@@ -101,7 +101,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     acc_db = opts.open(workdir / "accounts-0.db")
     pm = PartitionMeter(0, Settings(), _Table(ent_db), _Table(acc_db), Counter())
     meter = pm.meter
-    lane, wall = "bench-cs/0", int(time.time() * 1000)
+    lane, wall = lane_of("bench-cs", 0), int(time.time() * 1000)
     # The input topic has one partition (as a tick would say): closed intervals are
     # released, and periods cut, as soon as this lane's watermark passes them.
     meter.report({}, {"bench-cs": 1}, wall)
