@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from agents.catalogue import BY_NAME, LATENCY_BUCKETS
 from agents.faustapi import on_partitions_assigned, timer
 from metering import __version__
+from metering.events import Category, RejectReason
 from metering.observe import Readiness, consumer_lag, readiness
 from metering.settings import Settings
 
@@ -35,6 +38,26 @@ if TYPE_CHECKING:
     from faust.types import TP
 
 log = logging.getLogger("metering.observe")
+
+
+@dataclass
+class WorkerCounts:
+    """The streaming worker's counters, keyed by typed labels (exported as metrics).
+
+    ``records`` counts input records per (category, outcome: ``metered``, ``ignored`` or
+    ``rejected``); ``rejects`` per reason; ``ignored`` per kind; ``intervals`` and
+    ``usage_ms`` (milliseconds) per usage type name of the emitted intervals.
+    """
+
+    records: Counter[tuple[Category, str]] = field(default_factory=Counter)
+    rejects: Counter[RejectReason] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
+    intervals: Counter[str] = field(default_factory=Counter)
+    usage_ms: Counter[str] = field(default_factory=Counter)
+    wire_errors: int = 0
+    """Internal records this code did not write (skipped)."""
+    partition_restores: int = 0
+    """Partition engines rebuilt from RocksDB (after an assignment)."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

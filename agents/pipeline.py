@@ -50,7 +50,7 @@ from agents.faustapi import (
 )
 from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
-from agents.observe import Observability, dir_bytes, family
+from agents.observe import Observability, WorkerCounts, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
@@ -113,7 +113,7 @@ read_to: dict[Lane, int] = {}
 """Input lane -> next offset to process (after the last delivered batch, or the group's
 committed offset found after an assignment)."""
 
-stats: Counter[str] = Counter()
+stats = WorkerCounts()
 """Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
 
 meters = PartitionMeters(settings, entities_table, accounts_table, stats)
@@ -227,20 +227,20 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 consumed[msg.partition] = msg.offset + 1
                 raw = event.value if isinstance(event.value, bytes) else b""
                 value = decode(raw, max_bytes, wall, max_skew_ms)
-                category = value.category.value
+                category = value.category
                 if isinstance(value, Rejected):
-                    stats[f"records:{category}:rejected"] += 1
-                    stats[f"rejects:{value.reason.value}"] += 1
+                    stats.records[category, "rejected"] += 1
+                    stats.rejects[value.reason] += 1
                     key = msg.key.decode("utf-8", "replace") if msg.key else None
                     body = reject_record(raw, value, msg.topic, msg.partition, msg.offset, key)
                     futures.append(await send(rejects_name, reject_key(msg.key),
                                               orjson.dumps(body)))
                     continue
                 if isinstance(value, Ignored):
-                    stats[f"records:{category}:ignored"] += 1
-                    stats[f"ignored:{value.kind}"] += 1
+                    stats.records[category, "ignored"] += 1
+                    stats.ignored[value.kind] += 1
                     continue
-                stats[f"records:{category}:metered"] += 1
+                stats.records[category, "metered"] += 1
                 src = Source(msg.topic, msg.partition, msg.offset)
                 lane = src.lane
                 progress.setdefault(lane, []).append((msg.offset, value.time_ms))
@@ -267,8 +267,8 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
 
 async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
     for row in rows:
-        stats[f"intervals:{row.usage_type_name}"] += 1
-        stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
+        stats.intervals[row.usage_type_name] += 1
+        stats.usage_ms[row.usage_type_name] += row.duration_ms
         await usage_out.add(row.account_id.encode(), orjson.dumps(row.to_dict()))
 
 
@@ -293,7 +293,7 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                         try:
                             item = decode_wire(event.value)
                         except WireError:
-                            stats["wire_errors"] += 1
+                            stats.wire_errors += 1
                             log.error("skipping foreign record on %s[%d]@%d",
                                       event.message.topic, partition, event.message.offset)
                             continue
@@ -499,27 +499,25 @@ async def _recover_once(partitions: list[int]) -> None:
 
 def _worker_families() -> Iterable[Any]:
     """The worker's own metric families (see :mod:`agents.catalogue`), read at each scrape."""
-    snapshot = dict(stats)
     consumed = family("metering_records_consumed_total", CounterMetricFamily,
                       labels=["category", "outcome"])
-    for key, value in sorted(snapshot.items()):
-        if key.startswith("records:"):
-            consumed.add_metric(key.split(":")[1:3], value)
+    for (category, outcome), value in sorted(stats.records.items()):
+        consumed.add_metric([category.value, outcome], value)
     yield consumed
-    for prefix, name, label in (
-        ("rejects:", "metering_records_rejected_total", "reason"),
-        ("intervals:", "metering_intervals_emitted_total", "usage_type"),
-    ):
-        fam = family(name, CounterMetricFamily, labels=[label])
-        for key, value in sorted(snapshot.items()):
-            if key.startswith(prefix):
-                fam.add_metric([key[len(prefix):]], value)
-        yield fam
+    rejected = family("metering_records_rejected_total", CounterMetricFamily,
+                      labels=["reason"])
+    for reason, value in sorted(stats.rejects.items()):
+        rejected.add_metric([reason.value], value)
+    yield rejected
+    emitted = family("metering_intervals_emitted_total", CounterMetricFamily,
+                     labels=["usage_type"])
+    for name, value in sorted(stats.intervals.items()):
+        emitted.add_metric([name], value)
+    yield emitted
     usage = family("metering_usage_emitted_seconds_total", CounterMetricFamily,
                    labels=["usage_type"])
-    for key, value in sorted(snapshot.items()):
-        if key.startswith("usage_ms:"):
-            usage.add_metric([key[len("usage_ms:"):]], value / 1000.0)
+    for name, value in sorted(stats.usage_ms.items()):
+        usage.add_metric([name], value / 1000.0)
     yield usage
     engines = list(meters.by_partition.items())
     open_counts: Counter[int] = Counter()

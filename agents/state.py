@@ -12,10 +12,10 @@ changelog partition.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from agents.observe import WorkerCounts
 from metering.codec import decode_account, decode_entity, encode_account, encode_entity
 from metering.engine import Applied, Engine, Policy
 from metering.intervals import UsageInterval
@@ -68,7 +68,7 @@ class PartitionMeter:
     """The engine of one partition plus its table views."""
 
     def __init__(self, partition: int, settings: Settings, entities: Any, accounts: Any,
-                 stats: Counter[str]) -> None:
+                 stats: WorkerCounts) -> None:
         self.partition = partition
         self.entities_table = entities
         self.accounts_table = accounts
@@ -114,7 +114,7 @@ class PartitionMeter:
         # when it was first applied. Starting cold is safe: ticks and records rebuild the
         # clocks, each naming only progress whose records precede it in this partition, and
         # cutting later than before emits the same pieces.
-        self.stats["partition_restores"] += 1
+        self.stats.partition_restores += 1
 
     def flush(self) -> None:
         """Write every changed state once; clear the read caches."""
@@ -137,7 +137,7 @@ class PartitionMeters:
     """Lazily created :class:`PartitionMeter` per assigned partition."""
 
     def __init__(self, settings: Settings, entities: Any, accounts: Any,
-                 stats: Counter[str]) -> None:
+                 stats: WorkerCounts) -> None:
         self.settings = settings
         self.entities = entities
         self.accounts = accounts

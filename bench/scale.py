@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +91,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     import orjson
     from faust.stores.rocksdb import RocksDBOptions
 
+    from agents.observe import WorkerCounts
     from agents.state import CUT_CHUNK, PartitionMeter
     from metering.events import AccountCreated, Source, UsageEvent, lane_of
     from metering.settings import Settings
@@ -99,7 +99,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     opts = RocksDBOptions(**ROCKSDB_OPTIONS)
     ent_db = opts.open(workdir / "entities-0.db")
     acc_db = opts.open(workdir / "accounts-0.db")
-    pm = PartitionMeter(0, Settings(), _Table(ent_db), _Table(acc_db), Counter())
+    pm = PartitionMeter(0, Settings(), _Table(ent_db), _Table(acc_db), WorkerCounts())
     meter = pm.meter
     lane, wall = lane_of("bench-cs", 0), int(time.time() * 1000)
     # The input topic has one partition (as a tick would say): closed intervals are
