@@ -39,7 +39,7 @@ from typing import Any
 import faust
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from agents.cli import EXIT_FAILED, EXIT_OUTPUT
+from agents.cli.exits import EXIT_FAILED, EXIT_OUTPUT
 from agents.faustapp import make_app
 from agents.observe import Observability, family
 from metering.periods import PeriodGrid

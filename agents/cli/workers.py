@@ -1,9 +1,11 @@
-"""Subcommands of ``metering`` that run Faust apps: ``worker``, ``archive``, ``check-config``."""
+"""``metering worker``, ``archive`` and ``check-config``: the commands of the Faust apps."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from agents.cli.exits import EXIT_OK, fail
 
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
@@ -36,11 +38,10 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(overrides=_overrides(args))
     except SettingsError as exc:
-        print(f"metering check-config: {exc}", file=sys.stderr)
-        return 2
+        return fail("check-config", exc)
     print(json.dumps(settings.masked(), indent=2, default=str))
     print(f"settings OK (fingerprint {settings.fingerprint()})", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _export(overrides: dict[str, object]) -> None:
@@ -62,8 +63,7 @@ def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
     try:
         load_settings(overrides=overrides)
     except SettingsError as exc:
-        print(f"metering {command}: {exc}", file=sys.stderr)
-        return 2
+        return fail(command, exc)
     _export(overrides)  # the app module reads the environment when imported
     loaded = importlib.import_module(module)
     app = loaded.app
@@ -76,7 +76,7 @@ def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
         return code
     sys.argv = [f"metering-{command}", "worker", "--loglevel", args.loglevel]
     app.main()
-    return 0
+    return EXIT_OK
 
 
 def _worker(args: argparse.Namespace) -> int:
