@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from agents.cli.exits import EXIT_OK, fail
 
@@ -13,11 +14,12 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
 
     from metering.settings import ENV_PREFIX, Settings, is_secret, parse_bool
 
+    kinds: dict[str, Callable[[str], object]] = {"int": int, "float": float, "bool": parse_bool}
     g = p.add_argument_group("settings (each also from the environment variable shown)")
     for f in fields(Settings):
         if is_secret(f.name):
             continue  # secrets never on the command line (visible in ps): env or file only
-        kind = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type), str)
+        kind = kinds.get(str(f.type), str)
         g.add_argument(
             f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
             metavar=f.name.upper(),
