@@ -39,7 +39,7 @@ import faust
 from faust.types import TP
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from agents.cli import EXIT_FAILED, EXIT_OUTPUT
+from agents.cli.exits import EXIT_FAILED, EXIT_OUTPUT
 from agents.faustapi import (
     on_partitions_assigned,
     on_partitions_revoked,

@@ -19,7 +19,7 @@ from agents.observe import WorkerCounts
 from metering.codec import decode_account, decode_entity, encode_account, encode_entity
 from metering.engine import Applied, Engine, Policy
 from metering.intervals import UsageInterval
-from metering.periods import PeriodGrid
+from metering.periods import PeriodGrid, as_period
 from metering.settings import Settings
 from metering.states import AccountState, EntityState
 
@@ -76,7 +76,7 @@ class PartitionMeter:
         self.entity_view = _ReadThrough(entities, decode_entity)
         self.account_view = _ReadThrough(accounts, decode_account, prefix=f"{partition}:")
         policy = Policy(
-            grid=PeriodGrid(settings.period, settings.timezone),  # type: ignore[arg-type]
+            grid=PeriodGrid(as_period(settings.period), settings.timezone),
             lateness_ms=settings.lateness_ms,
             idle_advance_ms=settings.idle_advance_ms,
             wait_for_inputs=True,  # the first tick names every input partition

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import orjson
 
+from metering.errors import MeteringError
 from metering.events import Source
 from metering.states import (
     LEGACY_ACCOUNT,
@@ -50,7 +51,7 @@ SUPPORTED: Final = (1, 2)
 _HEAD: Final = bytes([VERSION])
 
 
-class StateDecodeError(ValueError):
+class StateDecodeError(MeteringError, ValueError):
     """Stored state could not be decoded (unknown version or corrupt bytes)."""
 
 

@@ -19,7 +19,8 @@ import pytest
 
 from metering.intervals import UsageInterval, make_interval
 from metering.periods import PeriodGrid
-from storage.archive import ArchiveWriter, parse_part_name
+from storage.archive import ArchiveWriter
+from storage.parts import parse_archive_part_name as parse_part_name
 from tests.integration.conftest import _create_topic
 from tests.integration.kafkautil import end_offsets, produce
 from tests.integration.workerproc import WorkerProc

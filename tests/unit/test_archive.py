@@ -10,7 +10,9 @@ import pytest
 
 from metering.intervals import UsageInterval, make_interval
 from metering.periods import PeriodGrid
-from storage.archive import ArchiveWriter, parse_interval, parse_part_name, part_name
+from storage.archive import ArchiveWriter, parse_interval
+from storage.parts import archive_part_name as part_name
+from storage.parts import parse_archive_part_name as parse_part_name
 
 HOUR = 3_600_000
 DAY0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
