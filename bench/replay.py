@@ -47,8 +47,7 @@ def replay(path: Path, cfg: SimConfig, period: str) -> tuple[int, int, float]:
     try:
         t0 = time.perf_counter()
         summary = run_replay(ReplayOptions(inputs=[str(path)], output=out,
-                                           until_ms=cfg.until_ms, period=period,
-                                           progress=False))
+                                           until_ms=cfg.until_ms, period=period))
         seconds = time.perf_counter() - t0
         intervals = sum(summary.as_dict()["intervals_by_usage_type"].values())
         return summary.records, intervals, seconds

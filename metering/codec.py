@@ -32,9 +32,17 @@ from typing import Any, Final
 
 import orjson
 
+from metering.errors import MeteringError
 from metering.events import Source
-from metering.lifecycle import LEGACY_ACCOUNT, EntityState, Held, Orphan, Slot, SlotKey
-from metering.meter import AccountState
+from metering.states import (
+    LEGACY_ACCOUNT,
+    AccountState,
+    EntityState,
+    Held,
+    Orphan,
+    Slot,
+    SlotKey,
+)
 
 VERSION: Final = 2
 """The version this code writes."""
@@ -43,7 +51,7 @@ SUPPORTED: Final = (1, 2)
 _HEAD: Final = bytes([VERSION])
 
 
-class StateDecodeError(ValueError):
+class StateDecodeError(MeteringError, ValueError):
     """Stored state could not be decoded (unknown version or corrupt bytes)."""
 
 
@@ -146,7 +154,7 @@ def decode_entity(data: bytes) -> EntityState:
 
 
 def encode_account(state: AccountState) -> bytes:
-    """Serialize an :class:`~metering.meter.AccountState` (version 2)."""
+    """Serialize an :class:`~metering.states.AccountState` (version 2)."""
     by = state.deleted_by
     return _HEAD + orjson.dumps([state.domain_id, state.deleted_at, state.offsets,
                                  None if by is None else list(by)])

@@ -5,7 +5,8 @@ The archive agent (``agents.archive``) hands each batch of one topic-partition t
 
 1. one Parquet file per ``usage_date`` in the batch, each written to a temporary name,
    fsynced and renamed (``usage_date=D/<topic>-p<partition>-<first>-<last>.parquet``, where
-   first/last are the batch's source offsets, zero-padded so names sort by offset);
+   first/last are the batch's source offsets, zero-padded so names sort by offset; the
+   names and the write policy are :mod:`storage.parts`);
 2. usage-topic records that are not valid intervals, as JSONL under ``_rejected/`` (nothing
    is dropped);
 3. the partition's **checkpoint** ``_archive/<topic>-<partition>.json`` (last archived offset),
@@ -43,8 +44,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,13 +57,13 @@ from metering.intervals import IntervalDecodeError, UsageInterval, decode_interv
 from metering.periods import PeriodGrid
 from metering.usage_schema import MAX_INSTANT_MS as MAX_INSTANT_MS
 from metering.usage_schema import MIN_INSTANT_MS as MIN_INSTANT_MS
-from storage.dataset import (
-    PARTITION_COLUMN,
-    fsync_dir,
+from storage.dataset import PARTITION_COLUMN, sorted_table, to_table
+from storage.parts import (
+    archive_part_name,
+    parse_archive_part_name,
     partition_dir,
-    sorted_table,
-    to_table,
     write_atomic,
+    write_bytes_atomic,
 )
 
 CHECKPOINT_DIR: Final = "_archive"
@@ -74,23 +73,6 @@ REJECTED_DIR: Final = "_rejected"
 LOCK_NAME: Final = ".metering-archive.lock"
 """Lock file in the dataset root held by the one archive process writing the dataset (a
 leading ``.`` hides it from dataset readers; compaction uses its own)."""
-_PART: Final = re.compile(
-    r"^(?P<topic>.+)-p(?P<partition>\d{4,})-(?P<first>\d{20})-(?P<last>\d{20})"
-    r"\.(?:parquet|jsonl)$"
-)
-
-
-def part_name(topic: str, partition: int, first: int, last: int) -> str:
-    """File name of the rows of source offsets ``first..last`` (inclusive) of a partition."""
-    return f"{topic}-p{partition:04d}-{first:020d}-{last:020d}.parquet"
-
-
-def parse_part_name(name: str) -> tuple[str, int, int, int] | None:
-    """(topic, partition, first, last) of an archive part (or rejects) file name, else None."""
-    m = _PART.match(name)
-    if m is None:
-        return None
-    return m["topic"], int(m["partition"]), int(m["first"]), int(m["last"])
 
 
 def parse_interval(raw: bytes) -> UsageInterval | str:
@@ -121,21 +103,6 @@ class BatchResult:
     """True if the stored checkpoint was above this batch's last offset and was kept."""
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 class ArchiveWriter:
     """Writes batches of usage-topic records into the dataset under ``root``.
 
@@ -150,8 +117,6 @@ class ArchiveWriter:
         self.grid = grid
         self._checkpoints: dict[tuple[str, int], int] = {}
         self._recovered: set[tuple[str, int]] = set()
-        self.on_files_written: Callable[[], None] | None = None
-        """Called after a batch's files are durable, before its checkpoint (fault tests)."""
 
     def _checkpoint_path(self, topic: str, partition: int) -> Path:
         return self.root / CHECKPOINT_DIR / f"{topic}-{partition}.json"
@@ -187,7 +152,7 @@ class ArchiveWriter:
             fcntl.flock(fd, fcntl.LOCK_EX)
             stored = self._read_checkpoint(path)
             if stored < last:
-                _write_bytes_atomic(path, orjson.dumps({
+                write_bytes_atomic(path, orjson.dumps({
                     "topic": topic, "partition": partition, "last_offset": last}))
                 stored = last
         finally:
@@ -220,7 +185,7 @@ class ArchiveWriter:
         dirs = [*self.root.glob(f"{PARTITION_COLUMN}=*"), self.root / REJECTED_DIR]
         for day in dirs:
             for path in day.glob(f"{topic}-p*"):
-                parsed = parse_part_name(path.name)
+                parsed = parse_archive_part_name(path.name)
                 if parsed and parsed[0] == topic and parsed[1] == partition and parsed[2] > last:
                     path.unlink(missing_ok=True)
                     removed.append(str(path))
@@ -263,7 +228,7 @@ class ArchiveWriter:
                        f"{self.grid.timezone}: {exc}"[:300])
                 continue
             by_date[date].append((offset, value, row))
-        name = part_name(topic, partition, first, last)
+        name = archive_part_name(topic, partition, first, last)
         for date in sorted(by_date):
             path = partition_dir(self.root, date) / name
             table = self._table(by_date[date], reject)
@@ -271,13 +236,10 @@ class ArchiveWriter:
                 continue
             rows = table.num_rows
             result.bytes += write_atomic(table, path)
-            fsync_dir(path.parent)
             result.files.append(str(path))
             result.rows += rows
-        if self.on_files_written is not None:
-            self.on_files_written()
         if rejected:
-            _write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
+            write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
                                 b"\n".join(line for _, line in sorted(rejected)) + b"\n")
             result.rejected = len(rejected)
         result.checkpoint = self._store_checkpoint(topic, partition, last)

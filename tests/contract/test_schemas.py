@@ -23,9 +23,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from metering.decode import decode
+from metering.engine import Engine, Policy
 from metering.events import Source
 from metering.intervals import FIELDS, UsageInterval, encode_interval
-from metering.meter import Meter, MeterPolicy
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.run import stream
 from metering.usage_schema import (
@@ -65,11 +65,11 @@ def test_examples_validate_or_fail_as_named(path: Path) -> None:
 def engine_rows() -> tuple[UsageInterval, ...]:
     """The rows the engine emits for a simulated cloud (15 accounts, 2 days, seed 3)."""
     cfg = SimConfig(seed=3, accounts=15, until_ms=SimConfig().start_ms + 2 * DAY)
-    meter = Meter(MeterPolicy(lateness_ms=0))
+    meter = Engine(Policy(lateness_ms=0))
     rows = []
     for e in stream(Cloud(cfg)):
         rows += meter.process(decode(e.value), Source("cs", e.position % 3, e.position))
-    rows += meter.finish(cfg.until_ms)
+    rows += meter.finish(cfg.until_ms).rows
     return tuple(rows)
 
 

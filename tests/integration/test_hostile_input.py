@@ -169,7 +169,7 @@ def replay_rows(lines: list[bytes], tmp: Path) -> dict[str, dict[str, Any]]:
     trace = tmp / "valid-dump.jsonl"
     trace.write_bytes(b"\n".join(lines) + b"\n")
     run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay",
-                             max_record_bytes=MAX_BYTES, progress=False))
+                             max_record_bytes=MAX_BYTES))
     rows = {}
     for row in read_dataset(tmp / "replay").to_pylist():
         row.pop("usage_date")

@@ -38,7 +38,7 @@ def replay_rows(kcat_lines: list[bytes], tmp: Path) -> dict[str, dict[str, Any]]
     """Replay a kcat dump; rows by interval_id with timestamps as epoch ms (like the topic)."""
     trace = tmp / "dump.jsonl"
     trace.write_bytes(b"\n".join(kcat_lines) + b"\n")
-    run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay", progress=False))
+    run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay"))
     rows = {}
     for row in read_dataset(tmp / "replay").to_pylist():
         row.pop("usage_date")

@@ -21,7 +21,8 @@ from storage.compact import (
     closed_cutoff,
     run_compact,
 )
-from storage.dataset import SORT_COLUMNS, partition_dir, to_table, write_atomic
+from storage.dataset import SORT_COLUMNS, to_table
+from storage.parts import partition_dir, write_atomic
 
 HOUR = 3_600_000
 DAY_MS = 24 * HOUR

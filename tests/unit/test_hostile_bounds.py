@@ -319,7 +319,7 @@ def test_replay_rejects_hostile_records_and_keeps_the_valid_usage(tmp_path: Path
     def replay(name: str, out: str, rejects: Path | None = None) -> Any:
         return run_replay(ReplayOptions(
             inputs=[str(tmp_path / name)], output=tmp_path / out, rejects=rejects,
-            progress=False, now_ms=NOW, max_clock_skew_ms=SKEW,
+            now_ms=NOW, max_clock_skew_ms=SKEW,
             until_ms=START_MS + 5 * 3_600_000))
 
     until = START_MS + 5 * 3_600_000

@@ -14,7 +14,8 @@ import pytest
 from agents.cli import main
 from metering.intervals import UsageInterval, make_interval
 from storage.compact import CompactOptions, run_compact
-from storage.dataset import partition_dir, to_table, write_atomic
+from storage.dataset import to_table
+from storage.parts import partition_dir, write_atomic
 from storage.report import usage_report
 
 HOUR = 3_600_000
