@@ -33,10 +33,9 @@ from typing import Final, NamedTuple
 
 from metering.events import Enrichment, Source, UsageEvent
 from metering.intervals import (
-    MS_PER_HOUR,
-    SCHEMA_VERSION,
     CloseReason,
     UsageInterval,
+    build_row,
     id_prefix,
     interval_id,
     resource_key,
@@ -57,7 +56,7 @@ from metering.states import (
     Slot,
     SlotKey,
 )
-from metering.usage_types import CLOSE, NAMES, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
+from metering.usage_types import CLOSE, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
 
 
 class Transition(NamedTuple):
@@ -152,9 +151,6 @@ def _attrs(
     return None, None
 
 
-_new_row = tuple.__new__
-
-
 def _emit(
     state: EntityState,
     key: SlotKey,
@@ -176,7 +172,6 @@ def _emit(
     ``end == start`` gives one zero-length piece (only meaningful when ``last_final``).
     """
     usage_type = key[0]
-    name = NAMES[usage_type]
     rkey = resource_key(usage_type, resource_id, slot.zone_id)
     account = slot.account_id
     prefix = id_prefix(usage_type, account, rkey)
@@ -201,20 +196,10 @@ def _emit(
         offering = template = None
         if changes:
             offering, template = _attrs(state, usage_type, a, b)
-        duration = b - a
-        out.append(
-            _new_row(
-                UsageInterval,
-                (
-                    f"{prefix}{a:016x}" if duration
-                    else interval_id(usage_type, account, rkey, a, True),
-                    account, domain, zone,
-                    usage_type, name, resource_id, offering, template, a, b, duration,
-                    duration / MS_PER_HOUR, period_start, final, reason, src.topic,
-                    src.partition, src.offset, SCHEMA_VERSION,
-                ),
-            )
-        )
+        out.append(build_row(
+            f"{prefix}{a:016x}" if b > a else interval_id(usage_type, account, rkey, a, True),
+            account, domain, zone, usage_type, resource_id, offering, template, a, b,
+            period_start, final, reason, src))
         if last:
             return
         a = period_start = b
