@@ -61,7 +61,7 @@ class Engine:
         self.accounts = Accounts({} if accounts is None else accounts)
         self.lanes = Lanes(p.grid, p.lateness_ms, p.max_watermark_jump_ms, p.idle_advance_ms,
                            p.wait_for_inputs)
-        self.held = Settling()
+        self.settling = Settling()
         self.stats: Counter[str] = Counter()
         """Outcomes by :class:`~metering.lifecycle.Note` and record kind (metrics)."""
         self.closed_record_ms: list[int] = []
@@ -111,7 +111,7 @@ class Engine:
         out: list[UsageInterval] = []
         self._changed = changed = set[str]()
         accounts: set[str] = set()
-        lanes, held = self.lanes, self.held
+        lanes, settling = self.lanes, self.settling
         applied = duplicates = 0
         for value, src, wall_ms, record_ms in records:
             if isinstance(value, UsageEvent):
@@ -129,7 +129,7 @@ class Engine:
                 self._skipped(value)
                 continue
             lanes.observe(src.lane, value.time_ms, wall_ms, src.offset)
-            if held.due(lanes.settled):
+            if settling.due(lanes.settled):
                 out.extend(self._release(lanes.settled))
         if applied:
             self.stats["applied"] += applied
@@ -158,7 +158,7 @@ class Engine:
             if record_ms is not None:
                 self.closed_record_ms.extend(record_ms for row in tr.intervals if row.final)
         for h in tr.held:
-            self.held.hold(h.end, entity_id)
+            self.settling.hold(h.end, entity_id)
         self._store(entity_id, tr.state)
         return tr.notes
 
@@ -195,7 +195,7 @@ class Engine:
         """Emit the held intervals ending at or before ``settled`` (UTC ms)."""
         out: list[UsageInterval] = []
         ctx = self._ctx()
-        for entity_id in self.held.pop_due(settled):
+        for entity_id in self.settling.pop_due(settled):
             state = self.entities.get(entity_id)
             if state is None or not state.held:
                 continue  # a stale entry: released already
@@ -229,7 +229,7 @@ class Engine:
         """
         self._changed = changed = set[str]()
         lanes = self.lanes
-        out = self._release(lanes.settled) if self.held.due(lanes.settled) else []
+        out = self._release(lanes.settled) if self.settling.due(lanes.settled) else []
         if lanes.cut_boundary > self.advanced_to:
             self.advanced_to = lanes.cut_boundary
             self._cut_queue = sorted(self.accounts.open, reverse=True)
@@ -275,11 +275,11 @@ class Engine:
     def rebuild_index(self, items: Iterable[tuple[str, EntityState]]) -> None:
         """Rebuild the open-interval index and the held heap from stored states (restore)."""
         self.accounts.clear_index()
-        self.held.clear()
+        self.settling.clear()
         for entity_id, state in items:
             self.accounts.index(entity_id, tuple(state.slots))
             for h in state.held:
-                self.held.hold(h.end, entity_id)
+                self.settling.hold(h.end, entity_id)
 
     # Read-only views for metrics and tests.
     @property
