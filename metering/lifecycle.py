@@ -267,6 +267,19 @@ def _close_slot(
     _emit(state, key, slot, resource_id, start, end, ctx, True, reason, src, out)
 
 
+def _kind_repeats(changes: list[tuple[int, int, str]], until: int) -> bool:
+    """True if one attribute changed twice at or before ``until`` (UTC ms)."""
+    kinds = 0
+    for change in changes:
+        if change[0] > until:
+            return False
+        bit = 1 << change[1]
+        if kinds & bit:
+            return True
+        kinds |= bit
+    return False
+
+
 def prune_changes(state: EntityState, bound: int) -> None:
     """Drop attribute changes that no open, held or future piece can see.
 
@@ -275,8 +288,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     the earliest of ``bound``, the open slots' starts and the held intervals' starts.
     """
     changes = state.changes
-    if len(changes) <= 1 or changes[1][0] > bound:
-        return  # at most one change at or before the bound: nothing to drop
+    if len(changes) <= 1 or changes[1][0] > bound or not _kind_repeats(changes, bound):
+        return  # no attribute changed twice by the bound (nor by the horizon, before it)
     horizon = bound
     for slot in state.slots.values():
         if slot.start < horizon:
@@ -284,15 +297,7 @@ def prune_changes(state: EntityState, bound: int) -> None:
     for held in state.held:
         if held.slot.start < horizon:
             horizon = held.slot.start
-    kinds = 0
-    for change in changes:  # drop only if a kind repeats at or before the horizon
-        if change[0] > horizon:
-            return
-        bit = 1 << change[1]
-        if kinds & bit:
-            break
-        kinds |= bit
-    else:
+    if horizon < bound and not _kind_repeats(changes, horizon):
         return
     keep: list[tuple[int, int, str]] = []
     latest_before: dict[int, tuple[int, int, str]] = {}
