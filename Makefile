@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install metering with dev extras (no-op when up to date)
 
-lint: install ## ruff and mypy (strict on metering/)
-	$(BIN)/ruff check metering agents tests
+lint: install ## ruff and mypy (strict on metering/ and storage/)
+	$(BIN)/ruff check metering storage agents tests
 	$(BIN)/mypy
 
 fmt: install ## Format the code with ruff
-	$(BIN)/ruff format metering agents tests
-	$(BIN)/ruff check --fix metering agents tests
+	$(BIN)/ruff format metering storage agents tests
+	$(BIN)/ruff check --fix metering storage agents tests
 
 test: install lint ## Lint, then the whole suite (unit, property, contract, real-broker integration)
 	@$(MAKE) --no-print-directory promtool || echo "promtool unavailable: its checks will be skipped"

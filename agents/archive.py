@@ -4,7 +4,7 @@
 ``<app_id>-archive``, so it reads the usage topic independently of billing consumers. One
 agent takes batches (at most ``archive_batch_records`` records, at most
 ``archive_flush_seconds`` old) and hands each topic-partition's share to
-:class:`metering.archive.ArchiveWriter`, which writes the files and the checkpoint. The
+:class:`storage.archive.ArchiveWriter`, which writes the files and the checkpoint. The
 batch body returns (and Faust acks the records, then commits) only once every file is on
 disk:
 
@@ -39,13 +39,13 @@ from typing import Any
 import faust
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from agents.cli import EXIT_FAILED, EXIT_OUTPUT
+from agents.cli.exits import EXIT_FAILED, EXIT_OUTPUT
 from agents.faustapp import make_app
 from agents.observe import Observability, family
-from metering.archive import LOCK_NAME, ArchiveWriter, BatchResult
-from metering.parquet import DirectoryLock, LockHeldError
 from metering.periods import PeriodGrid
 from metering.settings import Settings, load_settings
+from storage.archive import LOCK_NAME, ArchiveWriter, BatchResult
+from storage.dataset import DirectoryLock, LockHeldError
 
 log = logging.getLogger("metering.archive")
 

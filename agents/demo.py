@@ -39,6 +39,8 @@ from typing import Any
 
 import orjson
 
+from agents.errors import DemoError as DemoError
+
 CHART_NAME = "usage-by-type.png"
 CHART_TYPES = 9
 """Usage types drawn one by one; the others are summed as "other types"."""
@@ -53,41 +55,6 @@ DEMO_LATENESS_S = 60
 """Lateness (event-time seconds): the simulator's disorder is a few simulated seconds."""
 DEMO_IDLE_ADVANCE_S = 5
 """Idle advance (wall-clock seconds): a lane without records moves on after this."""
-
-
-class DemoError(Exception):
-    """A part of the demo failed; the message says which and what to do."""
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``demo`` subcommand."""
-    p = sub.add_parser(
-        "demo", help="run the pipeline end to end, live, on the embedded local broker",
-        description="Start a local Kafka broker, the metering worker and a live simulated "
-        "CloudStack cloud, and show usage flowing. Ctrl-C stops everything.")
-    p.add_argument("--duration", type=float, default=0.0,
-                   help="stop after SECONDS (default 0: run until Ctrl-C)")
-    p.add_argument("--speed", type=float, default=720.0,
-                   help="simulated seconds per real second (default 720: one simulated hour "
-                   "per 5 s)")
-    p.add_argument("--history", type=float, default=None, metavar="HOURS",
-                   help="simulated hours to replay, ending now (default: duration x speed; "
-                   "168 without --duration)")
-    p.add_argument("--rate", type=float, default=2000.0,
-                   help="at most this many records per second (default 2000); a denser "
-                   "simulated cloud slows its clock down")
-    p.add_argument("--accounts", type=int, default=300, help="simulated accounts (default 300)")
-    p.add_argument("--broker", default=None,
-                   help="use this running broker (host:port) instead of starting one")
-    p.add_argument("--data-dir", type=Path, default=Path("demo-data"),
-                   help="worker state, Parquet archive and logs; emptied at start and kept "
-                   "afterwards (default ./demo-data)")
-    p.add_argument("--web-port", type=int, default=6066, help="worker HTTP port (default 6066)")
-    p.add_argument("--every", type=float, default=5.0,
-                   help="seconds between summaries (default 5)")
-    p.add_argument("--top", type=int, default=5,
-                   help="accounts shown in the live summary (default 5)")
-    p.set_defaults(func=run)
 
 
 def _log(msg: str) -> None:
@@ -198,7 +165,9 @@ def _fresh_dir(data_dir: Path) -> None:
 def _report(dataset: Path, chart: Path) -> None:
     """Print the archived usage hours per usage type and per account (as ``metering report``
     computes them: each ``interval_id`` once) and write the chart."""
-    from metering.report import InputError, format_table, usage_report
+    from agents.cli.formats import report_table
+    from storage.errors import InputError
+    from storage.report import usage_report
 
     if not any(dataset.glob("usage_date=*/*.parquet")):
         _log(f"no usage archived under {dataset} yet (let the demo run longer)")
@@ -212,7 +181,7 @@ def _report(dataset: Path, chart: Path) -> None:
     print(f"\nArchived usage ({dataset}); explore it with:\n"
           f"  metering report {dataset} --by account --by usage_type\n"
           f"  METERING_DATASET={dataset.resolve()} jupyter lab notebooks/usage-analysis.ipynb\n"
-          f"\nArchived usage per usage type\n{format_table(by_type)}", flush=True)
+          f"\nArchived usage per usage type\n{report_table(by_type)}", flush=True)
     print(f"Archived usage per account (top {REPORT_TOP} of {len(by_account.rows):,} by hours)\n"
           + _top_table(by_account.rows, by_account.total_intervals, by_account.total_hours),
           flush=True)

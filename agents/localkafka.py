@@ -36,6 +36,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.errors import BrokerError as BrokerError
+from agents.errors import BrokerStartError as BrokerStartError
+from agents.errors import JarsUnavailableError as JarsUnavailableError
+
 KAFKA_VERSION = "3.9.1"
 DEFAULT_HEAP = "1g"
 _POM = Path(__file__).resolve().parents[1] / "compose" / "kafka" / "pom.xml"
@@ -50,18 +54,6 @@ log4j.logger.state.change.logger=WARN
 log4j.logger.kafka.controller=WARN
 log4j.logger.org.apache.kafka.controller=WARN
 """
-
-
-class BrokerError(RuntimeError):
-    """Base class of local-broker failures."""
-
-
-class JarsUnavailableError(BrokerError):
-    """Raised when Maven could not resolve the Kafka jars; the message says what to check."""
-
-
-class BrokerStartError(BrokerError):
-    """Raised when the broker did not become ready before its deadline; carries the log tail."""
 
 
 def cache_root() -> Path:

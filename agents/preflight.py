@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agents.errors import PreflightError as PreflightError
 from metering.guards import Grid, GridAction, grid_decision, partition_refusal
 from metering.settings import Settings
 
@@ -46,14 +47,6 @@ def broker_wait_seconds(settings: Settings) -> float:
 def grid_topic(settings: Settings) -> str:
     """The compacted one-partition topic holding the grid of ``app_id``'s state."""
     return f"{settings.app_id}-grid"
-
-
-class PreflightError(Exception):
-    """A refusal to start: ``code`` is the exit code, the message says what to do."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 async def _connect(settings: Settings, deadline_s: float) -> Any:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import orjson
 
-from metering.archive import ArchiveWriter
 from metering.intervals import make_interval
 from metering.periods import PeriodGrid
+from storage.archive import ArchiveWriter
 
 HOUR = 3_600_000
 DAY0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z

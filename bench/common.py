@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from agents.cli.progress import SimulateDisplay
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.run import stream, write_records
 
@@ -123,7 +124,8 @@ def trace(accounts: int, days: int, seed: int = 1) -> tuple[Path, SimConfig]:
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         log(f"generating {path} (once) ...")
-        summary, _ = write_records(cfg, path, progress=sys.stderr.isatty())
+        display = SimulateDisplay(sys.stderr.isatty(), cfg.start_ms, cfg.until_ms)
+        summary, _ = write_records(cfg, path, on_progress=display)
         log(f"  {summary.records:,} records at {summary.records_per_second:,.0f}/s")
     return path, cfg
 

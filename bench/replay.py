@@ -3,7 +3,7 @@
 * **Bare loop** (the ceiling of any Python consumer of this JSON): read the file line by
   line and ``orjson.loads`` each line; nothing else. Best of two runs (the second has a
   warm page cache).
-* **Replay**: :func:`metering.replay.run_replay` (what ``metering replay`` runs) with
+* **Replay**: :func:`storage.replay.run_replay` (what ``metering replay`` runs) with
   ``--until`` at the trace's end and daily periods, writing the Parquet dataset to a
   temporary directory. Timed wall clock, in-process, best of two runs.
 * **Profile** (when a target is missed): ``metering replay`` in a subprocess, sampled by
@@ -22,8 +22,8 @@ import orjson
 from bench.common import PYTHON, Results, Row, log, pct
 from bench.profile import record_command
 from metering.eventtime import iso
-from metering.replay import ReplayOptions, run_replay
 from metering.simulate.cloud import SimConfig
+from storage.replay import ReplayOptions, run_replay
 
 
 def bare_loop(path: Path) -> tuple[int, float]:
@@ -47,8 +47,7 @@ def replay(path: Path, cfg: SimConfig, period: str) -> tuple[int, int, float]:
     try:
         t0 = time.perf_counter()
         summary = run_replay(ReplayOptions(inputs=[str(path)], output=out,
-                                           until_ms=cfg.until_ms, period=period,
-                                           progress=False))
+                                           until_ms=cfg.until_ms, period=period))
         seconds = time.perf_counter() - t0
         intervals = sum(summary.as_dict()["intervals_by_usage_type"].values())
         return summary.records, intervals, seconds

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import orjson
 
+from metering.errors import MeteringError
 from metering.events import Source
 from metering.lifecycle import LEGACY_ACCOUNT, EntityState, Held, Orphan, Slot, SlotKey
 from metering.meter import AccountState
@@ -43,7 +44,7 @@ SUPPORTED: Final = (1, 2)
 _HEAD: Final = bytes([VERSION])
 
 
-class StateDecodeError(ValueError):
+class StateDecodeError(MeteringError, ValueError):
     """Stored state could not be decoded (unknown version or corrupt bytes)."""
 
 

@@ -17,20 +17,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from metering.errors import SettingsError as SettingsError
 from metering.periods import PERIODS, load_timezone
 from metering.rejects import record_limit_problems
 
 ENV_PREFIX: Final = "METERING_"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SECRET_FIELDS: Final = frozenset({"sasl_password"})
-
-
-class SettingsError(ValueError):
-    """Invalid settings; ``problems`` lists every problem found, each naming its setting."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid settings:\n  - " + "\n  - ".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Final, NamedTuple
 
 import orjson
 
+from metering.errors import MeteringError
 from metering.events import (
     MAX_ID_CHARS,
     AccountCreated,
@@ -75,7 +76,7 @@ class Tick(NamedTuple):
     delivered a record yet."""
 
 
-class WireError(ValueError):
+class WireError(MeteringError, ValueError):
     """An internal record that this code did not write (a bug or a foreign producer)."""
 
 

@@ -1,10 +1,12 @@
-"""Drive a simulated cloud to bytes: the record stream, files, live pacing, progress, truth."""
+"""Drive a simulated cloud to bytes: the record stream, files, live pacing, truth.
+
+Progress is reported to a callback; drawing it is the command line's job.
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -83,31 +85,12 @@ def stream(
             index += 1
 
 
-class Progress:
-    """A one-line progress display on stderr (only when enabled, e.g. on a terminal)."""
+ProgressCallback = Callable[[int, int, bool], None]
+"""``(records written, simulated time reached in UTC ms, done)``."""
 
-    def __init__(self, enabled: bool, start_ms: int, until_ms: int, label: str) -> None:
-        self.enabled = enabled
-        self.start_ms, self.until_ms = start_ms, until_ms
-        self.label = label
-        self.t0 = time.monotonic()
-        self.next_at = self.t0 + 0.5
 
-    def tick(self, records: int, sim_ms: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now < self.next_at:
-            return
-        self.next_at = now + 0.5
-        span = max(1, self.until_ms - self.start_ms)
-        pct = min(100.0, 100.0 * (sim_ms - self.start_ms) / span)
-        rate = records / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label}: {pct:5.1f}%  sim time {iso(sim_ms)[:16]}Z  "
-                         f"{records:,} records  {rate:,.0f} rec/s   ")
-        if force:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+def _no_progress(_records: int, _sim_ms: int, _done: bool) -> None:
+    pass
 
 
 def open_output(path: Path, gz: bool | None = None) -> IO[bytes]:
@@ -168,26 +151,28 @@ def write_records(
     fmt: str = "jsonl",
     topic: str = "cs",
     partitions: int = 4,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[SimSummary, Cloud]:
     """Simulate ``config`` into ``output`` (JSONL values or kcat envelopes), atomically.
 
+    ``on_progress(records, sim_ms, done)`` (if given) is called every 1024 records with the
+    records written and the simulated time (UTC ms) reached, and once more with ``done``.
     Returns the summary and the finished cloud (whose ``truth`` is complete).
     """
     cloud = Cloud(config)
-    show = Progress(progress, config.start_ms, config.until_ms, "simulate")
+    show = on_progress or _no_progress
     writer = RecordWriter(output, fmt, topic, partitions)
     t0 = time.monotonic()
     try:
         for em in stream(cloud):
             writer.write(em, cloud.truth.malformed)
             if em.position & 0x3FF == 0:
-                show.tick(writer.summary.records, em.ts_ms)
+                show(writer.summary.records, em.ts_ms, False)
         writer.commit()
     finally:
         writer.abort()
     writer.summary.seconds = time.monotonic() - t0
-    show.tick(writer.summary.records, config.until_ms, force=True)
+    show(writer.summary.records, config.until_ms, True)
     return writer.summary, cloud
 
 

@@ -14,9 +14,9 @@ from metering.decode import decode
 from metering.events import Source
 from metering.intervals import FIELDS
 from metering.meter import Meter, MeterPolicy
-from metering.parquet import ARROW_SCHEMA
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.run import stream
+from storage.dataset import ARROW_SCHEMA
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 INTERVAL = json.loads((SCHEMAS / "usage-interval.schema.json").read_text())

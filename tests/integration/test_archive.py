@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from metering.archive import ArchiveWriter, parse_part_name
 from metering.intervals import UsageInterval, make_interval
 from metering.periods import PeriodGrid
+from storage.archive import ArchiveWriter
+from storage.parts import parse_archive_part_name as parse_part_name
 from tests.integration.conftest import _create_topic
 from tests.integration.kafkautil import end_offsets, produce
 from tests.integration.workerproc import WorkerProc

@@ -36,8 +36,8 @@ import pytest
 from metering.decode import decode
 from metering.events import Rejected
 from metering.eventtime import format_event_time
-from metering.parquet import read_dataset
-from metering.replay import ReplayOptions, run_replay
+from storage.dataset import read_dataset
+from storage.replay import ReplayOptions, run_replay
 from tests.integration.kafkautil import consume, produce, usage_rows
 from tests.integration.workerproc import WorkerProc
 from tests.tracegen import START_MS, build_trace
@@ -169,7 +169,7 @@ def replay_rows(lines: list[bytes], tmp: Path) -> dict[str, dict[str, Any]]:
     trace = tmp / "valid-dump.jsonl"
     trace.write_bytes(b"\n".join(lines) + b"\n")
     run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay",
-                             max_record_bytes=MAX_BYTES, progress=False))
+                             max_record_bytes=MAX_BYTES))
     rows = {}
     for row in read_dataset(tmp / "replay").to_pylist():
         row.pop("usage_date")

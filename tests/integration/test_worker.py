@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from metering.eventtime import format_event_time
-from metering.parquet import read_dataset
-from metering.replay import ReplayOptions, run_replay
+from storage.dataset import read_dataset
+from storage.replay import ReplayOptions, run_replay
 from tests.integration.kafkautil import consume, dump_kcat, produce, usage_rows
 from tests.integration.workerproc import WorkerProc
 from tests.tracegen import START_MS, build_trace
@@ -38,7 +38,7 @@ def replay_rows(kcat_lines: list[bytes], tmp: Path) -> dict[str, dict[str, Any]]
     """Replay a kcat dump; rows by interval_id with timestamps as epoch ms (like the topic)."""
     trace = tmp / "dump.jsonl"
     trace.write_bytes(b"\n".join(kcat_lines) + b"\n")
-    run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay", progress=False))
+    run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay"))
     rows = {}
     for row in read_dataset(tmp / "replay").to_pylist():
         row.pop("usage_date")

@@ -8,9 +8,11 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 
-from metering.archive import ArchiveWriter, parse_interval, parse_part_name, part_name
 from metering.intervals import UsageInterval, make_interval
 from metering.periods import PeriodGrid
+from storage.archive import ArchiveWriter, parse_interval
+from storage.parts import archive_part_name as part_name
+from storage.parts import parse_archive_part_name as parse_part_name
 
 HOUR = 3_600_000
 DAY0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
@@ -250,9 +252,9 @@ def test_rows_with_instants_the_archive_cannot_place_are_rejected_not_fatal(
 
 
 def test_one_archive_per_directory_lock(tmp_path: Path) -> None:
-    from metering.archive import LOCK_NAME
-    from metering.compact import LOCK_NAME as COMPACT_LOCK
-    from metering.parquet import DirectoryLock, LockHeldError
+    from storage.archive import LOCK_NAME
+    from storage.compact import LOCK_NAME as COMPACT_LOCK
+    from storage.dataset import DirectoryLock, LockHeldError
 
     root = tmp_path / "ds"
     first = DirectoryLock(root / LOCK_NAME, "metering archive, pid 1 on host-a")

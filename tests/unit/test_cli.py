@@ -98,3 +98,22 @@ def test_subcommand_help_loads_no_heavy_library(command: str) -> None:
     """`metering CMD --help` stays fast: pyarrow, pandas and faust load only when a command
     runs (issue 16: building the parser loaded pyarrow and pandas, 1.3 s)."""
     assert _modules_loaded_by([command, "--help"]) == set()
+
+
+def test_python_m_agents_help_imports_no_heavy_library() -> None:
+    """``python -m agents --help`` (what the ``metering`` script runs) loads none of pyarrow,
+    pandas, faust, aiokafka: heavy imports happen only in the subcommand that needs them."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['agents', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('agents', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = ('pyarrow', 'pandas', 'faust', 'aiokafka', 'storage.dataset')\n"
+        "print(','.join(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert "usage: metering" in run.stdout
+    assert run.stderr.strip() == "", f"metering --help loaded {run.stderr.strip()}"

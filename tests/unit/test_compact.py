@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from agents.cli import main
-from metering import compact
-from metering.compact import (
+from metering.intervals import UsageInterval, make_interval
+from storage import compact
+from storage.compact import (
     COMPACTED_NAME,
     LOCK_NAME,
     CompactOptions,
@@ -20,8 +21,8 @@ from metering.compact import (
     closed_cutoff,
     run_compact,
 )
-from metering.intervals import UsageInterval, make_interval
-from metering.parquet import SORT_COLUMNS, partition_dir, to_table, write_atomic
+from storage.dataset import SORT_COLUMNS, to_table
+from storage.parts import partition_dir, write_atomic
 
 HOUR = 3_600_000
 DAY_MS = 24 * HOUR

@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from agents import batchcli
+from agents.cli import batch as batchcli
 from metering.decode import decode
 from metering.events import Source
 from metering.lifecycle import MAX_ORPHANS
 from metering.meter import Meter, MeterPolicy
-from metering.replay import ReplayOptions, run_replay
+from storage.replay import ReplayOptions, run_replay
 from tests.refinterp import reference_usage
 from tests.unit.test_contract_rules import (
     ACCT,
@@ -336,8 +336,7 @@ def test_replay_orphan_close_ttl_option(tmp_path: Path, ttl_s: float, hours: flo
     trace = tmp_path / "trace.jsonl"
     trace.write_bytes(b"\n".join(_expiry_trace()) + b"\n")
     options = ReplayOptions(inputs=[str(trace)], output=tmp_path / "out",
-                            until_ms=T0 + 28 * HOUR, orphan_close_ttl_ms=int(ttl_s * 1000),
-                            progress=False)
+                            until_ms=T0 + 28 * HOUR, orphan_close_ttl_ms=int(ttl_s * 1000))
     summary = run_replay(options)
     assert summary.hours["RUNNING_VM"] == pytest.approx(hours)
     table = pq.read_table(tmp_path / "out").to_pylist()

@@ -31,7 +31,7 @@ from metering.events import (
 from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
 from metering.periods import PeriodGrid
-from metering.replay import reject_record
+from metering.rejects import reject_record
 from metering.usage_types import TRANSITIONS
 
 UTC = dt.UTC

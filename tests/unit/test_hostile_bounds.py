@@ -35,7 +35,6 @@ from metering.events import (
     UsageEvent,
 )
 from metering.eventtime import format_event_time, parse_event_time
-from metering.parquet import read_dataset
 from metering.rejects import (
     KEY_MAX_BYTES,
     MAX_REJECT_MESSAGE_BYTES,
@@ -45,9 +44,10 @@ from metering.rejects import (
     reject_key,
     reject_record,
 )
-from metering.replay import ReplayOptions, run_replay
 from metering.settings import Settings, SettingsError
 from metering.wire import MAX_ROUTED_MESSAGE_BYTES, MAX_ROUTED_VALUE_BYTES, encode_routed
+from storage.dataset import read_dataset
+from storage.replay import ReplayOptions, run_replay
 from tests.refinterp import reference_usage
 from tests.tracegen import START_MS, build_trace
 
@@ -319,7 +319,7 @@ def test_replay_rejects_hostile_records_and_keeps_the_valid_usage(tmp_path: Path
     def replay(name: str, out: str, rejects: Path | None = None) -> Any:
         return run_replay(ReplayOptions(
             inputs=[str(tmp_path / name)], output=tmp_path / out, rejects=rejects,
-            progress=False, now_ms=NOW, max_clock_skew_ms=SKEW,
+            now_ms=NOW, max_clock_skew_ms=SKEW,
             until_ms=START_MS + 5 * 3_600_000))
 
     until = START_MS + 5 * 3_600_000

@@ -25,8 +25,8 @@ import orjson
 
 from agents.cli import main
 from metering.eventtime import format_event_time, parse_event_time
-from metering.parquet import read_dataset
 from metering.simulate.truth import totals_from_intervals, truth_totals
+from storage.dataset import read_dataset
 
 
 def _usage(line: bytes) -> dict[str, Any] | None:

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 from agents.cli import main
-from metering.compact import CompactOptions, run_compact
 from metering.intervals import UsageInterval, make_interval
-from metering.parquet import partition_dir, to_table, write_atomic
-from metering.report import usage_report
+from storage.compact import CompactOptions, run_compact
+from storage.dataset import to_table
+from storage.parts import partition_dir, write_atomic
+from storage.report import usage_report
 
 HOUR = 3_600_000
 DAY_MS = 24 * HOUR

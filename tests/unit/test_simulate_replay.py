@@ -9,9 +9,9 @@ import pytest
 
 from agents.cli import main
 from metering.eventtime import datetime_to_ms
-from metering.parquet import read_dataset
 from metering.periods import PeriodGrid
 from metering.simulate.truth import totals_from_intervals, truth_totals
+from storage.dataset import read_dataset
 
 
 @pytest.mark.parametrize(

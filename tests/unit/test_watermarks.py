@@ -17,9 +17,9 @@ from agents.cli import main
 from metering.events import Source, UsageEvent
 from metering.intervals import UsageInterval
 from metering.meter import NEVER, Meter, MeterPolicy
-from metering.parquet import read_dataset
 from metering.simulate.truth import totals_from_intervals, truth_totals
 from metering.watermarks import LaneReader, confirm_by_wall, idle_watermark, step
+from storage.dataset import read_dataset
 
 MIN = 60_000
 HOUR = 3_600_000

@@ -1,27 +1,23 @@
-"""The Parquet layout of usage intervals (contract section 5).
+"""The Parquet form of usage intervals (contract section 5): schema, tables, reading, locks.
 
 A dataset directory holds Hive partitions ``usage_date=YYYY-MM-DD`` (the date of
 ``period_start`` in the period time zone). Columns follow ``schemas/usage_interval.v1.schema.json``
-with ``start``, ``end`` and ``period_start`` as ``timestamp[ms, tz=UTC]``. Every file is
-written to a temporary name in its final directory and renamed into place, so a reader never
-sees a half-written file and a rerun that derives the same name replaces instead of adding.
+with ``start``, ``end`` and ``period_start`` as ``timestamp[ms, tz=UTC]``. How part files are
+named and written (atomically, durably) is :mod:`storage.parts`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterable, Sequence
-from operator import itemgetter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from metering.intervals import FIELDS, UsageInterval
-from metering.layout import PARTITION_COLUMN as PARTITION_COLUMN
-from metering.layout import SORT_COLUMNS as SORT_COLUMNS
+from storage.errors import LockHeldError as LockHeldError
+from storage.layout import PARTITION_COLUMN as PARTITION_COLUMN
+from storage.layout import SORT_COLUMNS as SORT_COLUMNS
 
 TS: Final = pa.timestamp("ms", tz="UTC")
 
@@ -53,7 +49,6 @@ ARROW_SCHEMA: Final = pa.schema(_FIELDS)
 assert tuple(ARROW_SCHEMA.names) == FIELDS, "Parquet columns must follow the contract order"
 
 
-
 def to_table(rows: Sequence[UsageInterval]) -> pa.Table:
     """Intervals -> an Arrow table with :data:`ARROW_SCHEMA` (ms integers become timestamps)."""
     if not rows:
@@ -68,52 +63,6 @@ def sorted_table(rows: Sequence[UsageInterval]) -> pa.Table:
     return to_table(rows).sort_by([(name, "ascending") for name in SORT_COLUMNS])
 
 
-
-
-def write_atomic(table: pa.Table, path: Path) -> int:
-    """Write ``table`` to ``path`` via a temporary file in the same directory; return bytes.
-
-    The temporary file is fsynced and renamed over ``path``; on failure it is removed and
-    the exception propagates (an unwritten file is never reported as written).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that a rename or unlink inside it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def partition_dir(root: Path, usage_date: str) -> Path:
-    """``root/usage_date=YYYY-MM-DD``."""
-    return root / f"{PARTITION_COLUMN}={usage_date}"
-
-
-_SORT_KEY: Final = itemgetter(
-    *(FIELDS.index(n) for n in ("account_id", "start", "usage_type", "resource_id", "interval_id"))
-)
-
-
-def sort_rows(rows: Iterable[UsageInterval]) -> list[UsageInterval]:
-    """Rows in the dataset's order: account, start, usage type, resource, interval id."""
-    return sorted(rows, key=_SORT_KEY)
-
-
 def read_dataset(root: Path | str) -> pa.Table:
     """Read a whole dataset (all ``usage_date=`` partitions) as one Arrow table."""
     import pyarrow.dataset as ds
@@ -122,16 +71,6 @@ def read_dataset(root: Path | str) -> pa.Table:
         str(root), format="parquet", partitioning="hive", exclude_invalid_files=True
     )
     return dataset.to_table()
-
-
-class LockHeldError(Exception):
-    """Another process holds the lock file ``path``; ``holder`` is what it wrote there
-    (informational, e.g. its pid and host; empty if it wrote nothing)."""
-
-    def __init__(self, path: Path, holder: str) -> None:
-        self.path = path
-        self.holder = holder
-        super().__init__(f"{path} is locked by {holder or 'another process'}")
 
 
 class DirectoryLock:

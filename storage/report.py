@@ -13,41 +13,33 @@ dataset was written with), and for each group reports:
 
 The archive may hold an interval more than once until ``metering compact`` has merged its
 day, so rows are deduplicated by ``interval_id`` first. If the versions of an id differ, the
-one :func:`metering.compact.dedupe` keeps is counted (highest ``source_offset``; the same
+one :func:`storage.compact.dedupe` keeps is counted (highest ``source_offset``; the same
 version ``compact --on-conflict keep-latest`` keeps) and the number of such ids is reported
 on stderr.
 
-Formats: ``table`` (aligned columns and a total row, for people), ``csv`` (a header and one
-line per group, no total) and ``json`` (an object with the groups, the total and the
-dedup counts), for scripts. Exit codes are those of :mod:`agents.cli`: 0 ok, 2 bad options,
-3 unreadable input (DIR missing, without any ``usage_date`` partition, or a file that cannot
-be read). A date range that selects no partition is not an error: the report is empty.
+The result is a :class:`Report` (plain values); the command line formats it (``table``,
+``csv``, ``json``: ``agents.cli.formats``). A DIR missing, without any ``usage_date``
+partition, or with a file that cannot be read raises :class:`~storage.errors.InputError`
+(exit code 3). A date range that selects no partition is not an error: the report is empty.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from metering.compact import (
-    PREFERENCE,
-    InputError,
-    dedupe,
-    list_days,
-    part_files,
-)
 from metering.intervals import MS_PER_HOUR
-from metering.layout import GROUP_BY
-from metering.parquet import PARTITION_COLUMN
+from storage.compact import PREFERENCE, dedupe
+from storage.dataset import PARTITION_COLUMN
+from storage.errors import InputError
+from storage.layout import GROUP_BY
+from storage.parts import list_days, part_files
 
 GROUP_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "account": ("account_id",),
@@ -68,7 +60,7 @@ _READ: Final = tuple(
         )
     )
 )
-"""Columns read: the groups, the sum, and what :func:`~metering.compact.dedupe` prefers by."""
+"""Columns read: the groups, the sum, and what :func:`~storage.compact.dedupe` prefers by."""
 
 
 @dataclass
@@ -191,57 +183,3 @@ def _aggregate(table: pa.Table, group_cols: list[str]) -> list[dict[str, Any]]:
     if table.num_rows and pc.sum(agg.column("intervals")).as_py() != table.num_rows:
         raise AssertionError("group counts do not add up to the deduplicated rows")
     return rows
-
-
-# ---------------------------------------------------------------------------- formats
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def format_table(report: Report) -> str:
-    """Aligned columns with a total row; hours with 3 decimals."""
-    group_cols = report.columns[:-2]
-    header = [*group_cols, "intervals", "hours"]
-    body = [
-        [*(_cell(r[c]) for c in group_cols), f"{r['intervals']:,}", f"{r['hours']:,.3f}"]
-        for r in report.rows
-    ]
-    total = [
-        "TOTAL",
-        *([""] * (len(group_cols) - 1)),
-        f"{report.total_intervals:,}",
-        f"{report.total_hours:,.3f}",
-    ]
-    widths = [max(len(row[i]) for row in [header, *body, total]) for i in range(len(header))]
-    numeric = {len(header) - 2, len(header) - 1}
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    lines = [line(header), rule, *(line(b) for b in body), rule, line(total)]
-    return "\n".join(lines) + "\n"
-
-
-def format_csv(report: Report) -> str:
-    """A header line and one line per group (no total); hours at full precision."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(report.columns)
-    for r in report.rows:
-        writer.writerow([_cell(r[c]) if c != "hours" else repr(r[c]) for c in report.columns])
-    return out.getvalue()
-
-
-def format_json(report: Report) -> str:
-    """:meth:`Report.as_dict` as indented JSON."""
-    return orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
-
-
-# ---------------------------------------------------------------------------- CLI

@@ -1,17 +1,21 @@
-"""The ``metering`` command line.
+"""The ``metering`` command line: every subcommand's arguments, exit codes and printing.
 
-Subcommands register themselves through small ``add_arguments(parser)`` / ``run(args)``
-pairs: ``replay`` lives in :mod:`metering` (pure), ``simulate`` (which can produce to Kafka)
-and the worker commands in :mod:`agents`; heavy imports happen only when a subcommand runs.
+The package is the one place where the command line lives:
 
-Exit codes (every subcommand):
+* this module: :func:`main` (the console script) and the :data:`COMMANDS` table;
+* :mod:`agents.cli.exits`: the exit codes and the one error-to-exit-code map;
+* :mod:`agents.cli.batch`: ``replay``, ``compact``, ``report`` (engines in :mod:`storage`);
+* :mod:`agents.cli.workers`: ``worker``, ``archive``, ``check-config`` (Faust apps);
+* :mod:`agents.cli.kafka`: ``kafka up|down|status`` (the embedded broker);
+* :mod:`agents.cli.simulate`, :mod:`agents.cli.demo`: the parsers of ``simulate`` and
+  ``demo`` (their runs are :mod:`agents.simulate` and :mod:`agents.demo`);
+* :mod:`agents.cli.progress`: progress lines on stderr; :mod:`agents.cli.formats`: the text
+  of batch results.
 
-* 0: success
-* 1: the command ran but failed (for example a broker that would not start)
-* 2: bad usage or invalid options (argparse and option validation)
-* 3: an input could not be read
-* 4: an output could not be written
-* 130: interrupted (Ctrl-C)
+Each subcommand module has ``register(subparsers)``; a command's heavy imports happen only
+when it runs. Exit codes (every subcommand): 0 success, 1 the command ran but failed,
+2 bad usage or invalid options, 3 an input could not be read, 4 an output could not be
+written, 130 interrupted (Ctrl-C); see :mod:`agents.cli.exits`.
 """
 
 from __future__ import annotations
@@ -22,64 +26,33 @@ import sys
 from collections.abc import Callable, Sequence
 
 import metering
+from agents.cli.exits import EXIT_FAILED as EXIT_FAILED
+from agents.cli.exits import EXIT_INPUT as EXIT_INPUT
+from agents.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE, fail
+from agents.cli.exits import EXIT_OK as EXIT_OK
+from agents.cli.exits import EXIT_OUTPUT as EXIT_OUTPUT
+from metering.errors import MeteringError
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INPUT = 3
-EXIT_OUTPUT = 4
-EXIT_INTERRUPTED = 130
-
-
-def _kafka_command(args: argparse.Namespace) -> int:
-    from agents import localkafka
-
-    if args.action == "up":
-        info = localkafka.up_detached(log=lambda m: print(m, file=sys.stderr))
-        print(f"Kafka {info['version']} is up. Bootstrap: {info['bootstrap']}")
-        print(f"  export METERING_BROKER={info['bootstrap']}")
-        print(f"  export METERING_TEST_BROKER={info['bootstrap']}   # tests reuse it")
-        print("  stop it with: make kafka-down")
-        return EXIT_OK
-    if args.action == "down":
-        localkafka.down_detached(log=print)
-        return EXIT_OK
-    info_or_none = localkafka.status_detached()
-    if info_or_none is None:
-        print("no local Kafka broker is running")
-        return EXIT_FAILED
-    print(f"Kafka is running at {info_or_none['bootstrap']} (pid {info_or_none['pid']})")
-    return EXIT_OK
-
-
-def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "kafka",
-        help="start/stop a local single-node Kafka broker (Maven Central jars, no Docker)",
-        description="Manage the embedded local Kafka broker used by the demo and the tests.",
-    )
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.set_defaults(func=_kafka_command)
-
-
-COMMANDS: dict[str, tuple[str | None, str]] = {
-    "simulate": ("agents.simulate",
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("agents.cli.simulate",
                  "generate a realistic CloudStack event stream whose true usage is known"),
-    "replay": ("agents.batchcli",
+    "replay": ("agents.cli.batch",
                "meter recorded CloudStack events into a Parquet dataset (batch, no broker)"),
-    "compact": ("agents.batchcli", "merge the Parquet files of closed days into one sorted, "
+    "compact": ("agents.cli.batch", "merge the Parquet files of closed days into one sorted, "
                 "deduplicated file per day"),
-    "report": ("agents.batchcli",
+    "report": ("agents.cli.batch",
                "usage hours and interval counts per account, usage type and/or day"),
-    "worker": ("agents.commands", "run the streaming worker (Faust agents: cs -> usage)"),
-    "archive": ("agents.commands", "run the archive worker (usage topic -> Parquet dataset)"),
-    "check-config": ("agents.commands",
+    "worker": ("agents.cli.workers", "run the streaming worker (Faust agents: cs -> usage)"),
+    "archive": ("agents.cli.workers",
+                "run the archive worker (usage topic -> Parquet dataset)"),
+    "check-config": ("agents.cli.workers",
                      "print the effective settings (secrets masked); exit 2 if invalid"),
-    "demo": ("agents.demo", "run the pipeline end to end, live, on the embedded local broker"),
-    "kafka": (None, "start/stop a local single-node Kafka broker (Maven Central jars, no "
-              "Docker)"),
+    "demo": ("agents.cli.demo",
+             "run the pipeline end to end, live, on the embedded local broker"),
+    "kafka": ("agents.cli.kafka", "start/stop a local single-node Kafka broker (Maven Central "
+              "jars, no Docker)"),
 }
-"""Subcommand -> (module whose ``register`` adds it, or None for ``kafka``; its help line).
+"""Subcommand -> (module whose ``register`` adds it; its help line).
 
 ``metering --help`` is drawn from this table alone and ``metering CMD ...`` imports only
 the module of ``CMD``: pyarrow, pandas and faust load only in the commands that use them,
@@ -88,9 +61,7 @@ so the help of every command starts in well under a second (tests/unit/test_cli.
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
-def _registrar(module_name: str | None) -> Registrar:
-    if module_name is None:
-        return _add_kafka
+def _registrar(module_name: str) -> Registrar:
     module = importlib.import_module(module_name)
     register: Registrar = module.register
     return register
@@ -158,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MeteringError as exc:  # not handled by the command: the one map decides
+        return fail(args.command, exc)
     return code
 
 

@@ -1,6 +1,6 @@
 """Names of the Parquet dataset layout and of the batch commands' choices (no imports).
 
-Kept apart from :mod:`metering.parquet` (which loads pyarrow) so that the command line can
+Kept apart from :mod:`storage.dataset` (which loads pyarrow) so that the command line can
 describe the dataset without loading pyarrow: ``metering compact --help`` must start fast.
 """
 

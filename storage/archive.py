@@ -5,7 +5,8 @@ The archive agent (``agents.archive``) hands each batch of one topic-partition t
 
 1. one Parquet file per ``usage_date`` in the batch, each written to a temporary name,
    fsynced and renamed (``usage_date=D/<topic>-p<partition>-<first>-<last>.parquet``, where
-   first/last are the batch's source offsets, zero-padded so names sort by offset);
+   first/last are the batch's source offsets, zero-padded so names sort by offset; the
+   names and the write policy are :mod:`storage.parts`);
 2. usage-topic records that are not valid intervals, as JSONL under ``_rejected/`` (nothing
    is dropped);
 3. the partition's **checkpoint** ``_archive/<topic>-<partition>.json`` (last archived offset),
@@ -43,8 +44,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,15 +54,15 @@ import orjson
 import pyarrow as pa
 
 from metering.intervals import FIELDS, UsageInterval
-from metering.parquet import (
-    PARTITION_COLUMN,
-    fsync_dir,
-    partition_dir,
-    sorted_table,
-    to_table,
-    write_atomic,
-)
 from metering.periods import PeriodGrid
+from storage.dataset import PARTITION_COLUMN, sorted_table, to_table
+from storage.parts import (
+    archive_part_name,
+    parse_archive_part_name,
+    partition_dir,
+    write_atomic,
+    write_bytes_atomic,
+)
 
 CHECKPOINT_DIR: Final = "_archive"
 CHECKPOINT_LOCK: Final = ".checkpoints.lock"
@@ -80,29 +79,12 @@ turn into a date."""
 _INSTANT_FIELDS: Final = ("start", "end", "period_start")
 _INT32_FIELDS: Final = ("usage_type", "source_partition", "schema_version")
 _INT32_MAX: Final = 2**31 - 1
-_PART: Final = re.compile(
-    r"^(?P<topic>.+)-p(?P<partition>\d{4,})-(?P<first>\d{20})-(?P<last>\d{20})"
-    r"\.(?:parquet|jsonl)$"
-)
 
 _INT_FIELDS: Final = frozenset({"usage_type", "start", "end", "duration_ms", "period_start",
                                 "source_partition", "source_offset", "schema_version"})
 _STR_FIELDS: Final = frozenset({"interval_id", "account_id", "usage_type_name", "resource_id",
                                 "close_reason", "source_topic"})
 _OPT_STR_FIELDS: Final = frozenset({"domain_id", "zone_id", "offering_id", "template_id"})
-
-
-def part_name(topic: str, partition: int, first: int, last: int) -> str:
-    """File name of the rows of source offsets ``first..last`` (inclusive) of a partition."""
-    return f"{topic}-p{partition:04d}-{first:020d}-{last:020d}.parquet"
-
-
-def parse_part_name(name: str) -> tuple[str, int, int, int] | None:
-    """(topic, partition, first, last) of an archive part (or rejects) file name, else None."""
-    m = _PART.match(name)
-    if m is None:
-        return None
-    return m["topic"], int(m["partition"]), int(m["first"]), int(m["last"])
 
 
 def parse_interval(raw: bytes) -> UsageInterval | str:
@@ -165,21 +147,6 @@ class BatchResult:
     """True if the stored checkpoint was above this batch's last offset and was kept."""
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 class ArchiveWriter:
     """Writes batches of usage-topic records into the dataset under ``root``.
 
@@ -231,7 +198,7 @@ class ArchiveWriter:
             fcntl.flock(fd, fcntl.LOCK_EX)
             stored = self._read_checkpoint(path)
             if stored < last:
-                _write_bytes_atomic(path, orjson.dumps({
+                write_bytes_atomic(path, orjson.dumps({
                     "topic": topic, "partition": partition, "last_offset": last}))
                 stored = last
         finally:
@@ -264,7 +231,7 @@ class ArchiveWriter:
         dirs = [*self.root.glob(f"{PARTITION_COLUMN}=*"), self.root / REJECTED_DIR]
         for day in dirs:
             for path in day.glob(f"{topic}-p*"):
-                parsed = parse_part_name(path.name)
+                parsed = parse_archive_part_name(path.name)
                 if parsed and parsed[0] == topic and parsed[1] == partition and parsed[2] > last:
                     path.unlink(missing_ok=True)
                     removed.append(str(path))
@@ -307,7 +274,7 @@ class ArchiveWriter:
                        f"{self.grid.timezone}: {exc}"[:300])
                 continue
             by_date[date].append((offset, value, row))
-        name = part_name(topic, partition, first, last)
+        name = archive_part_name(topic, partition, first, last)
         for date in sorted(by_date):
             path = partition_dir(self.root, date) / name
             table = self._table(by_date[date], reject)
@@ -315,13 +282,12 @@ class ArchiveWriter:
                 continue
             rows = table.num_rows
             result.bytes += write_atomic(table, path)
-            fsync_dir(path.parent)
             result.files.append(str(path))
             result.rows += rows
         if self.on_files_written is not None:
             self.on_files_written()
         if rejected:
-            _write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
+            write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
                                 b"\n".join(line for _, line in sorted(rejected)) + b"\n")
             result.rejected = len(rejected)
         result.checkpoint = self._store_checkpoint(topic, partition, last)

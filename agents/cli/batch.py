@@ -1,10 +1,11 @@
 """The batch commands ``replay``, ``compact`` and ``report``: argument parsing, exit codes
 and printing, at the edge.
 
-The engines live in the core (:func:`metering.replay.run_replay`,
-:func:`metering.compact.run_compact`, :func:`metering.report.usage_report`) and are imported
+The engines live in :mod:`storage` (:func:`storage.replay.run_replay`,
+:func:`storage.compact.run_compact`, :func:`storage.report.usage_report`) and are imported
 only when a command runs: building these parsers loads neither pyarrow nor pandas, so
-``metering replay --help`` starts fast. Exit codes are those of :mod:`agents.cli`.
+``metering replay --help`` starts fast. Errors become exit codes through
+:mod:`agents.cli.exits`; results become text through :mod:`agents.cli.formats`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-from agents.cli import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
+from agents.cli.exits import EXIT_FAILED, EXIT_OK, fail
+from agents.cli.formats import (
+    compact_summary,
+    replay_summary,
+    report_csv,
+    report_json,
+    report_table,
+)
+from agents.cli.progress import ReplayDisplay, want_progress
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
-from metering.layout import COMPACTED_NAME, FORMATS, GROUP_BY, ON_CONFLICT, SORT_COLUMNS
 from metering.periods import PERIODS, PeriodGrid
+from storage.layout import COMPACTED_NAME, FORMATS, GROUP_BY, ON_CONFLICT, SORT_COLUMNS
 
 
 def _dump_json(value: object) -> None:
@@ -88,13 +97,8 @@ def register_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_replay_command(args: argparse.Namespace) -> int:
     """Run ``metering replay`` from parsed arguments; return the exit code."""
     from metering.eventtime import iso, parse_iso_instant
-    from metering.replay import (
-        InputError,
-        OutputError,
-        ReplayOptions,
-        format_summary,
-        run_replay,
-    )
+    from storage.errors import StorageError
+    from storage.replay import ReplayOptions, run_replay
 
     parser: argparse.ArgumentParser = args._parser
     try:
@@ -119,21 +123,17 @@ def run_replay_command(args: argparse.Namespace) -> int:
         orphan_close_ttl_ms=int(args.orphan_close_ttl * 1000),
         max_watermark_jump_ms=int(args.max_watermark_jump * 1000),
         rejects=args.rejects,
-        max_record_bytes=args.max_record_bytes, progress=args.progress,
+        max_record_bytes=args.max_record_bytes,
         now_ms=int(time.time() * 1000), max_clock_skew_ms=int(args.max_clock_skew * 1000),
     )
     try:
-        summary = run_replay(options)
-    except InputError as exc:
-        print(f"metering replay: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except OutputError as exc:
-        print(f"metering replay: {exc}", file=sys.stderr)
-        return EXIT_OUTPUT
+        summary = run_replay(options, ReplayDisplay(want_progress(args.progress)))
+    except StorageError as exc:
+        return fail("replay", exc)
     if args.json:
         _dump_json(summary.as_dict())
     else:
-        sys.stdout.write(format_summary(summary, options))
+        sys.stdout.write(replay_summary(summary, options))
         if until is not None:
             sys.stdout.write(f"horizon: {iso(until)}\n")
     return EXIT_OK
@@ -179,16 +179,8 @@ def register_compact(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_compact_command(args: argparse.Namespace) -> int:
     """Run ``metering compact`` from parsed arguments; return the exit code."""
-    from metering.compact import (
-        CompactOptions,
-        InputError,
-        LockedError,
-        OpenDayError,
-        OutputError,
-        format_summary,
-        run_compact,
-        valid_date,
-    )
+    from storage.compact import CompactOptions, run_compact, valid_date
+    from storage.errors import StorageError
 
     parser: argparse.ArgumentParser = args._parser
     if args.min_age_days < 0:
@@ -202,14 +194,12 @@ def run_compact_command(args: argparse.Namespace) -> int:
                              on_conflict=args.on_conflict)
     try:
         summary = run_compact(options)
-    except (OpenDayError, InputError, OutputError, LockedError) as exc:
-        print(f"metering compact: {exc}", file=sys.stderr)
-        return {OpenDayError: EXIT_USAGE, InputError: EXIT_INPUT,
-                OutputError: EXIT_OUTPUT}.get(type(exc), EXIT_FAILED)
+    except StorageError as exc:
+        return fail("compact", exc)
     if args.json:
         _dump_json(summary.as_dict())
     else:
-        sys.stdout.write(format_summary(summary))
+        sys.stdout.write(compact_summary(summary))
     return EXIT_FAILED if summary.days_refused else EXIT_OK
 
 
@@ -244,8 +234,9 @@ def register_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Run ``metering report`` from parsed arguments; return the exit code."""
-    from metering.compact import valid_date
-    from metering.report import InputError, format_csv, format_json, format_table, usage_report
+    from storage.compact import valid_date
+    from storage.errors import StorageError
+    from storage.report import usage_report
 
     parser: argparse.ArgumentParser = args._parser
     try:
@@ -257,10 +248,9 @@ def run_report_command(args: argparse.Namespace) -> int:
         parser.error(f"--from {date_from} is after --to {date_to}")
     try:
         report = usage_report(args.root, args.by or ["account"], date_from, date_to)
-    except InputError as exc:
-        print(f"metering report: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
+    except StorageError as exc:
+        return fail("report", exc)
+    formatter = {"table": report_table, "csv": report_csv, "json": report_json}[args.format]
     sys.stdout.write(formatter(report))
     if report.conflicts:
         print(f"metering report: {report.conflicts:,} interval id(s) have versions that "

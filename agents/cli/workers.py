@@ -1,9 +1,12 @@
-"""Subcommands of ``metering`` that run Faust apps: ``worker``, ``archive``, ``check-config``."""
+"""``metering worker``, ``archive`` and ``check-config``: the commands of the Faust apps."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+
+from agents.cli.exits import EXIT_OK, fail
 
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
@@ -11,11 +14,12 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
 
     from metering.settings import ENV_PREFIX, Settings, is_secret, parse_bool
 
+    kinds: dict[str, Callable[[str], object]] = {"int": int, "float": float, "bool": parse_bool}
     g = p.add_argument_group("settings (each also from the environment variable shown)")
     for f in fields(Settings):
         if is_secret(f.name):
             continue  # secrets never on the command line (visible in ps): env or file only
-        kind = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type), str)
+        kind = kinds.get(str(f.type), str)
         g.add_argument(
             f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
             metavar=f.name.upper(),
@@ -36,11 +40,10 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(overrides=_overrides(args))
     except SettingsError as exc:
-        print(f"metering check-config: {exc}", file=sys.stderr)
-        return 2
+        return fail("check-config", exc)
     print(json.dumps(settings.masked(), indent=2, default=str))
     print(f"settings OK (fingerprint {settings.fingerprint()})", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _export(overrides: dict[str, object]) -> None:
@@ -62,8 +65,7 @@ def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
     try:
         load_settings(overrides=overrides)
     except SettingsError as exc:
-        print(f"metering {command}: {exc}", file=sys.stderr)
-        return 2
+        return fail(command, exc)
     _export(overrides)  # the app module reads the environment when imported
     loaded = importlib.import_module(module)
     app = loaded.app
@@ -76,7 +78,7 @@ def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
         return code
     sys.argv = [f"metering-{command}", "worker", "--loglevel", args.loglevel]
     app.main()
-    return 0
+    return EXIT_OK
 
 
 def _worker(args: argparse.Namespace) -> int:

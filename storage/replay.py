@@ -9,23 +9,23 @@ plain or gzip, or ``-`` for stdin), runs the same core as the streaming worker, 
 * rejects as JSONL, one :func:`metering.rejects.reject_record` a line (a bounded excerpt of
   ``raw`` with ``raw_length`` and ``raw_sha256``, ``reason``, ``detail``, ``topic``,
   ``partition``, ``offset``, ``key``);
-* a summary: records by category, intervals and hours by usage type, rejects by reason,
-  records/s. Progress goes to stderr on a terminal.
+* a summary (:class:`ReplaySummary`): records by category, intervals and hours by usage
+  type, rejects by reason, records/s. Progress is reported to a callback; the command line
+  (``agents.cli``) draws it and prints the summary.
 
-Exit codes are those of :mod:`agents.cli`: 0 ok, 2 bad options, 3 unreadable input,
-4 unwritable output.
+Errors are :class:`~storage.errors.InputError` (an input cannot be read) and
+:class:`~storage.errors.OutputError` (the dataset or rejects file cannot be written).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -33,25 +33,19 @@ from typing import IO, Any, Final
 import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode
-from metering.events import Category, Ignored, Rejected, Source
-from metering.gctune import bulk_gc
+from metering.events import Category, Ignored, Meterable, Rejected, Source
 from metering.intervals import UsageInterval
 from metering.meter import Meter, MeterPolicy
-from metering.parquet import partition_dir, sorted_table, write_atomic
 from metering.periods import PeriodGrid
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
+from storage.dataset import sorted_table
+from storage.errors import InputError, OutputError
+from storage.gctune import bulk_gc
+from storage.parts import partition_dir, publish, replay_part_name, staging_dir, write_atomic
 
 FLUSH_ROWS: Final = 250_000
 """Rows buffered per ``usage_date`` before a part file is written (bounds memory)."""
-
-
-class InputError(Exception):
-    """An input file could not be opened or read (exit code 3)."""
-
-
-class OutputError(Exception):
-    """The dataset or rejects file could not be written (exit code 4)."""
 
 
 @dataclass
@@ -69,7 +63,6 @@ class ReplayOptions:
     max_watermark_jump_ms: int = 3_600_000  # contract rule 4b, as the worker's setting
     rejects: Path | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    progress: bool | None = None  # None: only when stderr is a terminal
     now_ms: int | None = None
     """The wall clock (UTC ms) for the event-time bound of rule 4b; None: read at start."""
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
@@ -247,7 +240,8 @@ class DatasetWriter:
         return out
 
     def spill(self, tmpdir: Path) -> None:
-        """Write full buffers to temporary part files (names need the final input digest)."""
+        """Write full buffers to staged part files (final names need the whole input's
+        digest, known only at the end)."""
         for date, part, rows in self.pending:
             table = sorted_table(self._fill_domains(rows))
             write_atomic(table, tmpdir / f"{date}-{part:05d}.parquet")
@@ -264,56 +258,76 @@ class DatasetWriter:
         self.spill(tmpdir)
         for spilled in sorted(tmpdir.glob("*.parquet")):
             date, part = spilled.stem.rsplit("-", 1)
-            final = partition_dir(self.root, date) / f"replay-{key}-{part}.parquet"
-            final.parent.mkdir(parents=True, exist_ok=True)
+            final = partition_dir(self.root, date) / replay_part_name(key, int(part))
             # stale parts of an earlier run of the same input: numbering is deterministic,
-            # so the same names are reused; os.replace makes each switch atomic
-            os.replace(spilled, final)
+            # so the same names are reused and each is replaced atomically
+            summary.bytes_written += publish(spilled, final)
             summary.files_written.append(str(final))
-            summary.bytes_written += final.stat().st_size
 
 
 # ---------------------------------------------------------------------------- running
 
 
-class _Progress:
-    def __init__(self, enabled: bool, total_bytes: int | None) -> None:
-        self.enabled = enabled
-        self.total = total_bytes
-        self.bytes = 0
-        self.started = time.monotonic()
-        self.next_at = self.started + 0.5
+@dataclass(frozen=True)
+class ReplayProgress:
+    """How far a running replay is (passed to the ``on_progress`` callback)."""
 
-    def add_bytes(self, n: int) -> None:
-        self.bytes += n
-
-    def tick(self, records: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now < self.next_at:
-            return
-        self.next_at = now + 0.5
-        rate = records / max(now - self.started, 1e-9)
-        pct = f" {100 * self.bytes / self.total:5.1f}%" if self.total else ""
-        sys.stderr.write(f"\rreplay:{pct} {records:,} records  {rate:,.0f} rec/s   ")
-        if force:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    records: int
+    """Records read so far (blank lines excluded)."""
+    bytes_read: int
+    """Input bytes read so far (decompressed for ``.gz``)."""
+    total_bytes: int | None
+    """Size of all inputs, or None when unknown (stdin or a ``.gz`` input)."""
+    done: bool
+    """True for the one last report, after the dataset is written."""
 
 
-def run_replay(options: ReplayOptions) -> ReplaySummary:
-    """Replay ``options.inputs`` into ``options.output``. Raises InputError/OutputError."""
+ProgressCallback = Callable[[ReplayProgress], None]
+PROGRESS_EVERY: Final = 0x4000
+"""Records between two progress reports (a power of two: the test is a bit mask)."""
+
+
+class _ByteCount:
+    """Input bytes read so far (``add`` is called once per line)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+
+def drive(
+    meter: Meter,
+    events: Iterable[tuple[Meterable, Source]],
+    until_ms: int | None,
+    emit: Callable[[list[UsageInterval]], None],
+) -> None:
+    """The engine loop: apply each event in order, then cut what is open at the horizon;
+    every completed interval goes to ``emit``. (One place drives the core, so that a batch
+    entry point can replace it.)"""
+    for value, source in events:
+        rows = meter.process(value, source)
+        if rows:
+            emit(rows)
+    emit(meter.finish(until_ms))
+
+
+def run_replay(
+    options: ReplayOptions, on_progress: ProgressCallback | None = None
+) -> ReplaySummary:
+    """Replay ``options.inputs`` into ``options.output``; raises
+    :class:`~storage.errors.InputError` or :class:`~storage.errors.OutputError`.
+
+    ``on_progress`` (if given) is called every :data:`PROGRESS_EVERY` records and once
+    more, with ``done`` set, at the end.
+    """
     with bulk_gc():
-        return _run_replay(options)
+        return _run_replay(options, on_progress)
 
 
-def _run_replay(options: ReplayOptions) -> ReplaySummary:
-    grid = PeriodGrid(options.period, options.timezone)  # type: ignore[arg-type]
-    meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms,
-                              orphan_close_ttl_ms=options.orphan_close_ttl_ms,
-                              max_watermark_jump_ms=options.max_watermark_jump_ms))
-    summary = ReplaySummary()
+def _run_key(options: ReplayOptions) -> Any:
+    """The digest that names the run's files: the options here, every input byte later."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(
         f"{options.until_ms}|{options.period}|{options.timezone}|{options.lateness_ms}".encode()
@@ -322,37 +336,64 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
         digest.update(f"|orphan_close_ttl={options.orphan_close_ttl_ms}".encode())
     if options.max_watermark_jump_ms != ReplayOptions.max_watermark_jump_ms:
         digest.update(f"|jump={options.max_watermark_jump_ms}".encode())
-    for name in options.inputs:
+    return digest
+
+
+def _check_inputs(inputs: list[str]) -> int | None:
+    """Raise InputError for an unreadable input; return the inputs' total size if known."""
+    for name in inputs:
         if name != "-" and not os.access(name, os.R_OK):
             reason = "no such file" if not os.path.exists(name) else "permission denied"
             raise InputError(f"cannot read {name}: {reason}")
-    total = None
-    if "-" not in options.inputs and not any(n.endswith(".gz") for n in options.inputs):
-        total = sum(os.path.getsize(n) for n in options.inputs)
-    show = sys.stderr.isatty() if options.progress is None else options.progress
-    progress = _Progress(show, total)
+    if "-" in inputs or any(n.endswith(".gz") for n in inputs):
+        return None
+    return sum(os.path.getsize(n) for n in inputs)
+
+
+def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) -> ReplaySummary:
+    grid = PeriodGrid(options.period, options.timezone)  # type: ignore[arg-type]
+    meter = Meter(MeterPolicy(grid=grid, lateness_ms=options.lateness_ms,
+                              orphan_close_ttl_ms=options.orphan_close_ttl_ms,
+                              max_watermark_jump_ms=options.max_watermark_jump_ms))
+    summary = ReplaySummary()
+    digest = _run_key(options)
+    total = _check_inputs(options.inputs)
     try:
         options.output.mkdir(parents=True, exist_ok=True)
-        tmpdir = Path(tempfile_dir(options.output))
+        tmpdir = staging_dir(options.output, ".replay-")
         rejects_fh = open(options.rejects, "wb") if options.rejects else None  # noqa: SIM115
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
     writer = DatasetWriter(options.output, grid, lambda: digest.hexdigest()[:20],
                            meter.domain_of)
-    until = options.until_ms
+    read = _ByteCount()
+
+    def report(done: bool = False) -> None:
+        if on_progress is not None:
+            on_progress(ReplayProgress(summary.records, read.n, total, done))
+
+    def emit(rows: list[UsageInterval]) -> None:
+        writer.add(rows)
+        if writer.pending:
+            writer.spill(tmpdir)
+
     started = time.monotonic()
-    categories = summary.categories
-    max_bytes = options.max_record_bytes
     now_ms = int(time.time() * 1000) if options.now_ms is None else options.now_ms
-    max_skew_ms = options.max_clock_skew_ms
     ignored: Counter[str] = Counter()
     by_category: Counter[Category] = Counter()
-    try:
+
+    def events() -> Iterator[tuple[Meterable, Source]]:
+        """Decode the input records; count, reject and filter them; yield what meters."""
+        max_bytes, max_skew_ms, until = (options.max_record_bytes,
+                                         options.max_clock_skew_ms, options.until_ms)
         count = 0
         for raw, topic, partition, offset, key in read_records(
-            options.inputs, digest, summary, progress.add_bytes
+            options.inputs, digest, summary, read.add
         ):
             count += 1
+            if count & (PROGRESS_EVERY - 1) == 0:
+                summary.records = count
+                report()
             value = decode(raw, max_bytes, now_ms, max_skew_ms)
             by_category[value.category] += 1
             if isinstance(value, Ignored):
@@ -369,16 +410,11 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
             if until is not None and value.time_ms >= until:
                 summary.after_until += 1
                 continue
-            rows = meter.process(value, Source(topic, partition, offset))
-            if rows:
-                writer.add(rows)
-                if writer.pending:
-                    writer.spill(tmpdir)
-            if count & 0x3FFF == 0:
-                progress.tick(count)
+            yield value, Source(topic, partition, offset)
         summary.records = count
-        rows = meter.finish(until)
-        writer.add(rows)
+
+    try:
+        drive(meter, events(), options.until_ms, emit)
         writer.close(tmpdir, summary)
     except OSError as exc:
         raise OutputError(f"cannot write the dataset under {options.output}: {exc}") from exc
@@ -389,24 +425,17 @@ def _run_replay(options: ReplayOptions) -> ReplaySummary:
             leftover.unlink(missing_ok=True)
         tmpdir.rmdir()
     summary.seconds = time.monotonic() - started
-    progress.tick(summary.records, force=True)
+    report(done=True)
     summary.ignored.update(ignored)
     for cat, n in by_category.items():
-        categories[cat.value] += n
+        summary.categories[cat.value] += n
     for name, n in meter.stats.items():
         summary.outcomes[name] += n
-    _tally(summary, writer)
+    _tally(summary)
     return summary
 
 
-def tempfile_dir(root: Path) -> str:
-    """A private staging directory inside the output (same filesystem: renames are atomic)."""
-    import tempfile
-
-    return tempfile.mkdtemp(prefix=".replay-", dir=root)
-
-
-def _tally(summary: ReplaySummary, writer: DatasetWriter) -> None:
+def _tally(summary: ReplaySummary) -> None:
     import pyarrow.parquet as pq
 
     for path in summary.files_written:
@@ -419,34 +448,3 @@ def _tally(summary: ReplaySummary, writer: DatasetWriter) -> None:
             name = NAMES[t]
             summary.intervals[name] += 1
             summary.hours[name] += d / 3_600_000
-
-
-def format_summary(summary: ReplaySummary, options: ReplayOptions) -> str:
-    """The human-readable summary printed at the end of a replay."""
-    out = io.StringIO()
-    w = out.write
-    w(f"replayed {summary.records:,} records in {summary.seconds:.2f}s "
-      f"({summary.records_per_second:,.0f} records/s)\n")
-    w("records by category:\n")
-    for k, v in sorted(summary.categories.items()):
-        w(f"  {k:<16} {v:>12,}\n")
-    if summary.blank_lines:
-        w(f"  (blank lines skipped: {summary.blank_lines:,})\n")
-    w("intervals and hours by usage type:\n")
-    for k in sorted(summary.intervals):
-        w(f"  {k:<24} {summary.intervals[k]:>10,}  {summary.hours[k]:>14,.3f} h\n")
-    if not summary.intervals:
-        w("  (none)\n")
-    total_rejects = sum(summary.rejects.values())
-    w(f"rejects: {total_rejects:,}")
-    w(f" -> {options.rejects}\n" if options.rejects and total_rejects else "\n")
-    for k, v in sorted(summary.rejects.items()):
-        w(f"  {k:<24} {v:>10,}\n")
-    if summary.after_until:
-        w(f"records at or after --until (not applied): {summary.after_until:,}\n")
-    w(f"wrote {len(summary.files_written)} Parquet file(s), {summary.bytes_written:,} bytes "
-      f"under {options.output}\n")
-    return out.getvalue()
-
-
-# ---------------------------------------------------------------------------- CLI

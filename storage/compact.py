@@ -4,10 +4,10 @@ A dataset (contract section 5) accumulates many small files per ``usage_date=YYY
 partition: one per archive batch, one per replay run. Compaction rewrites each selected
 **closed** day as the single file ``usage_date=D/part-compacted.parquet``:
 
-* rows sorted by :data:`~metering.parquet.SORT_COLUMNS`;
+* rows sorted by :data:`~storage.dataset.SORT_COLUMNS`;
 * one row per ``interval_id`` (rule 9 makes the id a deterministic function of usage type,
   resource key and start, so a repeat is the same interval delivered twice);
-* written with :func:`~metering.parquet.write_atomic` (temporary name, fsync, rename), then
+* written with :func:`~storage.parts.write_atomic` (temporary name, fsync, rename), then
   the files it replaces are removed. A crash in between leaves the merged file next to old
   files whose rows it already holds: readers deduplicating by ``interval_id`` (``metering
   report``) see the same numbers, and running compact again finishes the job (it is
@@ -34,16 +34,16 @@ version.
 
 **Concurrency.** Only the selected day directories are touched, so an archive writer may
 keep writing other days. Files whose names start with ``.`` or ``_`` (temporary files of
-:func:`~metering.parquet.write_atomic`, staging directories) are ignored. A file that
+:func:`~storage.parts.write_atomic`, staging directories) are ignored. A file that
 appears or is replaced while a day is compacted is not removed (its stat changed), and the
 next run merges it. Two compactions of one dataset exclude each other with a lock file
-(``DIR/.metering-compact.lock``, :class:`~metering.parquet.DirectoryLock`; the archive's is
+(``DIR/.metering-compact.lock``, :class:`~storage.dataset.DirectoryLock`; the archive's is
 ``DIR/.metering-archive.lock``, so compaction and the archive run side by side).
 
-Exit codes are those of :mod:`agents.cli`: 0 ok, 1 days left uncompacted because of
-conflicts (or another compaction holds the lock), 2 bad options or an open day requested
-without ``--force``, 3 unreadable input (missing DIR or day, unreadable file), 4 unwritable
-output.
+Errors are :mod:`storage.errors` classes; the command line (``agents.cli``) maps them to
+exit codes: 1 days left uncompacted because of conflicts (or another compaction holds the
+lock), 2 an open day requested without ``--force``, 3 unreadable input (missing DIR or day,
+unreadable file), 4 unwritable output.
 """
 
 from __future__ import annotations
@@ -63,16 +63,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metering.layout import COMPACTED_NAME
-from metering.parquet import (
-    ARROW_SCHEMA,
-    PARTITION_COLUMN,
-    SORT_COLUMNS,
-    DirectoryLock,
-    LockHeldError,
-    fsync_dir,
-    write_atomic,
-)
+from storage.dataset import ARROW_SCHEMA, PARTITION_COLUMN, SORT_COLUMNS, DirectoryLock
+from storage.errors import InputError, LockedError, LockHeldError, OpenDayError, OutputError
+from storage.layout import COMPACTED_NAME
+from storage.parts import fsync_dir, list_days, part_files, write_atomic
 
 """Name of the one file of a compacted day (constant, so a rerun replaces it)."""
 
@@ -100,22 +94,6 @@ OnConflict = Literal["fail", "keep-latest"]
 _DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_CONFLICT_DETAILS: Final = 100
 """Conflicting ids described per day (all are counted)."""
-
-
-class InputError(Exception):
-    """The dataset, a day or one of its files could not be read (exit code 3)."""
-
-
-class OutputError(Exception):
-    """A compacted file could not be written or an old file removed (exit code 4)."""
-
-
-class OpenDayError(ValueError):
-    """An explicitly selected day is not closed yet and ``force`` is off (exit code 2)."""
-
-
-class LockedError(Exception):
-    """Another compaction of the same dataset is running (exit code 1)."""
 
 
 # ---------------------------------------------------------------------------- dedup
@@ -232,35 +210,6 @@ def valid_date(text: str) -> str:
         raise ValueError(f"not a YYYY-MM-DD date: {text!r}")
     dt.date.fromisoformat(text)
     return text
-
-
-def list_days(root: Path) -> dict[str, Path]:
-    """The ``usage_date`` partitions under ``root``: date -> directory (sorted by date)."""
-    prefix = f"{PARTITION_COLUMN}="
-    days: dict[str, Path] = {}
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as exc:
-        raise InputError(f"cannot read {root}: {exc.strerror or exc}") from exc
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.is_dir():
-            date = entry.name[len(prefix) :]
-            if _DATE.match(date):
-                days[date] = Path(entry.path)
-    return days
-
-
-def part_files(day_dir: Path) -> list[Path]:
-    """The ``*.parquet`` files of a day, by name; names starting with ``.``/``_`` skipped."""
-    try:
-        names = sorted(os.listdir(day_dir))
-    except OSError as exc:
-        raise InputError(f"cannot read {day_dir}: {exc.strerror or exc}") from exc
-    return [
-        day_dir / n
-        for n in names
-        if n.endswith(".parquet") and not n.startswith((".", "_")) and (day_dir / n).is_file()
-    ]
 
 
 def read_part(path: Path) -> pa.Table:
@@ -466,7 +415,7 @@ def compact_day(
     target = day_dir / COMPACTED_NAME
     try:
         write_atomic(merged, target)
-        fsync_dir(day_dir)
+        fsync_dir(day_dir)  # already durable by write_atomic; kept as the crash point of tests
         for path in files:
             if path == target:
                 continue
@@ -520,50 +469,3 @@ def run_compact(options: CompactOptions) -> CompactSummary:
                 summary.days.append(result)
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def format_summary(summary: CompactSummary) -> str:
-    """The human-readable summary printed at the end of a compaction."""
-    verb = "would compact" if summary.dry_run else "compacted"
-    lines = [
-        f"{verb} {summary.days_compacted} day(s) under {summary.root}: "
-        f"files {summary.files_before:,} -> {summary.files_after:,}, "
-        f"rows {summary.rows_before:,} -> {summary.rows_after:,}, "
-        f"duplicates dropped {summary.duplicates:,}, conflicts {summary.conflicts:,}"
-    ]
-    for d in summary.days:
-        label = {
-            "compacted": verb,
-            "already-compacted": "already compacted",
-            "conflicts": "CONFLICTS, left unchanged",
-            "empty": "empty",
-        }[d.action]
-        lines.append(
-            f"  {d.date}  {label:<25} files {d.files_before:>5,} -> {d.files_after:<3,} "
-            f"rows {d.rows_before:>12,} -> {d.rows_after:<12,} duplicates {d.duplicates:,}"
-        )
-        for c in d.conflicts:
-            lines.append(
-                f"      conflict {c.interval_id}: {c.versions} versions differ in "
-                f"{', '.join(c.columns)}"
-            )
-        if d.conflict_count > len(d.conflicts):
-            lines.append(f"      ... and {d.conflict_count - len(d.conflicts):,} more")
-        for kept in d.files_kept:
-            lines.append(f"      changed during compaction, kept for the next run: {kept}")
-    if summary.days_refused:
-        lines.append(
-            f"{len(summary.days_refused)} day(s) with conflicting versions of an interval were "
-            "not compacted; inspect them, or rerun with --on-conflict keep-latest to keep the "
-            "version with the highest source_offset"
-        )
-    if summary.open_days:
-        lines.append(
-            f"open days left alone (not before {summary.cutoff}): {', '.join(summary.open_days)}"
-        )
-    if not summary.days:
-        lines.append("nothing to compact")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------- CLI
