@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install metering with dev extras (no-op when up to date)
 
-lint: install ## ruff and mypy (strict on metering/ and storage/)
-	$(BIN)/ruff check metering storage agents tests
+lint: install ## ruff and mypy (strict on metering/, storage/, agents/, bench/ and tools/)
+	$(BIN)/ruff check metering storage agents tests bench tools
 	$(BIN)/mypy
 
 fmt: install ## Format the code with ruff

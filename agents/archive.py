@@ -29,7 +29,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -37,12 +36,19 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.cli.exits import EXIT_FAILED, EXIT_OUTPUT
+from agents.faustapi import (
+    on_partitions_assigned,
+    on_partitions_revoked,
+    on_worker_init,
+    take_events,
+)
 from agents.faustapp import make_app
 from agents.observe import Observability, family
-from metering.periods import PeriodGrid
+from metering.periods import PeriodGrid, as_period
 from metering.settings import Settings, load_settings
 from storage.archive import LOCK_NAME, ArchiveWriter, BatchResult
 from storage.dataset import DirectoryLock, LockHeldError
@@ -59,7 +65,7 @@ usage_topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", allow_empty=True,
                         internal=True, partitions=settings.partitions)
 writer = ArchiveWriter(settings.archive_dir.resolve(),
-                       PeriodGrid(settings.period, settings.timezone))  # type: ignore[arg-type]
+                       PeriodGrid(as_period(settings.period), settings.timezone))
 
 _lock: DirectoryLock | None = None
 """The directory lock, held from worker start-up until the process exits."""
@@ -88,25 +94,9 @@ def take_lock() -> None:
         raise SystemExit(EXIT_OUTPUT) from None
 
 
-@app.on_worker_init.connect
-def _on_worker_init(sender: Any, **_: Any) -> None:
+@on_worker_init(app)
+def _on_worker_init() -> None:
     take_lock()
-
-
-FAULT = os.environ.get("METERING_FAULT_INJECT", "")
-"""Test-only crash points (kill -9 of this process): ``archive_after_files`` (files durable,
-checkpoint not written) and ``archive_after_checkpoint`` (checkpoint written, batch not
-yet acked or committed). Used by the integration tests; never set it in production."""
-
-
-def _crash() -> None:
-    log.warning("METERING_FAULT_INJECT=%s: killing this process (SIGKILL)", FAULT)
-    logging.shutdown()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-if FAULT == "archive_after_files":
-    writer.on_files_written = _crash
 
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 """Backoff (seconds) between attempts to write a batch after a disk error."""
@@ -162,16 +152,14 @@ async def write_durably(topic: str, partition: int, records: list[tuple[int, byt
                         "%d: kept (checkpoints never move backwards); is another process "
                         "writing %s?", topic, partition, result.checkpoint, records[-1][0],
                         writer.root)
-        if FAULT == "archive_after_checkpoint" and result.rows:
-            _crash()
         return
 
 
 @app.agent(usage_topic, concurrency=1)
 async def archive(stream: faust.StreamT[bytes]) -> None:
     """Batches of usage intervals -> Parquet files, durable before the batch is acked."""
-    async for batch in stream.take_events(settings.archive_batch_records,
-                                          within=settings.archive_flush_seconds):
+    async for batch in take_events(stream, settings.archive_batch_records,
+                                   settings.archive_flush_seconds):
         try:
             shares: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
             for event in batch:
@@ -188,8 +176,8 @@ async def archive(stream: faust.StreamT[bytes]) -> None:
             os._exit(70)
 
 
-@app.on_partitions_assigned.connect
-async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+@on_partitions_assigned(app)
+async def _on_assigned(assigned: set[TP]) -> None:
     for tp in sorted(assigned):
         if tp.topic != settings.usage_topic:
             continue
@@ -206,8 +194,8 @@ async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
                         len(removed), tp.topic, tp.partition, ", ".join(removed))
 
 
-@app.on_partitions_revoked.connect
-async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+@on_partitions_revoked(app)
+async def _on_revoked(revoked: set[TP]) -> None:
     for tp in revoked:
         writer.forget(tp.topic, tp.partition)
 

@@ -258,11 +258,11 @@ def write_chart(dataset: Path, path: Path) -> tuple[float, int]:
               for i, t in enumerate(starts)]
     fig, ax = plt.subplots(figsize=(max(8.0, 0.45 * len(pivot) + 4), 5.5), dpi=110)
     bottom = [0.0] * len(pivot)
-    colors = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10")  # ten colours; palette(i) is the i-th (RGBA)
     for i, name in enumerate(pivot.columns):
         values = list(pivot[name])
         bars = ax.bar(range(len(pivot)), values, bottom=bottom, width=0.85, label=name,
-                      color=colors[i % len(colors)])
+                      color=palette(i % palette.N))
         for bar, done in zip(bars, complete, strict=True):
             if not done:  # not cut yet: only the intervals an event closed
                 bar.set_alpha(0.45)

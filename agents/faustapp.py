@@ -9,11 +9,13 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from typing import Any
 
 import faust
 from faust.transport.producer import ProducerBuffer
 from faust.worker import Worker as FaustWorker
+from mode.worker import Worker as ModeWorker
 
 from metering.settings import Settings
 
@@ -26,14 +28,17 @@ ProducerBuffer.max_messages = 20_000
 
 _send_pending = ProducerBuffer._send_pending
 
+_in_flight: weakref.WeakKeyDictionary[ProducerBuffer, int] = weakref.WeakKeyDictionary()
+"""Buffer -> messages its sender took off the queue and has not yet handed to aiokafka."""
+
 
 async def _counted_send_pending(self: ProducerBuffer, fut: Any) -> None:
     """Faust's ``_send_pending``, counting the message in flight until it reached aiokafka."""
-    self._metering_in_flight = getattr(self, "_metering_in_flight", 0) + 1
+    _in_flight[self] = _in_flight.get(self, 0) + 1
     try:
         await _send_pending(self, fut)
     finally:
-        self._metering_in_flight -= 1
+        _in_flight[self] -= 1
 
 
 async def _flush_all(self: ProducerBuffer) -> None:
@@ -50,7 +55,7 @@ async def _flush_all(self: ProducerBuffer) -> None:
     driver) then waits for delivery. A producer that stops running with messages queued
     raises as Faust's did (the commit fails; nothing is committed).
     """
-    while self.size or getattr(self, "_metering_in_flight", 0):
+    while self.size or _in_flight.get(self, 0):
         if self.state != "running" and self.size:
             raise RuntimeError("Cannot flush: Producer not Running")
         self.message_sent.clear()
@@ -58,6 +63,8 @@ async def _flush_all(self: ProducerBuffer) -> None:
             await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
 
 
+# mypy flags assignments to methods (method-assign); replacing these Faust methods with
+# ones of the same signature is the point, here and in the two patches below.
 ProducerBuffer._send_pending = _counted_send_pending  # type: ignore[method-assign]
 ProducerBuffer.flush = _flush_all  # type: ignore[method-assign]
 
@@ -97,7 +104,7 @@ def _force_exit(signum: int) -> None:
 _schedule_shutdown = FaustWorker._schedule_shutdown
 
 
-def _schedule_bounded_shutdown(self: FaustWorker, signal: signal.Signals) -> None:
+def _schedule_bounded_shutdown(self: ModeWorker, signal: signal.Signals) -> None:
     if not self._signal_stop_time:  # the first signal starts the grace period
         timer = threading.Timer(SHUTDOWN_GRACE, _force_exit, args=(int(signal),))
         timer.daemon = True  # a clean stop in time exits without waiting for it

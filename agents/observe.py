@@ -17,20 +17,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from agents.catalogue import BY_NAME, LATENCY_BUCKETS
+from agents.faustapi import on_partitions_assigned, timer
 from metering import __version__
+from metering.events import Category, RejectReason
 from metering.observe import Readiness, consumer_lag, readiness
 from metering.settings import Settings
 
+if TYPE_CHECKING:
+    import faust
+    from faust.types import TP
+
 log = logging.getLogger("metering.observe")
+
+
+@dataclass
+class WorkerCounts:
+    """The streaming worker's counters, keyed by typed labels (exported as metrics).
+
+    ``records`` counts input records per (category, outcome: ``metered``, ``ignored`` or
+    ``rejected``); ``rejects`` per reason; ``ignored`` per kind; ``intervals`` and
+    ``usage_ms`` (milliseconds) per usage type name of the emitted intervals.
+    """
+
+    records: Counter[tuple[Category, str]] = field(default_factory=Counter)
+    rejects: Counter[RejectReason] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
+    intervals: Counter[str] = field(default_factory=Counter)
+    usage_ms: Counter[str] = field(default_factory=Counter)
+    wire_errors: int = 0
+    """Internal records this code did not write (skipped)."""
+    partition_restores: int = 0
+    """Partition engines rebuilt from RocksDB (after an assignment)."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,7 +89,7 @@ class LagMonitor:
     offsets from a group-less consumer, so the numbers are what any Kafka tool would show.
     """
 
-    def __init__(self, app: Any, settings: Settings, group: str, topics: set[str]) -> None:
+    def __init__(self, app: faust.App, settings: Settings, group: str, topics: set[str]) -> None:
         self.app = app
         self.settings = settings
         self.group = group
@@ -70,7 +97,6 @@ class LagMonitor:
         self.assigned: set[tuple[str, int]] = set()
         self.rebalanced = False
         self.lags: dict[tuple[str, int], int] | None = None
-        self.refreshed_at = 0.0
         self._admin: Any = None
         self._offsets: Any = None
         self._lock = asyncio.Lock()
@@ -137,7 +163,6 @@ class LagMonitor:
                 lags[(tp.topic, tp.partition)] = consumer_lag(
                     ends[tp], None if meta is None else meta.offset, beginnings[tp])
             self.lags = lags
-            self.refreshed_at = time.time()
 
     def families(self) -> Iterable[Any]:
         """``metering_consumer_lag_records`` and ``metering_assigned_partitions``."""
@@ -176,7 +201,7 @@ class Observability:
             the broker unreachable, stuck sends); any makes ``/readyz`` answer 503.
     """
 
-    def __init__(self, app: Any, settings: Settings, role: str, group: str,
+    def __init__(self, app: faust.App, settings: Settings, role: str, group: str,
                  topics: set[str], collect: Callable[[], Iterable[Any]],
                  health: Callable[[], dict[str, Any]] | None = None,
                  problems: Callable[[], list[str]] | None = None) -> None:
@@ -187,7 +212,7 @@ class Observability:
         self._collect = collect
         self._health = health or dict
         self._problems = problems or list
-        self.registry.register(_Collector(self._families))  # type: ignore[arg-type]
+        self.registry.register(_Collector(self._families))
         self.latency = Histogram(
             "metering_processing_latency_seconds",
             BY_NAME["metering_processing_latency_seconds"].help,
@@ -214,7 +239,7 @@ class Observability:
             return view.json({"ready": ready, "reasons": [*problems, *state.reasons],
                               "lag": lags}, status=200 if ready else 503)
 
-        async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        async def on_assigned(assigned: set[TP]) -> None:
             monitor.on_assigned(assigned)
 
         async def refresh_lag() -> None:
@@ -223,8 +248,8 @@ class Observability:
         app.page("/metrics")(metrics)
         app.page("/healthz")(healthz)
         app.page("/readyz")(readyz)
-        app.on_partitions_assigned.connect(on_assigned, weak=False)
-        app.timer(settings.metrics_interval, name=f"{role}.refresh_lag")(refresh_lag)
+        on_partitions_assigned(app)(on_assigned)  # held strongly, as connect(weak=False)
+        timer(app, settings.metrics_interval, name=f"{role}.refresh_lag")(refresh_lag)
 
     def _families(self) -> Iterable[Any]:
         info = family("metering_build_info", GaugeMetricFamily,

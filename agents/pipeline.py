@@ -8,7 +8,7 @@ Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
   coordinates); meterable events -> internal events topic keyed by resource id (account
   events go to every partition). Faust never decodes the bytes itself, so no record can
   throw a decode error into the stream.
-* ``meter``: internal events topic -> per-partition :class:`metering.meter.Meter` over the
+* ``meter``: internal events topic -> per-partition :class:`metering.engine.Engine` over the
   RocksDB tables -> usage intervals to the usage topic (key = account_id, JSON value). The
   sends are awaited *before* the state is written, so a state that reached the changelog
   never hides an interval that did not reach the usage topic; a crash in between re-emits
@@ -36,15 +36,26 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event  # private API: pinned faust <0.16 (see notes)
+from faust.types import TP
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
+from agents.faustapi import (
+    kafka_producer,
+    on_partitions_assigned,
+    on_partitions_revoked,
+    take_events,
+    task,
+    timer,
+)
 from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
-from agents.observe import Observability, dir_bytes, family
+from agents.observe import Observability, WorkerCounts, dir_bytes, family
 from agents.state import CUT_CHUNK, PartitionMeters
 from metering.decode import BROADCAST, decode, routing_key
-from metering.events import Ignored, Rejected, Source
+from metering.engine import Record
+from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of
+from metering.intervals import encode_interval
 from metering.observe import caught_up, event_time_lag_seconds
 from metering.partitioning import partition_for
 from metering.rejects import reject_key, reject_record
@@ -75,7 +86,7 @@ TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None
 entities_table = app.Table("entities", **TABLE)  # resource id -> codec.encode_entity
 accounts_table = app.Table("accounts", **TABLE)  # "<partition>:<account>" -> encode_account
 
-lane_progress: dict[str, LaneReader] = {}
+lane_progress: dict[Lane, LaneReader] = {}
 """Source lane -> its progress as this process read it (:class:`LaneReader`).
 
 The newest confirmed event time is updated only after a batch's forwarded records are
@@ -90,20 +101,20 @@ def _mono_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def _reader(lane: str) -> LaneReader:
+def _reader(lane: Lane) -> LaneReader:
     reader = lane_progress.get(lane)
     if reader is None:
         reader = lane_progress[lane] = LaneReader(idle_since_mono_ms=_mono_ms())
     return reader
 
-owned_lanes: set[str] = set()
+owned_lanes: set[Lane] = set()
 """Input lanes assigned to this process: only their reader reports them in ticks."""
 
-read_to: dict[str, int] = {}
+read_to: dict[Lane, int] = {}
 """Input lane -> next offset to process (after the last delivered batch, or the group's
 committed offset found after an assignment)."""
 
-stats: Counter[str] = Counter()
+stats = WorkerCounts()
 """Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
 
 meters = PartitionMeters(settings, entities_table, accounts_table, stats)
@@ -116,7 +127,7 @@ def _die(what: str) -> None:
     os._exit(70)
 
 
-@app.task
+@task(app)
 async def declare_output_topics() -> None:
     """Create the usage and rejects topics if missing (brokers may disable auto-creation)."""
     for topic in (usage_topic, rejects_topic):
@@ -156,7 +167,7 @@ class BatchSender:
         self._cache: dict[bytes, int] = {}
 
     def _producer(self) -> Any:
-        return app.producer._ensure_producer()  # the driver's aiokafka producer (private API)
+        return kafka_producer(app)
 
     async def _n_partitions(self) -> int:
         if self._partitions is None:
@@ -206,31 +217,31 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
     jump = settings.max_watermark_jump_ms
     send, events_name, rejects_name = _sender(), events_topic.get_topic_name(), \
         rejects_topic.get_topic_name()
-    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+    async for batch in take_events(stream, settings.batch_size, settings.batch_within):
         try:
             futures: list[Any] = []
             wall = int(time.time() * 1000)
-            progress: dict[str, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
+            progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
             consumed: dict[int, int] = {}  # input partition -> next offset to read
             for event in batch:
                 msg = event.message
                 consumed[msg.partition] = msg.offset + 1
                 raw = event.value if isinstance(event.value, bytes) else b""
                 value = decode(raw, max_bytes, wall, max_skew_ms)
-                category = value.category.value
+                category = value.category
                 if isinstance(value, Rejected):
-                    stats[f"records:{category}:rejected"] += 1
-                    stats[f"rejects:{value.reason.value}"] += 1
+                    stats.records[category, "rejected"] += 1
+                    stats.rejects[value.reason] += 1
                     key = msg.key.decode("utf-8", "replace") if msg.key else None
                     body = reject_record(raw, value, msg.topic, msg.partition, msg.offset, key)
                     futures.append(await send(rejects_name, reject_key(msg.key),
                                               orjson.dumps(body)))
                     continue
                 if isinstance(value, Ignored):
-                    stats[f"records:{category}:ignored"] += 1
-                    stats[f"ignored:{value.kind}"] += 1
+                    stats.records[category, "ignored"] += 1
+                    stats.ignored[value.kind] += 1
                     continue
-                stats[f"records:{category}:metered"] += 1
+                stats.records[category, "metered"] += 1
                 src = Source(msg.topic, msg.partition, msg.offset)
                 lane = src.lane
                 progress.setdefault(lane, []).append((msg.offset, value.time_ms))
@@ -249,7 +260,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
                 _reader(lane).delivered(newest, suspect, jump, mono, progress[lane][-1][0])
             for partition, offset in consumed.items():
-                lane = f"{settings.input_topic}/{partition}"
+                lane = lane_of(settings.input_topic, partition)
                 read_to[lane] = max(offset, read_to.get(lane, offset))
         except Exception:
             _die("ingest batch failed")
@@ -257,16 +268,16 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
 
 async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
     for row in rows:
-        stats[f"intervals:{row.usage_type_name}"] += 1
-        stats[f"usage_ms:{row.usage_type_name}"] += row.duration_ms
-        await usage_out.add(row.account_id.encode(), orjson.dumps(row.to_dict()))
+        stats.intervals[row.usage_type_name] += 1
+        stats.usage_ms[row.usage_type_name] += row.duration_ms
+        await usage_out.add(row.account_id.encode(), encode_interval(row))
 
 
 @app.agent(events_topic, concurrency=1)
 async def meter(stream: faust.StreamT[bytes]) -> None:
     """Apply forwarded events per partition; send intervals, then store the state."""
     usage_out = BatchSender(usage_topic.get_topic_name())
-    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+    async for batch in take_events(stream, settings.batch_size, settings.batch_within):
         try:
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
@@ -277,25 +288,31 @@ async def meter(stream: faust.StreamT[bytes]) -> None:
                 token = _current_event.set(weakref.ref(events[-1]))
                 try:
                     pm = meters.for_partition(partition)
+                    engine = pm.meter
+                    run: list[Record] = []  # records since the last tick: one engine batch
                     for event in events:
                         try:
                             item = decode_wire(event.value)
                         except WireError:
-                            stats["wire_errors"] += 1
+                            stats.wire_errors += 1
                             log.error("skipping foreign record on %s[%d]@%d",
                                       event.message.topic, partition, event.message.offset)
                             continue
-                        if isinstance(item, Tick):
-                            pm.meter.observe_lanes(item.lanes, item.inputs, item.wall_ms)
-                            rows = pm.meter.advance(CUT_CHUNK)
-                        else:
-                            rows = pm.meter.process(item.value, item.source, item.wall_ms,
-                                                    item.record_ms)
-                        await _send_rows(usage_out, rows)
-                        while pm.meter.cutting:  # a period cut of many open resources:
+                        if not isinstance(item, Tick):
+                            run.append(Record(item.value, item.source, item.wall_ms,
+                                              item.record_ms))
+                            continue
+                        if run:
+                            await _send_rows(usage_out, pm.take(engine.apply(run)))
+                            run = []
+                        engine.report(item.lanes, item.inputs, item.wall_ms)
+                        await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                        while engine.cutting:  # a period cut of many open resources:
                             await usage_out.flush()  # chunk by chunk, each sent, then
                             pm.flush()  # stored (bounded memory, same order rule)
-                            await _send_rows(usage_out, pm.meter.advance(CUT_CHUNK))
+                            await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                    if run:
+                        await _send_rows(usage_out, pm.take(engine.apply(run)))
                 finally:
                     _current_event.reset(token)
                 touched.append((pm, events[-1]))
@@ -328,7 +345,7 @@ async def input_partitions() -> int | None:
     now = time.monotonic()
     if _input_partitions and now - _input_partitions[1] < 60:
         return int(_input_partitions[0])
-    producer = app.producer._ensure_producer()  # the driver's aiokafka producer (private API)
+    producer = kafka_producer(app)
     try:
         await asyncio.wait_for(producer.client._wait_on_metadata(settings.input_topic), 5)
     except Exception:  # no metadata yet (topic missing, broker away): no tick this time
@@ -340,13 +357,13 @@ async def input_partitions() -> int | None:
     return len(parts)
 
 
-async def _end_offsets(lanes: list[str]) -> dict[str, int] | None:
+async def _end_offsets(lanes: list[Lane]) -> dict[Lane, int] | None:
     """Log-end offset per input lane (None if the broker could not tell)."""
     from aiokafka import TopicPartition
 
     if not lanes:
         return {}
-    tps = {lane: TopicPartition(settings.input_topic, int(lane.rpartition("/")[2]))
+    tps = {lane: TopicPartition(settings.input_topic, partition_of(lane))
            for lane in lanes}
     ends = await observability.monitor.end_offsets(list(tps.values()))
     if ends is None:
@@ -354,7 +371,7 @@ async def _end_offsets(lanes: list[str]) -> dict[str, int] | None:
     return {lane: ends[tp] for lane, tp in tps.items() if tp in ends}
 
 
-@app.timer(settings.tick_interval)
+@timer(app, settings.tick_interval)
 async def tick() -> None:
     """Send a tick (wall clock + this worker's lane progress) to every internal partition.
 
@@ -371,7 +388,7 @@ async def tick() -> None:
     lanes = sorted(owned_lanes)
     ends = await _end_offsets(lanes)
     wall, mono = int(time.time() * 1000), _mono_ms()
-    report: dict[str, tuple[int, int]] = {}
+    report: dict[Lane, tuple[int, int]] = {}
     for lane in lanes:
         up = caught_up(read_to.get(lane), None if ends is None else ends.get(lane))
         report[lane] = _reader(lane).report(up, wall, mono, settings.max_watermark_jump_ms)
@@ -380,23 +397,23 @@ async def tick() -> None:
         await events_topic.send(value=data, partition=p)
 
 
-@app.on_partitions_revoked.connect
-async def _on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+@on_partitions_revoked(app)
+async def _on_revoked(revoked: set[TP]) -> None:
     meters.forget({tp.partition for tp in revoked if tp.topic == settings.events_topic})
     for tp in revoked:
         if tp.topic == settings.input_topic:  # its next reader reports it from now on
-            lane = f"{tp.topic}/{tp.partition}"
+            lane = lane_of(tp.topic, tp.partition)
             owned_lanes.discard(lane)
             read_to.pop(lane, None)
 
 
-@app.on_partitions_assigned.connect
-async def _on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+@on_partitions_assigned(app)
+async def _on_assigned(assigned: set[TP]) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
     inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
     mono = _mono_ms()
     for partition in inputs:  # reported from now on; not idle until seen caught up
-        lane = f"{settings.input_topic}/{partition}"
+        lane = lane_of(settings.input_topic, partition)
         owned_lanes.add(lane)
         _reader(lane).idle_since_mono_ms = mono
     if inputs:
@@ -422,7 +439,7 @@ async def recover_lane_progress(partitions: list[int]) -> None:
     """
     topic = settings.input_topic
     for attempt in range(1_000_000):
-        if not any(f"{topic}/{p}" in owned_lanes for p in partitions):
+        if not any(lane_of(topic, p) in owned_lanes for p in partitions):
             return  # revoked meanwhile: the next owner recovers them
         try:
             await _recover_once(partitions)
@@ -453,7 +470,7 @@ async def _recover_once(partitions: list[int]) -> None:
         for tp in tps:
             meta = committed.get(tp)
             end = -1 if meta is None else meta.offset
-            lane = f"{topic}/{tp.partition}"
+            lane = lane_of(topic, tp.partition)
             if lane in owned_lanes and lane not in read_to:
                 read_to[lane] = max(0, end)  # no commit yet: reading starts at the beginning
             if end <= 0:
@@ -483,27 +500,25 @@ async def _recover_once(partitions: list[int]) -> None:
 
 def _worker_families() -> Iterable[Any]:
     """The worker's own metric families (see :mod:`agents.catalogue`), read at each scrape."""
-    snapshot = dict(stats)
     consumed = family("metering_records_consumed_total", CounterMetricFamily,
                       labels=["category", "outcome"])
-    for key, value in sorted(snapshot.items()):
-        if key.startswith("records:"):
-            consumed.add_metric(key.split(":")[1:3], value)
+    for (category, outcome), value in sorted(stats.records.items()):
+        consumed.add_metric([category.value, outcome], value)
     yield consumed
-    for prefix, name, label in (
-        ("rejects:", "metering_records_rejected_total", "reason"),
-        ("intervals:", "metering_intervals_emitted_total", "usage_type"),
-    ):
-        fam = family(name, CounterMetricFamily, labels=[label])
-        for key, value in sorted(snapshot.items()):
-            if key.startswith(prefix):
-                fam.add_metric([key[len(prefix):]], value)
-        yield fam
+    rejected = family("metering_records_rejected_total", CounterMetricFamily,
+                      labels=["reason"])
+    for reason, value in sorted(stats.rejects.items()):
+        rejected.add_metric([reason.value], value)
+    yield rejected
+    emitted = family("metering_intervals_emitted_total", CounterMetricFamily,
+                     labels=["usage_type"])
+    for name, value in sorted(stats.intervals.items()):
+        emitted.add_metric([name], value)
+    yield emitted
     usage = family("metering_usage_emitted_seconds_total", CounterMetricFamily,
                    labels=["usage_type"])
-    for key, value in sorted(snapshot.items()):
-        if key.startswith("usage_ms:"):
-            usage.add_metric([key[len("usage_ms:"):]], value / 1000.0)
+    for name, value in sorted(stats.usage_ms.items()):
+        usage.add_metric([name], value / 1000.0)
     yield usage
     engines = list(meters.by_partition.items())
     open_counts: Counter[int] = Counter()
@@ -538,7 +553,7 @@ observability = Observability(app, settings, "worker", settings.app_id,
 """``/metrics``, ``/healthz`` and ``/readyz`` on the worker's web port."""
 
 
-@app.timer(LIVENESS_INTERVAL)
+@timer(app, LIVENESS_INTERVAL)
 async def check_liveness() -> None:
     """Report a missing output topic or an unreachable broker (see :mod:`agents.liveness`)."""
     await liveness.check()

@@ -1,9 +1,10 @@
 """Per-partition metering engines over Faust's RocksDB tables.
 
-Each partition of the internal events topic gets its own :class:`metering.meter.Meter`,
+Each partition of the internal events topic gets its own :class:`metering.engine.Engine`,
 whose entity and account mappings read through to the tables (values encoded with
-:mod:`metering.codec`) and buffer writes until :meth:`PartitionMeter.flush`, which writes
-each changed key once per batch. Reads and writes must happen while Faust's current event
+:mod:`metering.codec`); the keys each engine call changed are collected
+(:meth:`PartitionMeter.take`) until :meth:`PartitionMeter.flush`, which writes each changed
+key once per batch. Reads and writes must happen while Faust's current event
 belongs to that partition (the caller sets it), so they hit that partition's RocksDB and
 changelog partition.
 """
@@ -11,21 +12,22 @@ changelog partition.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from agents.observe import WorkerCounts
 from metering.codec import decode_account, decode_entity, encode_account, encode_entity
-from metering.lifecycle import EntityState
-from metering.meter import AccountState, Meter, MeterPolicy
-from metering.periods import PeriodGrid
+from metering.engine import Applied, Engine, Policy
+from metering.intervals import UsageInterval
+from metering.periods import PeriodGrid, as_period
 from metering.settings import Settings
+from metering.states import AccountState, EntityState
 
 log = logging.getLogger("metering.worker")
 CACHE_MAX = 200_000
 """Decoded states kept per partition between batches (about 0.5 KiB each)."""
 CUT_CHUNK = 10_000
-"""Open resources cut per step of a period cut (``Meter.advance(limit)``); the meter agent
+"""Open resources cut per step of a period cut (``Engine.advance(limit)``); the meter agent
 sends and stores each step before the next, so memory stays bounded with a million."""
 _FAUST_OFFSET_KEY = b"__faust\x00offset__"
 
@@ -66,23 +68,31 @@ class PartitionMeter:
     """The engine of one partition plus its table views."""
 
     def __init__(self, partition: int, settings: Settings, entities: Any, accounts: Any,
-                 stats: Counter[str]) -> None:
+                 stats: WorkerCounts) -> None:
         self.partition = partition
         self.entities_table = entities
         self.accounts_table = accounts
         self.stats = stats
         self.entity_view = _ReadThrough(entities, decode_entity)
         self.account_view = _ReadThrough(accounts, decode_account, prefix=f"{partition}:")
-        policy = MeterPolicy(
-            grid=PeriodGrid(settings.period, settings.timezone),  # type: ignore[arg-type]
+        policy = Policy(
+            grid=PeriodGrid(as_period(settings.period), settings.timezone),
             lateness_ms=settings.lateness_ms,
             idle_advance_ms=settings.idle_advance_ms,
             wait_for_inputs=True,  # the first tick names every input partition
             orphan_close_ttl_ms=settings.orphan_close_ttl_ms,
             max_watermark_jump_ms=settings.max_watermark_jump_ms,
         )
-        self.meter = Meter(policy, self.entity_view, self.account_view)
+        self.meter = Engine(policy, self.entity_view, self.account_view)
+        self.dirty: set[str] = set()
+        self.dirty_accounts: set[str] = set()
         self._restore()
+
+    def take(self, applied: Applied) -> list[UsageInterval]:
+        """Remember the keys an engine call changed (written by :meth:`flush`); its rows."""
+        self.dirty |= applied.entities
+        self.dirty_accounts |= applied.accounts
+        return applied.rows
 
     def _restore(self) -> None:
         """Rebuild the in-memory indexes from this partition's RocksDB."""
@@ -104,18 +114,17 @@ class PartitionMeter:
         # when it was first applied. Starting cold is safe: ticks and records rebuild the
         # clocks, each naming only progress whose records precede it in this partition, and
         # cutting later than before emits the same pieces.
-        self.stats["partition_restores"] += 1
+        self.stats.partition_restores += 1
 
     def flush(self) -> None:
         """Write every changed state once; clear the read caches."""
-        meter = self.meter
-        for key in meter.dirty:
+        for key in self.dirty:
             self.entities_table[key.encode()] = encode_entity(self.entity_view.cache[key])
-        for key in meter.dirty_accounts:
+        for key in self.dirty_accounts:
             state: AccountState = self.account_view.cache[key]
             self.accounts_table[f"{self.partition}:{key}".encode()] = encode_account(state)
-        meter.dirty.clear()
-        meter.dirty_accounts.clear()
+        self.dirty.clear()
+        self.dirty_accounts.clear()
         # The decoded states stay cached (they equal what was just written); the cache is
         # dropped when it grows past CACHE_MAX entries, and on rebalance with the engine.
         if len(self.entity_view.cache) > CACHE_MAX:
@@ -128,7 +137,7 @@ class PartitionMeters:
     """Lazily created :class:`PartitionMeter` per assigned partition."""
 
     def __init__(self, settings: Settings, entities: Any, accounts: Any,
-                 stats: Counter[str]) -> None:
+                 stats: WorkerCounts) -> None:
         self.settings = settings
         self.entities = entities
         self.accounts = accounts

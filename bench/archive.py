@@ -21,9 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import orjson
-
-from metering.intervals import make_interval
+from metering.intervals import encode_interval, make_interval
 from metering.periods import PeriodGrid
 from storage.archive import ArchiveWriter
 
@@ -43,7 +41,7 @@ def payloads(n: int) -> list[tuple[bytes, bytes]]:
             template_id="tpl-1", start=start, end=start + HOUR, period_start=start,
             final=False, close_reason="period", source_topic="metering.events",
             source_partition=resource % 4, source_offset=i)
-        out.append((row.account_id.encode(), orjson.dumps(row.to_dict())))
+        out.append((row.account_id.encode(), encode_interval(row)))
     return out
 
 

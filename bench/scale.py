@@ -18,7 +18,7 @@ Phases (instants are UTC ms inside one hour, so no period boundary is crossed un
 3. **Timed batch**: ``events`` usage events on resources drawn uniformly at random (seeded);
    each toggles the resource's RUNNING_VM interval (``VM.START`` if stopped, else
    ``VM.STOP``, which closes an interval). Timed: ``Meter.process``, JSON-encoding every
-   emitted interval (``orjson.dumps(row.to_dict())``, as the worker does before sending)
+   emitted interval (``encode_interval(row)``, as the worker does before sending)
    and a ``flush()`` every 2 000 events; building each event (~1 µs) is inside the loop.
    Reported as events/s.
 4. **Period cut**: the watermark passes the hour's end; one ``Meter.advance`` cuts every
@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +88,23 @@ class _Table:
 
 def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     """Run the phases for ``n`` open resources; return the measurements (see module doc)."""
-    import orjson
     from faust.stores.rocksdb import RocksDBOptions
 
+    from agents.observe import WorkerCounts
     from agents.state import CUT_CHUNK, PartitionMeter
-    from metering.events import AccountCreated, Source, UsageEvent
+    from metering.events import AccountCreated, Source, UsageEvent, lane_of
+    from metering.intervals import encode_interval
     from metering.settings import Settings
 
     opts = RocksDBOptions(**ROCKSDB_OPTIONS)
     ent_db = opts.open(workdir / "entities-0.db")
     acc_db = opts.open(workdir / "accounts-0.db")
-    pm = PartitionMeter(0, Settings(), _Table(ent_db), _Table(acc_db), Counter())
+    pm = PartitionMeter(0, Settings(), _Table(ent_db), _Table(acc_db), WorkerCounts())
     meter = pm.meter
-    lane, wall = "bench-cs/0", int(time.time() * 1000)
+    lane, wall = lane_of("bench-cs", 0), int(time.time() * 1000)
     # The input topic has one partition (as a tick would say): closed intervals are
     # released, and periods cut, as soon as this lane's watermark passes them.
-    meter.observe_lanes({}, {"bench-cs": 1}, wall)
+    meter.report({}, {"bench-cs": 1}, wall)
     offset = 0
     accounts = [f"acct-{i:07d}" for i in range(max(1, n // RESOURCES_PER_ACCOUNT))]
     for i, acct in enumerate(accounts):
@@ -132,7 +132,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     running = bytearray(n)
     start_ms = T0 + HOUR // 2 + 60_000
     span = HOUR // 4
-    dumps = orjson.dumps
+    dumps = encode_interval
     intervals = 0
     t0 = time.perf_counter()
     for j in range(events):
@@ -142,7 +142,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
         ev = UsageEvent(kind, accounts[r % len(accounts)], f"vm-{r:08d}", "zone-1",
                         start_ms + j * span // events)
         for row in meter.process(ev, Source("bench-cs", 0, offset), wall):
-            dumps(row.to_dict())
+            dumps(row)
             intervals += 1
         offset += 1
         if offset % BATCH == 0:
@@ -154,12 +154,12 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     # The watermark passes the hour's end (+ lateness): a tick cuts every open interval,
     # CUT_CHUNK resources per step, each step encoded and stored before the next (as the
     # meter agent does).
-    meter.observe_lanes({lane: (T0 + HOUR + 3 * 60_000, wall)}, {"bench-cs": 1}, wall)
+    meter.report({lane: (T0 + HOUR + 3 * 60_000, wall)}, {"bench-cs": 1}, wall)
     t0 = time.perf_counter()
     cut = 0
     while True:
-        for row in meter.advance(CUT_CHUNK):
-            dumps(row.to_dict())
+        for row in meter.advance(CUT_CHUNK).rows:
+            dumps(row)
             cut += 1
         pm.flush()
         if not meter.cutting:

@@ -34,8 +34,15 @@ import orjson
 
 from metering.errors import MeteringError
 from metering.events import Source
-from metering.lifecycle import LEGACY_ACCOUNT, EntityState, Held, Orphan, Slot, SlotKey
-from metering.meter import AccountState
+from metering.states import (
+    LEGACY_ACCOUNT,
+    AccountState,
+    EntityState,
+    Held,
+    Orphan,
+    Slot,
+    SlotKey,
+)
 
 VERSION: Final = 2
 """The version this code writes."""
@@ -147,7 +154,7 @@ def decode_entity(data: bytes) -> EntityState:
 
 
 def encode_account(state: AccountState) -> bytes:
-    """Serialize an :class:`~metering.meter.AccountState` (version 2)."""
+    """Serialize an :class:`~metering.states.AccountState` (version 2)."""
     by = state.deleted_by
     return _HEAD + orjson.dumps([state.domain_id, state.deleted_at, state.offsets,
                                  None if by is None else list(by)])

@@ -17,6 +17,7 @@ class MeteringError(Exception):
         ├── SettingsError (ValueError)                 metering.errors (also metering.settings)
         ├── StateDecodeError (ValueError)              metering.codec
         ├── WireError (ValueError)                     metering.wire
+        ├── IntervalDecodeError (ValueError)           metering.intervals
         ├── StorageError                               storage.errors
         │   ├── InputError                             storage.errors
         │   ├── OutputError                            storage.errors

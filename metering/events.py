@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, NewType
 
 MAX_ID_CHARS: Final = 255
 """Longest identifier (characters) accepted in ``id``, ``account``, ``zone``, ``entityuuid``,
@@ -53,6 +53,22 @@ class RejectReason(StrEnum):
     FIELD_TOO_LONG = "field_too_long"
 
 
+Lane = NewType("Lane", str)
+"""One ordered input sub-stream, ``topic/partition``: its records arrive in offset order. The
+text form is the one persisted in state offsets and carried in ticks; build it with
+:func:`lane_of` and read its partition with :func:`partition_of`, nowhere else."""
+
+
+def lane_of(topic: str, partition: int) -> Lane:
+    """The lane of ``partition`` of ``topic``."""
+    return Lane(f"{topic}/{partition}")
+
+
+def partition_of(lane: Lane) -> int:
+    """The partition number of ``lane`` (the text after the last ``/``)."""
+    return int(lane.rpartition("/")[2])
+
+
 class Source(NamedTuple):
     """Where a record came from: Kafka coordinates, or a file name and line index for replay."""
 
@@ -61,9 +77,9 @@ class Source(NamedTuple):
     offset: int
 
     @property
-    def lane(self) -> str:
+    def lane(self) -> Lane:
         """The ordered sub-stream this record belongs to (``topic/partition``)."""
-        return f"{self.topic}/{self.partition}"
+        return Lane(f"{self.topic}/{self.partition}")
 
 
 class UsageEvent(NamedTuple):

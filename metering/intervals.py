@@ -1,9 +1,16 @@
-"""Usage intervals: the pipeline's output rows (contract section 5).
+"""Usage intervals: the pipeline's output rows (contract section 5), their one builder and
+their one JSON codec.
 
 An interval is half-open ``[start, end)`` in UTC epoch milliseconds, never crosses an
 aggregation-period boundary, and carries a deterministic ``interval_id`` (rule 9) so that
 every consumer can deduplicate repeats. Schema version 2 (contract revision 2): the id
 includes the account (rule 4a), so ids differ from those version 1 gave the same input.
+
+The fields (order, types, nullability, docs) are defined once, in
+:data:`metering.usage_schema.INTERVAL_FIELDS`; :class:`UsageInterval` is checked against it
+at import. Rows are built by :func:`build_row` (the engine's hot path) or
+:func:`make_interval` (keyword arguments, computes the id); the ``usage`` topic's message is
+:func:`encode_interval` / :func:`decode_interval`.
 """
 
 from __future__ import annotations
@@ -11,9 +18,27 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final, NamedTuple
 
+import orjson
+
+from metering.errors import MeteringError
+from metering.events import Source
+from metering.usage_schema import (
+    FIELD_NAMES,
+    INT32_MAX,
+    INTERVAL_FIELDS,
+    MAX_INSTANT_MS,
+    MIN_INSTANT_MS,
+    SCHEMA_VERSION,
+    Kind,
+)
 from metering.usage_types import NAMES, ZONE_KEYED
 
-SCHEMA_VERSION: Final = 2
+__all__ = [
+    "FIELDS", "MS_PER_HOUR", "SCHEMA_VERSION", "CloseReason", "IntervalDecodeError",
+    "UsageInterval", "build_row", "decode_interval", "encode_interval", "id_prefix",
+    "interval_id", "make_interval", "resource_key",
+]
+
 MS_PER_HOUR: Final = 3_600_000
 
 
@@ -35,16 +60,28 @@ def resource_key(usage_type: int, resource_id: str, zone_id: str | None) -> str:
     return resource_id
 
 
+_PREFIXES: dict[tuple[int, str, str, bool], str] = {}
+_PREFIXES_MAX: Final = 65_536
+
+
 def id_prefix(usage_type: int, account_id: str, key: str, empty: bool = False) -> str:
     """The constant first half of the ids of one (usage type, account, resource key): 16 hex.
 
     A 64-bit BLAKE2b hash of ``v2|usage_type|len(account)|account|key`` (``|empty`` appended
     for zero-length intervals); the account's length makes the text unambiguous whatever
-    characters the account and key hold.
+    characters the account and key hold. Recent prefixes are memoised (a pure function: an
+    open resource is cut every period with the same prefix).
     """
-    text = (f"v2|{usage_type}|{len(account_id)}|{account_id}|{key}"
-            f"{'|empty' if empty else ''}")
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    memo = (usage_type, account_id, key, empty)
+    prefix = _PREFIXES.get(memo)
+    if prefix is None:
+        text = (f"v2|{usage_type}|{len(account_id)}|{account_id}|{key}"
+                f"{'|empty' if empty else ''}")
+        prefix = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        if len(_PREFIXES) >= _PREFIXES_MAX:
+            _PREFIXES.clear()
+        _PREFIXES[memo] = prefix
+    return prefix
 
 
 def interval_id(
@@ -96,7 +133,48 @@ class UsageInterval(NamedTuple):
 
 
 FIELDS: Final = UsageInterval._fields
-"""Column order of the output contract."""
+"""Column order of the output contract (:data:`metering.usage_schema.FIELD_NAMES`)."""
+
+if FIELDS != FIELD_NAMES:  # not an assert: must hold under ``python -O`` too
+    raise ImportError(f"UsageInterval fields {FIELDS} differ from the definition "
+                      f"{FIELD_NAMES} (metering.usage_schema.INTERVAL_FIELDS)")
+
+_new_row: Final = tuple.__new__
+
+
+def build_row(
+    interval_id: str,
+    account_id: str,
+    domain_id: str | None,
+    zone_id: str | None,
+    usage_type: int,
+    resource_id: str,
+    offering_id: str | None,
+    template_id: str | None,
+    start: int,
+    end: int,
+    period_start: int,
+    final: bool,
+    close_reason: str,
+    source: Source,
+    /,
+) -> UsageInterval:
+    """The one row builder: a row from its parts, without checks (the engine's hot path).
+
+    Derives ``usage_type_name``, ``duration_ms = end - start``, ``raw_usage_hours`` and
+    ``schema_version``; the lineage comes from ``source``. Times are UTC epoch ms; the caller
+    guarantees ``start <= end`` (:func:`make_interval` checks it and computes the id); an
+    unknown ``usage_type`` raises ``KeyError``. Costs one Python call more than
+    ``tuple.__new__`` with the same values computed inline (~0.05 µs: 0.31 against 0.26 µs
+    per row on the development machine), and is 1.5 times faster than ``UsageInterval(...)``.
+    """
+    duration = end - start
+    topic, partition, offset = source
+    return _new_row(UsageInterval, (
+        interval_id, account_id, domain_id, zone_id, usage_type, NAMES[usage_type],
+        resource_id, offering_id, template_id, start, end, duration, duration / MS_PER_HOUR,
+        period_start, final, close_reason, topic, partition, offset, SCHEMA_VERSION,
+    ))
 
 
 def make_interval(
@@ -117,31 +195,93 @@ def make_interval(
     source_partition: int,
     source_offset: int,
 ) -> UsageInterval:
-    """Build a row, computing id, duration and hours. ``end < start`` is a bug and raises."""
+    """Build a row, computing id, duration and hours. ``end < start`` is a bug and raises
+    ``ValueError``; an unknown ``usage_type`` raises ``KeyError``."""
     if end < start:
         raise ValueError(f"negative interval [{start}, {end}) for {resource_id}")
-    duration = end - start
-    return UsageInterval(
-        interval_id=interval_id(
-            usage_type, account_id, resource_key(usage_type, resource_id, zone_id), start,
-            duration == 0,
-        ),
-        account_id=account_id,
-        domain_id=domain_id,
-        zone_id=zone_id,
-        usage_type=usage_type,
-        usage_type_name=NAMES[usage_type],
-        resource_id=resource_id,
-        offering_id=offering_id,
-        template_id=template_id,
-        start=start,
-        end=end,
-        duration_ms=duration,
-        raw_usage_hours=duration / MS_PER_HOUR,
-        period_start=period_start,
-        final=final,
-        close_reason=close_reason,
-        source_topic=source_topic,
-        source_partition=source_partition,
-        source_offset=source_offset,
+    return build_row(
+        interval_id(usage_type, account_id, resource_key(usage_type, resource_id, zone_id),
+                    start, end == start),
+        account_id, domain_id, zone_id, usage_type, resource_id, offering_id, template_id,
+        start, end, period_start, final, close_reason,
+        Source(source_topic, source_partition, source_offset),
     )
+
+
+# -- the usage topic's message: one JSON object, keys in column order -------------------------
+
+_dumps: Final = orjson.dumps
+_zip: Final = zip
+
+
+def encode_interval(row: UsageInterval) -> bytes:
+    """The ``usage`` topic's message value of ``row``: a compact JSON object, keys in column
+    order, instants as integer UTC epoch ms (UTF-8, no trailing newline). The Kafka key is
+    ``row.account_id.encode()``."""
+    return _dumps(dict(_zip(FIELDS, row)))
+
+
+class IntervalDecodeError(MeteringError, ValueError):
+    """A ``usage``-topic message that is not a usage interval; ``str(exc)`` says why."""
+
+
+_FLOAT_FIELDS: Final = frozenset(f.name for f in INTERVAL_FIELDS if f.kind is Kind.FLOAT64)
+_BOOL_FIELDS: Final = frozenset(f.name for f in INTERVAL_FIELDS if f.kind is Kind.BOOL)
+_STR_FIELDS: Final = frozenset(f.name for f in INTERVAL_FIELDS
+                               if f.kind is Kind.STRING and not f.nullable)
+_OPT_STR_FIELDS: Final = frozenset(f.name for f in INTERVAL_FIELDS
+                                   if f.kind is Kind.STRING and f.nullable)
+_INSTANT_FIELDS: Final = tuple(f.name for f in INTERVAL_FIELDS if f.kind is Kind.TIMESTAMP_MS)
+_INT32_FIELDS: Final = tuple(f.name for f in INTERVAL_FIELDS if f.kind is Kind.INT32)
+
+
+def decode_interval(raw: bytes) -> UsageInterval:
+    """A ``usage``-topic message value -> row; :class:`IntervalDecodeError` if it is none.
+
+    Checks what every reader of the row relies on: a JSON object holding every field with the
+    JSON type of its kind (``raw_usage_hours`` may be an integer; it becomes a float; a
+    missing nullable field reads as null; other keys are ignored), instants within
+    :data:`~metering.usage_schema.MIN_INSTANT_MS` ..
+    :data:`~metering.usage_schema.MAX_INSTANT_MS`, 32-bit fields within 0 .. 2**31 - 1, and
+    ``start <= end``, ``duration_ms == end - start``. It does not check value sets the
+    JSON Schema also states (id pattern, usage type enum, schema_version), so rows of other
+    schema versions still decode. Inverse of :func:`encode_interval`.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise IntervalDecodeError(f"not valid JSON: {exc}"[:200]) from None
+    if type(obj) is not dict:
+        raise IntervalDecodeError("not a JSON object")
+    values: list[Any] = []
+    for name in FIELDS:
+        value = obj.get(name)
+        if name in _STR_FIELDS:
+            ok = type(value) is str
+        elif name in _OPT_STR_FIELDS:
+            ok = value is None or type(value) is str
+        elif name in _FLOAT_FIELDS:
+            ok = type(value) in (int, float)
+            if ok:
+                value = float(value)  # type: ignore[arg-type]  # checked: int or float
+        elif name in _BOOL_FIELDS:
+            ok = type(value) is bool
+        else:  # the integer kinds
+            ok = type(value) is int
+        if not ok:
+            raise IntervalDecodeError(f"field {name!r} missing or of the wrong type")
+        values.append(value)
+    row = _new_row(UsageInterval, values)
+    for name in _INSTANT_FIELDS:
+        instant = obj[name]
+        if not MIN_INSTANT_MS <= instant <= MAX_INSTANT_MS:
+            raise IntervalDecodeError(
+                f"field {name!r} out of range: {instant} (UTC epoch ms from "
+                f"{MIN_INSTANT_MS} (1970-01-01) to {MAX_INSTANT_MS} (9999-12-31))")
+    for name in _INT32_FIELDS:
+        if not 0 <= obj[name] <= INT32_MAX:
+            raise IntervalDecodeError(
+                f"field {name!r} out of range: {obj[name]} (0 to {INT32_MAX})")
+    if row.end < row.start or row.duration_ms != row.end - row.start:
+        raise IntervalDecodeError("end before start, or duration_ms != end - start")
+    return row

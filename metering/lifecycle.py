@@ -27,144 +27,101 @@ event time (the latest change at or before the piece's last millisecond).
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Final, NamedTuple
 
 from metering.events import Enrichment, Source, UsageEvent
 from metering.intervals import (
-    MS_PER_HOUR,
-    SCHEMA_VERSION,
     CloseReason,
     UsageInterval,
+    build_row,
     id_prefix,
     interval_id,
     resource_key,
 )
 from metering.periods import PeriodGrid
-from metering.usage_types import CLOSE, NAMES, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
-
-SERVICE_OFFERING: Final = 0
-TEMPLATE: Final = 1
-DISK_OFFERING: Final = 2
-
-FOREVER: Final = 2**62
-"""A ``settled`` instant after every event: closed intervals are emitted at once."""
-BEFORE_ANY: Final = -(2**62)
-"""An instant before every event: no remembered close has expired."""
-MAX_ORPHANS: Final = 16
-"""Remembered closes kept per (usage type, account) of one resource; the earliest goes
-first (counted ``orphan_close``), so hostile input cannot grow one state without bound."""
-LEGACY_ACCOUNT: Final = ""
-"""The account of an ``ends`` entry decoded from a version 1 state, which kept ``ends`` per
-(usage type, zone key) for every account: it applies to a key of any account that has no
-entry of its own (never a real account: usage events without an account are rejected)."""
-
-SlotKey = tuple[int, str, str]
-"""(usage type, zone key, account); the zone key is ``""`` unless the type is TEMPLATE or
-ISO."""
+from metering.states import (
+    BEFORE_ANY,
+    DISK_OFFERING,
+    FOREVER,
+    LEGACY_ACCOUNT,
+    MAX_ORPHANS,
+    SERVICE_OFFERING,
+    TEMPLATE,
+    AccountState,
+    EntityState,
+    Held,
+    Orphan,
+    Slot,
+    SlotKey,
+)
+from metering.usage_types import CLOSE, OPEN, TRANSITIONS, ZONE_KEYED, UsageType
 
 
-@dataclass(slots=True)
-class Slot:
-    """An open interval. ``start`` is where its not-yet-emitted remainder begins (UTC ms)."""
-
-    account_id: str
-    zone_id: str | None
-    start: int
-    opened_by: Source
-
-
-@dataclass(slots=True)
-class Held:
-    """A closed interval ``[slot.start, end)`` not yet emitted (see :func:`release`).
-
-    ``reason`` and ``src`` are the closing event type and record (UTC ms for ``end``);
-    ``record_ms`` the closing record's timestamp (UTC ms) if known, for latency metrics.
-    """
-
-    key: SlotKey
-    slot: Slot
-    end: int
-    reason: str
-    src: Source
-    record_ms: int | None = None
-
-
-@dataclass(slots=True)
-class Orphan:
-    """A close of what was not open, remembered for an earlier open arriving later (rule 3).
-
-    ``end`` is the close's event time (UTC ms), ``reason`` its event type, ``src`` its
-    record. ``every_zone`` marks a TEMPLATE/ISO delete without zone (``key`` then has zone
-    key ``""``): it closes whichever zone an earlier open arrives for and is not used up.
-    """
-
-    key: SlotKey
-    end: int
-    reason: str
-    src: Source
-    every_zone: bool = False
-
-
-@dataclass(slots=True)
-class EntityState:
-    """Everything metering remembers about one resource.
-
-    Attributes:
-        slots: open intervals by (usage type, zone key, account).
-        changes: attribute changes ``(time_ms, attribute, value)`` sorted by time, where
-            attribute is :data:`SERVICE_OFFERING`, :data:`TEMPLATE` or :data:`DISK_OFFERING`.
-        offsets: last applied record offset per source lane (``topic/partition``).
-        ends: end (UTC ms) of the last interval emitted per slot key, so a reopen never
-            overlaps what was already emitted; once the slot is closed, its *last close*: an
-            open at or before it is stale (rule 2).
-        empty_ends: slot keys whose last emitted interval was zero-length (at ``ends``):
-            a second zero-length close at that instant would repeat its ``interval_id``
-            with other content, so it is not emitted (counted ``zero_length_repeat``).
-        lane: the lane of the last applied record; its watermark cuts this entity's periods.
-        held: closed intervals waiting until every lane has passed their end (in close
-            order); their attributes are looked up when they are released.
-        orphans: closes of what was not open, in arrival order, until an earlier open claims
-            them or they expire (rule 3).
-    """
-
-    slots: dict[SlotKey, Slot] = field(default_factory=dict)
-    changes: list[tuple[int, int, str]] = field(default_factory=list)
-    offsets: dict[str, int] = field(default_factory=dict)
-    ends: dict[SlotKey, int] = field(default_factory=dict)
-    lane: str = ""
-    empty_ends: set[SlotKey] = field(default_factory=set)
-    held: list[Held] = field(default_factory=list)
-    orphans: list[Orphan] = field(default_factory=list)
-
-    def accounts(self) -> set[str]:
-        """Accounts owning at least one open interval of this entity."""
-        return {s.account_id for s in self.slots.values()}
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
     """Result of one step: the new state, the intervals to emit, and what happened.
 
-    ``notes`` name the contract rules that applied, for metrics: ``duplicate`` (rule 6),
-    ``reopen_ignored`` and ``stale_open`` (rule 2), ``orphan_close_remembered``,
-    ``orphan_close_applied`` and ``orphan_close`` (rule 3: a remembered close that expired,
-    was dropped, or was a repeat no open can claim), ``zero_length`` (rule 4).
+    ``notes`` name the contract rules that applied, for metrics (:class:`Note`);
+    ``held`` are the closes this step held back (already appended to ``state.held``), so
+    the caller can schedule their release without comparing states.
     """
 
     state: EntityState
     intervals: tuple[UsageInterval, ...]
     notes: tuple[str, ...]
+    held: tuple[Held, ...] = ()
 
 
-DomainLookup = Callable[[str], str | None]
-DeletionLookup = Callable[[str], "tuple[int, Source] | None"]
-"""account id -> (deletion time UTC ms, the ACCOUNT.DELETE record) or None."""
+class Note(StrEnum):
+    """What a step did, by contract rule (counted in metrics and the replay summary)."""
+
+    DUPLICATE = "duplicate"
+    """A record already applied (same lane, offset not above the last applied: rule 6)."""
+    REOPEN_IGNORED = "reopen_ignored"
+    """An open of what is already open (rule 2)."""
+    STALE_OPEN = "stale_open"
+    """An open at or before the key's last close: a retried publish (rule 2)."""
+    ORPHAN_CLOSE_REMEMBERED = "orphan_close_remembered"
+    """A close of what is not open, remembered for an earlier open (rule 3)."""
+    ORPHAN_CLOSE_APPLIED = "orphan_close_applied"
+    """A remembered close claimed by an earlier open arriving later (rule 3)."""
+    ORPHAN_CLOSE = "orphan_close"
+    """A remembered close that expired, was dropped, or can never be claimed (rule 3)."""
+    ZERO_LENGTH = "zero_length"
+    """A close before the open's start: a zero-length interval (rule 4)."""
+    ZERO_LENGTH_REPEAT = "zero_length_repeat"
+    """A second zero-length close at one instant: not emitted (rule 9)."""
+    AFTER_ACCOUNT_DELETE = "after_account_delete"
+    """An event of an account deleted at or before it (rule 5)."""
+    ENRICHED = "enriched"
+    """Offering/template attributes recorded (rule 7)."""
 
 
-def _never_deleted(_account: str) -> tuple[int, Source] | None:
-    return None
+class Context(NamedTuple):
+    """What a step reads besides the state and the event; immutable.
+
+    ``grid`` cuts pieces at period boundaries; ``accounts`` (read only) gives each account's
+    domain (rule 7) and deletion (rule 5); closes after ``settled`` (UTC ms: every lane
+    has passed it) are held; remembered closes before ``orphan_horizon`` (UTC ms) have
+    expired (rule 3); ``record_ms`` is the record's timestamp (UTC ms) for latency metrics,
+    kept on what it holds, or None.
+    """
+
+    grid: PeriodGrid
+    accounts: Mapping[str, AccountState]
+    settled: int = FOREVER
+    orphan_horizon: int = BEFORE_ANY
+    record_ms: int | None = None
+
+
+def _deletion(accounts: Mapping[str, AccountState], account_id: str
+              ) -> tuple[int, Source] | None:
+    """(deletion time UTC ms, the ACCOUNT.DELETE record) of a deleted account, else None."""
+    account = accounts.get(account_id)
+    if account is None or account.deleted_at is None or account.deleted_by is None:
+        return None
+    return account.deleted_at, account.deleted_by
 
 
 def _attr(changes: list[tuple[int, int, str]], kind: int, cutoff: int) -> str | None:
@@ -194,9 +151,6 @@ def _attrs(
     return None, None
 
 
-_new_row = tuple.__new__
-
-
 def _emit(
     state: EntityState,
     key: SlotKey,
@@ -204,8 +158,7 @@ def _emit(
     resource_id: str,
     start: int,
     end: int,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
+    ctx: Context,
     last_final: bool,
     last_reason: str,
     last_src: Source,
@@ -219,14 +172,15 @@ def _emit(
     ``end == start`` gives one zero-length piece (only meaningful when ``last_final``).
     """
     usage_type = key[0]
-    name = NAMES[usage_type]
     rkey = resource_key(usage_type, resource_id, slot.zone_id)
     account = slot.account_id
     prefix = id_prefix(usage_type, account, rkey)
-    domain = domain_of(account)
+    facts = ctx.accounts.get(account)
+    domain = None if facts is None else facts.domain_id
     zone = slot.zone_id
     opened = slot.opened_by
     changes = state.changes
+    grid = ctx.grid
     step = grid.fixed_step
     a = start
     period_start, boundary = grid.bounds(a)
@@ -242,20 +196,10 @@ def _emit(
         offering = template = None
         if changes:
             offering, template = _attrs(state, usage_type, a, b)
-        duration = b - a
-        out.append(
-            _new_row(
-                UsageInterval,
-                (
-                    f"{prefix}{a:016x}" if duration
-                    else interval_id(usage_type, account, rkey, a, True),
-                    account, domain, zone,
-                    usage_type, name, resource_id, offering, template, a, b, duration,
-                    duration / MS_PER_HOUR, period_start, final, reason, src.topic,
-                    src.partition, src.offset, SCHEMA_VERSION,
-                ),
-            )
-        )
+        out.append(build_row(
+            f"{prefix}{a:016x}" if b > a else interval_id(usage_type, account, rkey, a, True),
+            account, domain, zone, usage_type, resource_id, offering, template, a, b,
+            period_start, final, reason, src))
         if last:
             return
         a = period_start = b
@@ -268,16 +212,15 @@ def _cut_slot(
     slot: Slot,
     resource_id: str,
     upto: int,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
+    ctx: Context,
     last_reason: str,
     out: list[UsageInterval],
 ) -> None:
     """Emit the still-open slot's pieces up to ``upto`` (not a close); move its start."""
     if upto <= slot.start:
         return
-    _emit(state, key, slot, resource_id, slot.start, upto, grid, domain_of, False,
-          last_reason, slot.opened_by, out)
+    _emit(state, key, slot, resource_id, slot.start, upto, ctx, False, last_reason,
+          slot.opened_by, out)
     slot.start = upto
     state.ends[key] = upto
     state.empty_ends.discard(key)
@@ -291,36 +234,37 @@ def _close_slot(
     at: int,
     reason: str,
     src: Source,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
+    ctx: Context,
     out: list[UsageInterval],
     notes: list[str],
-    settled: int = FOREVER,
+    held: list[Held] | None = None,
 ) -> None:
     """Close the slot at ``at``: period pieces, then the final piece (zero-length if early).
 
-    If ``at`` is after ``settled`` the pieces are held (:class:`Held`) instead of emitted.
+    If ``at`` is after ``ctx.settled`` and ``held`` is given, the close is held
+    (:class:`Held`, appended to ``state.held`` and to ``held``) instead of emitted.
     """
     start = slot.start
     if at < start:
-        notes.append("zero_length")
+        notes.append(Note.ZERO_LENGTH)
     end = at if at > start else start
     if end == start:
         # Opened and closed twice at one instant (CloudStack's clock has 1 s resolution; a
         # resize or restart on a period boundary): the first zero-length interval already
         # says it; a second would share its id (rule 9) with different content.
         if key in state.empty_ends and state.ends.get(key) == start:
-            notes.append("zero_length_repeat")
+            notes.append(Note.ZERO_LENGTH_REPEAT)
             return
         state.empty_ends.add(key)
     else:
         state.empty_ends.discard(key)
     state.ends[key] = end
-    if end > settled:
-        slot.start = start
-        state.held.append(Held(key, slot, end, reason, src))
+    if held is not None and end > ctx.settled:
+        h = Held(key, slot, end, reason, src, ctx.record_ms)
+        state.held.append(h)
+        held.append(h)
         return
-    _emit(state, key, slot, resource_id, start, end, grid, domain_of, True, reason, src, out)
+    _emit(state, key, slot, resource_id, start, end, ctx, True, reason, src, out)
 
 
 def prune_changes(state: EntityState, bound: int) -> None:
@@ -331,8 +275,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     the earliest of ``bound``, the open slots' starts and the held intervals' starts.
     """
     changes = state.changes
-    if len(changes) <= 1:
-        return
+    if len(changes) <= 1 or changes[1][0] > bound:
+        return  # at most one change at or before the bound: nothing to drop
     horizon = bound
     for slot in state.slots.values():
         if slot.start < horizon:
@@ -340,6 +284,16 @@ def prune_changes(state: EntityState, bound: int) -> None:
     for held in state.held:
         if held.slot.start < horizon:
             horizon = held.slot.start
+    kinds = 0
+    for change in changes:  # drop only if a kind repeats at or before the horizon
+        if change[0] > horizon:
+            return
+        bit = 1 << change[1]
+        if kinds & bit:
+            break
+        kinds |= bit
+    else:
+        return
     keep: list[tuple[int, int, str]] = []
     latest_before: dict[int, tuple[int, int, str]] = {}
     for change in changes:
@@ -350,14 +304,22 @@ def prune_changes(state: EntityState, bound: int) -> None:
     state.changes = sorted([*latest_before.values(), *keep], key=lambda c: c[0])
 
 
-def _is_duplicate(state: EntityState, src: Source) -> bool:
+def is_duplicate(state: EntityState, src: Source) -> bool:
+    """True if ``src`` was applied to ``state`` already (same lane, offset not above the
+    last applied one: rule 6). Reads only."""
+    last = state.offsets.get(src.lane)
+    return last is not None and src.offset <= last
+
+
+def _mark_applied(state: EntityState, src: Source) -> bool:
+    """Record ``src`` as applied; False if it was applied already (rule 6)."""
     lane = src.lane
     last = state.offsets.get(lane)
     if last is not None and src.offset <= last:
-        return True
+        return False
     state.offsets[lane] = src.offset
     state.lane = lane
-    return False
+    return True
 
 
 def _last_end(state: EntityState, key: SlotKey) -> int | None:
@@ -371,7 +333,7 @@ def _last_end(state: EntityState, key: SlotKey) -> int | None:
 
 def _expire_orphans(state: EntityState, horizon: int, notes: list[str]) -> None:
     kept = [o for o in state.orphans if o.end >= horizon]
-    notes.extend(["orphan_close"] * (len(state.orphans) - len(kept)))
+    notes.extend([Note.ORPHAN_CLOSE] * (len(state.orphans) - len(kept)))
     state.orphans = kept
 
 
@@ -380,15 +342,15 @@ def _remember(state: EntityState, key: SlotKey, at: int, reason: str, src: Sourc
     """Remember a close of what is not open (rule 3), unless no open could ever claim it."""
     last = None if every_zone else _last_end(state, key)
     if last is not None and at <= last:
-        notes.append("orphan_close")  # a repeat: an open before it would be stale
+        notes.append(Note.ORPHAN_CLOSE)  # a repeat: an open before it would be stale
         return
     orphans = state.orphans
     orphans.append(Orphan(key, at, reason, src, every_zone))
-    notes.append("orphan_close_remembered")
+    notes.append(Note.ORPHAN_CLOSE_REMEMBERED)
     same = [i for i, o in enumerate(orphans) if o.key[0] == key[0] and o.key[2] == key[2]]
     if len(same) > MAX_ORPHANS:
         del orphans[min(same, key=lambda i: orphans[i].end)]
-        notes.append("orphan_close")
+        notes.append(Note.ORPHAN_CLOSE)
 
 
 def _claim(state: EntityState, key: SlotKey, at: int) -> Orphan | None:
@@ -407,42 +369,55 @@ def _claim(state: EntityState, key: SlotKey, at: int) -> Orphan | None:
     return orphan
 
 
+_DUPLICATE: Final = (Note.DUPLICATE,)
+_ENRICHED: Final = (Note.ENRICHED,)
+
+
+def step(state: EntityState | None, event: UsageEvent | Enrichment, src: Source,
+         ctx: Context) -> Transition:
+    """Apply one record of a resource to its state: the lifecycle's one entry point.
+
+    ``state`` is the resource's state or None for a resource never seen; the step takes
+    ownership of it (updated in place for speed) and returns it in the :class:`Transition`
+    with the intervals to emit, the rules that applied and the closes it held. It reads
+    nothing but its arguments: the same inputs give the same transition.
+    """
+    if isinstance(event, UsageEvent):
+        return apply_usage(state, event, src, ctx)
+    return apply_enrichment(state, event, src)
+
+
 def apply_usage(
-    state: EntityState | None,
-    event: UsageEvent,
-    src: Source,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
-    deleted_of: DeletionLookup = _never_deleted,
-    settled: int = FOREVER,
-    orphan_horizon: int = BEFORE_ANY,
+    state: EntityState | None, event: UsageEvent, src: Source, ctx: Context
 ) -> Transition:
     """Apply one usage event of a metered type to its resource's state (table, rules 1-4a, 6).
 
-    ``state`` is the resource's state or None for a resource never seen. A record already
-    applied (same lane, offset not above the last applied one) changes nothing. An event of
-    an account deleted at or before the event's time changes nothing (CloudStack publishes
-    nothing for a deleted account; such an event can only be a straggler). Intervals
-    closed after ``settled`` (UTC ms) are held for :func:`release` instead of returned.
+    A record already applied (same lane, offset not above the last applied one) changes
+    nothing. An event of an account deleted at or before the event's time changes nothing
+    (CloudStack publishes nothing for a deleted account; such an event can only be a
+    straggler). Intervals closed after ``ctx.settled`` (UTC ms) are held for
+    :func:`release` instead of returned.
 
     Opens (and splits with nothing open) at or before the key's last close are stale
     (rule 2). A close of what is not open is remembered (rule 3); an open with nothing open
     claims the earliest remembered close after it and closes there at once (through the
-    normal close path, held like any close). Remembered closes before ``orphan_horizon``
-    (UTC ms: the engine's settled watermark minus ``orphan_close_ttl``) have expired.
+    normal close path, held like any close). Remembered closes before
+    ``ctx.orphan_horizon`` (UTC ms: the engine's settled watermark minus
+    ``orphan_close_ttl``) have expired.
     """
     if state is None:
         state = EntityState()
-    if _is_duplicate(state, src):
-        return Transition(state, (), ("duplicate",))
+    if not _mark_applied(state, src):
+        return Transition(state, (), _DUPLICATE)
     notes: list[str] = []
-    if state.orphans and orphan_horizon > BEFORE_ANY:
-        _expire_orphans(state, orphan_horizon, notes)
-    deletion = deleted_of(event.account_id)
+    if state.orphans and ctx.orphan_horizon > BEFORE_ANY:
+        _expire_orphans(state, ctx.orphan_horizon, notes)
+    deletion = _deletion(ctx.accounts, event.account_id)
     if deletion is not None and event.time_ms >= deletion[0]:
-        notes.append("after_account_delete")
+        notes.append(Note.AFTER_ACCOUNT_DELETE)
         return Transition(state, (), tuple(notes))
     out: list[UsageInterval] = []
+    held: list[Held] = []
     t = event.time_ms
     rid = event.resource_id
     account = event.account_id
@@ -452,23 +427,22 @@ def apply_usage(
         key: SlotKey = (usage_type, (event.zone_id or "") if zoned else "", account)
         if action == OPEN or (action != CLOSE and key not in slots):
             if key in slots:
-                notes.append("reopen_ignored")
+                notes.append(Note.REOPEN_IGNORED)
                 continue
             last = _last_end(state, key)
             if last is not None and t <= last:
-                notes.append("stale_open")  # a retried publish or late duplicate (rule 2)
+                notes.append(Note.STALE_OPEN)  # a retried publish or late duplicate (rule 2)
                 continue
             slot = Slot(account, event.zone_id, t, src)
             orphan = _claim(state, key, t) if state.orphans else None
             if orphan is None:
                 slots[key] = slot
                 continue
-            notes.append("orphan_close_applied")
+            notes.append(Note.ORPHAN_CLOSE_APPLIED)
             end, reason, by = orphan.end, orphan.reason, orphan.src
             if deletion is not None and deletion[0] < end:  # rule 5: not past the deletion
                 end, reason, by = deletion[0], CloseReason.ACCOUNT_DELETE, deletion[1]
-            _close_slot(state, key, slot, rid, end, reason, by, grid, domain_of, out, notes,
-                        settled)
+            _close_slot(state, key, slot, rid, end, reason, by, ctx, out, notes, held)
             continue
         if zoned and action == CLOSE and event.zone_id is None:  # every zone (contract §3)
             keys = [k for k in slots if k[0] == usage_type and k[2] == account]
@@ -482,12 +456,11 @@ def apply_usage(
             continue
         for k in keys:
             slot = slots.pop(k)
-            _close_slot(state, k, slot, rid, t, event.event_type, src, grid, domain_of, out,
-                        notes, settled)
+            _close_slot(state, k, slot, rid, t, event.event_type, src, ctx, out, notes, held)
             if action != CLOSE:  # SPLIT: reopen with the event's attributes
                 start = max(t, state.ends.get(k, t))
                 slots[k] = Slot(account, event.zone_id, start, src)
-    return Transition(state, tuple(out), tuple(notes))
+    return Transition(state, tuple(out), tuple(notes) if notes else (), tuple(held))
 
 
 def apply_enrichment(
@@ -496,8 +469,8 @@ def apply_enrichment(
     """Record offering/template attributes from an action event (rule 7)."""
     if state is None:
         state = EntityState()
-    if _is_duplicate(state, src):
-        return Transition(state, (), ("duplicate",))
+    if not _mark_applied(state, src):
+        return Transition(state, (), _DUPLICATE)
     t = event.time_ms
     for kind, value in (
         (SERVICE_OFFERING, event.service_offering_id),
@@ -506,40 +479,15 @@ def apply_enrichment(
     ):
         if value is not None:
             insort(state.changes, (t, kind, value), key=lambda c: c[0])
-    return Transition(state, (), ("enriched",))
-
-
-def close_account(
-    state: EntityState,
-    resource_id: str,
-    account_id: str,
-    at: int,
-    src: Source,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
-) -> Transition:
-    """Close every open interval of ``account_id`` in this entity at ``at`` now (rule 5).
-
-    The engine normally defers this until the watermark passes ``at`` (see
-    :meth:`metering.meter.Meter`); this immediate form is for a deletion that arrives late.
-    """
-    out: list[UsageInterval] = []
-    notes: list[str] = []
-    for key in [k for k, s in state.slots.items() if s.account_id == account_id]:
-        slot = state.slots.pop(key)
-        _close_slot(state, key, slot, resource_id, at, CloseReason.ACCOUNT_DELETE, src, grid,
-                    domain_of, out, notes)
-    return Transition(state, tuple(out), tuple(notes))
+    return Transition(state, (), _ENRICHED)
 
 
 def cut(
     state: EntityState,
     resource_id: str,
     upto: int,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
+    ctx: Context,
     last_reason: str = CloseReason.PERIOD,
-    deleted_of: DeletionLookup = _never_deleted,
 ) -> list[UsageInterval]:
     """Emit the pieces of every open interval up to ``upto`` without closing it (rule 8, 10).
 
@@ -551,24 +499,18 @@ def cut(
     notes: list[str] = []
     for key in list(state.slots):
         slot = state.slots[key]
-        deletion = deleted_of(slot.account_id)
+        deletion = _deletion(ctx.accounts, slot.account_id)
         if deletion is not None and deletion[0] <= upto:
             del state.slots[key]
             _close_slot(state, key, slot, resource_id, deletion[0], CloseReason.ACCOUNT_DELETE,
-                        deletion[1], grid, domain_of, out, notes)
+                        deletion[1], ctx, out, notes)
         else:
-            _cut_slot(state, key, slot, resource_id, upto, grid, domain_of, last_reason, out)
+            _cut_slot(state, key, slot, resource_id, upto, ctx, last_reason, out)
     return out
 
 
-def release(
-    state: EntityState,
-    resource_id: str,
-    settled: int,
-    grid: PeriodGrid,
-    domain_of: DomainLookup,
-    deleted_of: DeletionLookup = _never_deleted,
-) -> list[UsageInterval]:
+def release(state: EntityState, resource_id: str, settled: int, ctx: Context
+            ) -> list[UsageInterval]:
     """Emit the held intervals that end at or before ``settled`` (UTC ms), in close order.
 
     Every lane has passed their end, so every action event before it has been applied:
@@ -582,13 +524,13 @@ def release(
             keep.append(h)
             continue
         slot = h.slot
-        deletion = deleted_of(slot.account_id)
+        deletion = _deletion(ctx.accounts, slot.account_id)
         if deletion is not None and deletion[0] < h.end:
             if deletion[0] > slot.start:  # else opened after the deletion: nothing (rule 5)
-                _emit(state, h.key, slot, resource_id, slot.start, deletion[0], grid,
-                      domain_of, True, CloseReason.ACCOUNT_DELETE, deletion[1], out)
+                _emit(state, h.key, slot, resource_id, slot.start, deletion[0], ctx, True,
+                      CloseReason.ACCOUNT_DELETE, deletion[1], out)
         else:
-            _emit(state, h.key, slot, resource_id, slot.start, h.end, grid, domain_of, True,
-                  h.reason, h.src, out)
+            _emit(state, h.key, slot, resource_id, slot.start, h.end, ctx, True, h.reason,
+                  h.src, out)
     state.held = keep
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from metering.meter import NEVER
+from metering.watermarks import NEVER
 
 
 def consumer_lag(end: int, committed: int | None, beginning: int) -> int:

@@ -19,6 +19,14 @@ _HOUR: Final = 3_600_000
 _DAY: Final = 86_400_000
 
 
+def as_period(name: str) -> Period:
+    """``name`` as a :data:`Period` (``hour`` or ``day``); ValueError if it is neither."""
+    for period in PERIODS:
+        if name == period:
+            return period
+    raise ValueError(f"period must be one of {PERIODS}, not {name!r}")
+
+
 def load_timezone(name: str) -> dt.tzinfo:
     """An IANA time zone by name (``UTC``, ``Europe/Berlin``); ValueError if unknown."""
     if name.upper() in {"UTC", "Z", "ETC/UTC", "GMT"}:
@@ -58,11 +66,6 @@ class PeriodGrid:
         """Period length in ms when every period has the same length (UTC), else 0."""
         if self._fixed is None:
             return 0
-        return _HOUR if self.period == "hour" else _DAY
-
-    @property
-    def length_hint_ms(self) -> int:
-        """Nominal period length in ms (3 600 000 or 86 400 000; DST days differ)."""
         return _HOUR if self.period == "hour" else _DAY
 
     def _is_boundary_slow(self, ms: int) -> bool:
@@ -116,26 +119,6 @@ class PeriodGrid:
     def next_boundary(self, ms: int) -> int:
         """The first boundary strictly after ``ms`` (the end of its period), UTC ms."""
         return self.bounds(ms)[1]
-
-    def last_boundary_at_or_before(self, ms: int) -> int:
-        """The latest boundary ``<= ms`` (equals ``floor``)."""
-        return self.bounds(ms)[0]
-
-    def is_boundary(self, ms: int) -> bool:
-        """True if ``ms`` is exactly a period boundary."""
-        return self.bounds(ms)[0] == ms
-
-    def split(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Split ``[start, end)`` at every boundary; ``[]`` if ``end <= start``."""
-        out: list[tuple[int, int]] = []
-        while start < end:
-            b = self.bounds(start)[1]
-            if b >= end:
-                out.append((start, end))
-                break
-            out.append((start, b))
-            start = b
-        return out
 
     def local_date(self, ms: int) -> str:
         """``YYYY-MM-DD`` of instant ``ms`` in the grid's time zone (for ``usage_date``)."""

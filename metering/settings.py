@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from metering.errors import SettingsError as SettingsError
+from metering.limits import record_limit_problems
 from metering.periods import PERIODS, load_timezone
-from metering.rejects import record_limit_problems
 
 ENV_PREFIX: Final = "METERING_"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")

@@ -41,8 +41,6 @@ CLOSE: Final = 2
 SPLIT: Final = 3
 """Close the open interval at the event time and open a new one; opens if nothing is open."""
 
-ACTION_NAMES: Final = {OPEN: "open", CLOSE: "close", SPLIT: "split"}
-
 U = UsageType
 TRANSITIONS: Final[dict[str, tuple[tuple[UsageType, int], ...]]] = {
     "VM.START": ((U.RUNNING_VM, OPEN),),
@@ -92,9 +90,6 @@ TRANSITIONS: Final[dict[str, tuple[tuple[UsageType, int], ...]]] = {
 ZONE_KEYED: Final = frozenset({U.TEMPLATE, U.ISO})
 """Usage types whose interval key includes the event's ``zone`` (one interval per zone)."""
 
-VM_TYPES: Final = frozenset({U.RUNNING_VM, U.ALLOCATED_VM})
-"""Usage types enriched with ``ServiceOffering``/``VirtualMachineTemplate`` (rule 7)."""
-
 EXPLICITLY_IGNORED: Final = frozenset(
     {
         "NET.IP6ASSIGN",
@@ -114,8 +109,3 @@ EXPLICITLY_IGNORED: Final = frozenset(
 
 NAMES: Final = {t.value: t.name for t in UsageType}
 """Usage type id -> name, for example ``1 -> "RUNNING_VM"``."""
-
-
-def is_metered(event_type: str) -> bool:
-    """True if a usage event of this type opens, closes or splits an interval."""
-    return event_type in TRANSITIONS

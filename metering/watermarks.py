@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NEVER = -(2**62)
-"""A watermark before any event (the same value as :data:`metering.meter.NEVER`)."""
+"""A watermark before any event (UTC ms)."""
 
 Suspect = tuple[int, int]
 """An unconfirmed outlier of a lane: (event time UTC ms, offset of its record)."""

@@ -21,6 +21,7 @@ from metering.events import (
     AccountCreated,
     AccountDeleted,
     Enrichment,
+    Lane,
     Meterable,
     Source,
     UsageEvent,
@@ -69,7 +70,7 @@ class Tick(NamedTuple):
     """
 
     wall_ms: int
-    lanes: dict[str, tuple[int, int]]
+    lanes: dict[Lane, tuple[int, int]]
     inputs: dict[str, int] = {}  # noqa: RUF012 (NamedTuple default, never mutated)
     """Input topic -> its partition count: every ``topic/partition`` is a lane that must
     hold the watermark back until it reports progress (or idles), even one that has not
@@ -80,7 +81,7 @@ class WireError(MeteringError, ValueError):
     """An internal record that this code did not write (a bug or a foreign producer)."""
 
 
-def encode_tick(wall_ms: int, lanes: dict[str, tuple[int, int]] | None = None,
+def encode_tick(wall_ms: int, lanes: dict[Lane, tuple[int, int]] | None = None,
                 inputs: dict[str, int] | None = None) -> bytes:
     """Encode a tick (``inputs``: input topic -> partition count, see :class:`Tick`)."""
     return orjson.dumps([TICK, wall_ms, {k: list(v) for k, v in (lanes or {}).items()},
@@ -118,7 +119,8 @@ def decode_wire(data: bytes) -> Routed | Tick:
         if kind == TICK:
             lanes = item[2] if len(item) > 2 else {}
             inputs = item[3] if len(item) > 3 else {}
-            return Tick(int(item[1]), {k: (int(v[0]), int(v[1])) for k, v in lanes.items()},
+            return Tick(int(item[1]),
+                        {Lane(str(k)): (int(v[0]), int(v[1])) for k, v in lanes.items()},
                         {str(t): int(n) for t, n in inputs.items()})
         *head, topic, partition, offset, wall = item
         src = Source(topic, partition, offset)

@@ -48,13 +48,15 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import orjson
 import pyarrow as pa
 
-from metering.intervals import FIELDS, UsageInterval
+from metering.intervals import IntervalDecodeError, UsageInterval, decode_interval
 from metering.periods import PeriodGrid
+from metering.usage_schema import MAX_INSTANT_MS as MAX_INSTANT_MS
+from metering.usage_schema import MIN_INSTANT_MS as MIN_INSTANT_MS
 from storage.dataset import PARTITION_COLUMN, sorted_table, to_table
 from storage.parts import (
     archive_part_name,
@@ -71,63 +73,17 @@ REJECTED_DIR: Final = "_rejected"
 LOCK_NAME: Final = ".metering-archive.lock"
 """Lock file in the dataset root held by the one archive process writing the dataset (a
 leading ``.`` hides it from dataset readers; compaction uses its own)."""
-MIN_INSTANT_MS: Final = 0
-"""1970-01-01T00:00:00Z: the earliest instant of a row (contract rule 4b; schema minimum)."""
-MAX_INSTANT_MS: Final = 253_402_300_799_999
-"""9999-12-31T23:59:59.999Z: the latest instant every reader (Python, pandas, DuckDB) can
-turn into a date."""
-_INSTANT_FIELDS: Final = ("start", "end", "period_start")
-_INT32_FIELDS: Final = ("usage_type", "source_partition", "schema_version")
-_INT32_MAX: Final = 2**31 - 1
-
-_INT_FIELDS: Final = frozenset({"usage_type", "start", "end", "duration_ms", "period_start",
-                                "source_partition", "source_offset", "schema_version"})
-_STR_FIELDS: Final = frozenset({"interval_id", "account_id", "usage_type_name", "resource_id",
-                                "close_reason", "source_topic"})
-_OPT_STR_FIELDS: Final = frozenset({"domain_id", "zone_id", "offering_id", "template_id"})
 
 
 def parse_interval(raw: bytes) -> UsageInterval | str:
-    """A usage-topic record value (JSON object of the contract) -> row, or why it is not one.
+    """A usage-topic record value -> row, or why it is not one (the reject reason).
 
-    Total: never raises. Checks presence and JSON types of every contract field.
+    Total: never raises. :func:`metering.intervals.decode_interval` decides.
     """
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return f"not valid JSON: {exc}"[:200]
-    if type(obj) is not dict:
-        return "not a JSON object"
-    values: list[Any] = []
-    for name in FIELDS:
-        value = obj.get(name)
-        if name in _INT_FIELDS:
-            ok = type(value) is int
-        elif name in _STR_FIELDS:
-            ok = type(value) is str
-        elif name in _OPT_STR_FIELDS:
-            ok = value is None or type(value) is str
-        elif name == "raw_usage_hours":
-            ok = type(value) in (int, float)
-            if ok:
-                value = float(value)  # type: ignore[arg-type]  # checked: int or float
-        else:  # final
-            ok = type(value) is bool
-        if not ok:
-            return f"field {name!r} missing or of the wrong type"
-        values.append(value)
-    row = UsageInterval(*values)
-    for name in _INSTANT_FIELDS:
-        instant = obj[name]
-        if not MIN_INSTANT_MS <= instant <= MAX_INSTANT_MS:
-            return (f"field {name!r} out of range: {instant} (UTC epoch ms from "
-                    f"{MIN_INSTANT_MS} (1970-01-01) to {MAX_INSTANT_MS} (9999-12-31))")
-    for name in _INT32_FIELDS:
-        if not 0 <= obj[name] <= _INT32_MAX:
-            return f"field {name!r} out of range: {obj[name]} (0 to {_INT32_MAX})"
-    if row.end < row.start or row.duration_ms != row.end - row.start:
-        return "end before start, or duration_ms != end - start"
-    return row
+        return decode_interval(raw)
+    except IntervalDecodeError as exc:
+        return str(exc)
 
 
 @dataclass
@@ -161,8 +117,6 @@ class ArchiveWriter:
         self.grid = grid
         self._checkpoints: dict[tuple[str, int], int] = {}
         self._recovered: set[tuple[str, int]] = set()
-        self.on_files_written: Callable[[], None] | None = None
-        """Called after a batch's files are durable, before its checkpoint (fault tests)."""
 
     def _checkpoint_path(self, topic: str, partition: int) -> Path:
         return self.root / CHECKPOINT_DIR / f"{topic}-{partition}.json"
@@ -284,8 +238,6 @@ class ArchiveWriter:
             result.bytes += write_atomic(table, path)
             result.files.append(str(path))
             result.rows += rows
-        if self.on_files_written is not None:
-            self.on_files_written()
         if rejected:
             write_bytes_atomic(self.root / REJECTED_DIR / name.replace(".parquet", ".jsonl"),
                                 b"\n".join(line for _, line in sorted(rejected)) + b"\n")

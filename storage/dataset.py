@@ -1,7 +1,8 @@
 """The Parquet form of usage intervals (contract section 5): schema, tables, reading, locks.
 
 A dataset directory holds Hive partitions ``usage_date=YYYY-MM-DD`` (the date of
-``period_start`` in the period time zone). Columns follow ``schemas/usage_interval.v1.schema.json``
+``period_start`` in the period time zone). Columns are the fields of
+:data:`metering.usage_schema.INTERVAL_FIELDS` in order (``schemas/usage-interval.schema.json``),
 with ``start``, ``end`` and ``period_start`` as ``timestamp[ms, tz=UTC]``. How part files are
 named and written (atomically, durably) is :mod:`storage.parts`.
 """
@@ -10,43 +11,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pyarrow as pa
 
-from metering.intervals import FIELDS, UsageInterval
+from metering.intervals import UsageInterval
+from metering.usage_schema import INTERVAL_FIELDS, FieldSpec, Kind
 from storage.errors import LockHeldError as LockHeldError
 from storage.layout import PARTITION_COLUMN as PARTITION_COLUMN
 from storage.layout import SORT_COLUMNS as SORT_COLUMNS
 
 TS: Final = pa.timestamp("ms", tz="UTC")
 
-_FIELDS: list[pa.Field[Any]] = [
-    pa.field("interval_id", pa.string(), nullable=False),
-    pa.field("account_id", pa.string(), nullable=False),
-    pa.field("domain_id", pa.string()),
-    pa.field("zone_id", pa.string()),
-    pa.field("usage_type", pa.int32(), nullable=False),
-    pa.field("usage_type_name", pa.string(), nullable=False),
-    pa.field("resource_id", pa.string(), nullable=False),
-    pa.field("offering_id", pa.string()),
-    pa.field("template_id", pa.string()),
-    pa.field("start", TS, nullable=False),
-    pa.field("end", TS, nullable=False),
-    pa.field("duration_ms", pa.int64(), nullable=False),
-    pa.field("raw_usage_hours", pa.float64(), nullable=False),
-    pa.field("period_start", TS, nullable=False),
-    pa.field("final", pa.bool_(), nullable=False),
-    pa.field("close_reason", pa.string(), nullable=False),
-    pa.field("source_topic", pa.string(), nullable=False),
-    pa.field("source_partition", pa.int32(), nullable=False),
-    pa.field("source_offset", pa.int64(), nullable=False),
-    pa.field("schema_version", pa.int32(), nullable=False),
-]
-ARROW_SCHEMA: Final = pa.schema(_FIELDS)
-"""Arrow schema of one Parquet file (the partition column ``usage_date`` is in the path)."""
+_ARROW_TYPE: Final[dict[Kind, pa.DataType]] = {
+    Kind.STRING: pa.string(), Kind.INT32: pa.int32(), Kind.INT64: pa.int64(),
+    Kind.FLOAT64: pa.float64(), Kind.BOOL: pa.bool_(), Kind.TIMESTAMP_MS: TS,
+}
 
-assert tuple(ARROW_SCHEMA.names) == FIELDS, "Parquet columns must follow the contract order"
+
+def arrow_schema(fields: Sequence[FieldSpec] = INTERVAL_FIELDS) -> pa.Schema:
+    """The Arrow schema of the usage interval's definition (:mod:`metering.usage_schema`):
+    one column per field in order, its kind's type, nullable only where the field is."""
+    return pa.schema([pa.field(f.name, _ARROW_TYPE[f.kind], nullable=f.nullable)
+                      for f in fields])
+
+
+ARROW_SCHEMA: Final = arrow_schema()
+"""Arrow schema of one Parquet file (the partition column ``usage_date`` is in the path)."""
 
 
 def to_table(rows: Sequence[UsageInterval]) -> pa.Table:

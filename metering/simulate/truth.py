@@ -44,7 +44,6 @@ class Truth:
         self._last_close: dict[TruthKey, int] = {}
         self._orphans: dict[tuple[str, int, str], list[tuple[int, str | None]]] = {}
         self._now = -(2**62)
-        self.stale_opens = 0
         self._deleted: dict[str, int] = {}
         self._open_by_account: dict[str, dict[TruthKey, None]] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -64,8 +63,7 @@ class Truth:
         now = self._tick(t)
         if k in self._open or t >= self._deleted.get(account, t + 1):
             return
-        if t <= self._last_close.get(k, t - 1):
-            self.stale_opens += 1
+        if t <= self._last_close.get(k, t - 1):  # stale: at or before the last close
             return
         self.totals.setdefault(k, 0)
         end = self._claim(k, t, now)
@@ -136,9 +134,6 @@ class Truth:
             self._open_by_account.setdefault(account, {})[k] = None
             return
         self.open(account, usage_type, resource, zone, t)
-
-    def is_open(self, account: str, usage_type: int, resource: str, zone: str | None) -> bool:
-        return self.key(account, usage_type, resource, zone) in self._open
 
     def close_account(self, account: str, t: int) -> None:
         """The account was deleted at ``t``: everything it had open stops at ``t``, and an

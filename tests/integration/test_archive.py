@@ -106,9 +106,9 @@ def archive_factory(
     started: list[WorkerProc] = []
     app = unique_name("arch")
 
-    def make(**extra: str) -> WorkerProc:
+    def make(fault: str | None = None, **extra: str) -> WorkerProc:
         w = WorkerProc(kafka_bootstrap, app, "unused-input", tmp_path / "data",
-                       partitions=PARTITIONS, command="archive",
+                       partitions=PARTITIONS, command="archive", fault=fault,
                        extra={"METERING_ARCHIVE_BATCH_RECORDS": "400",
                               "METERING_METRICS_INTERVAL": "0.5",
                               "METERING_ARCHIVE_FLUSH_SECONDS": "0.3",
@@ -126,7 +126,7 @@ def archive_factory(
 def test_kill9_loses_nothing_and_compaction_leaves_each_interval_once(
     kafka_bootstrap: str, archive_factory: Callable[..., WorkerProc], fault: str,
 ) -> None:
-    crashing = archive_factory(metering_fault_inject=fault)
+    crashing = archive_factory(fault=fault)
     asyncio.run(_create_topic(kafka_bootstrap, crashing.usage_topic, PARTITIONS, {}))
     rows = intervals(3000)
     produced = produce_usage(kafka_bootstrap, crashing.usage_topic, rows)

@@ -29,6 +29,8 @@ class WorkerProc:
     log_path: Path | None = None
     command: str = "worker"
     """``worker`` or ``archive`` (the archive writes ``archive_dir``)."""
+    fault: str | None = None
+    """A crash point of :mod:`tests.integration.faults` to install, or None (no fault)."""
 
     @property
     def archive_dir(self) -> Path:
@@ -68,8 +70,9 @@ class WorkerProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.app_id}-{int(time.time() * 1000)}.log"
         log = self.log_path.open("wb")
+        entry = ["agents"] if self.fault is None else ["tests.integration.faults", self.fault]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agents", self.command, "--loglevel", "info"],
+            [sys.executable, "-m", *entry, self.command, "--loglevel", "info"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -188,14 +188,22 @@ def test_checkpoint_store_is_monotonic(writer: ArchiveWriter) -> None:
     assert ArchiveWriter(writer.root, writer.grid).checkpoint("usage", 3) == 120
 
 
-def test_recovery_on_reassignment_keeps_the_batch_in_flight(writer: ArchiveWriter) -> None:
+def test_recovery_on_reassignment_keeps_the_batch_in_flight(
+    writer: ArchiveWriter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Files past the checkpoint are leftovers only at a partition's first assignment; a
     reassignment while this process writes a batch must not delete the batch's files."""
     rows = [interval(i, day=i % 2) for i in range(8)]
     assert writer.recover("usage", 0) == []  # first assignment
     writer.write_batch("usage", 0, records(rows[:4]))
     removed: list[list[str]] = []
-    writer.on_files_written = lambda: removed.append(writer.recover("usage", 0))
+    store = writer._store_checkpoint
+
+    def recover_then_store(topic: str, partition: int, last: int) -> int:
+        removed.append(writer.recover("usage", 0))  # files durable, checkpoint not yet
+        return store(topic, partition, last)
+
+    monkeypatch.setattr(writer, "_store_checkpoint", recover_then_store)
     result = writer.write_batch("usage", 0, records(rows[4:], 4))
     assert removed == [[]]
     assert all(Path(f).exists() for f in result.files)

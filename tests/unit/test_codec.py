@@ -17,17 +17,17 @@ from metering.codec import (
     encode_entity,
 )
 from metering.events import Source
-from metering.lifecycle import (
+from metering.states import (
     DISK_OFFERING,
     LEGACY_ACCOUNT,
     SERVICE_OFFERING,
     TEMPLATE,
+    AccountState,
     EntityState,
     Held,
     Orphan,
     Slot,
 )
-from metering.meter import AccountState
 
 ENTITY = EntityState(
     slots={
@@ -123,14 +123,14 @@ def test_version_1_states_written_before_empty_ends_still_decode() -> None:
 def test_a_version_1_last_close_still_makes_a_retried_open_stale() -> None:
     """A VM stopped before the upgrade: its retried VM.START read after it is still stale."""
     from metering.decode import decode
-    from metering.meter import Meter, MeterPolicy
+    from metering.engine import Engine, Policy
 
     old = bytes([1]) + orjson.dumps(["cs/0", [], [], {"cs/0": 1}, [[1, "", 7_200_000]]])
-    meter = Meter(MeterPolicy(lateness_ms=None), {"vm": decode_entity(old)})
+    meter = Engine(Policy(lateness_ms=None), {"vm": decode_entity(old)})
     start = decode(b'{"eventDateTime":"1970-01-01 01:00:00 +0000","event":"VM.START",'
                    b'"id":"vm","account":"a"}')
     assert meter.process(start, Source("cs", 0, 2)) == []
-    assert meter.finish(10_800_000) == []
+    assert meter.finish(10_800_000).rows == []
     assert meter.stats["stale_open"] == 1
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from agents.cli import batch as batchcli
 from metering.decode import decode
+from metering.engine import Engine, Policy
 from metering.events import Source
-from metering.lifecycle import MAX_ORPHANS
-from metering.meter import Meter, MeterPolicy
+from metering.states import MAX_ORPHANS
 from storage.replay import ReplayOptions, run_replay
 from tests.refinterp import reference_usage
 from tests.unit.test_contract_rules import (
@@ -184,11 +184,11 @@ def test_an_expired_orphan_close_changes_nothing() -> None:
 
 def test_orphan_close_ttl_is_a_policy() -> None:
     records = _expiry_trace()
-    meter = Meter(MeterPolicy(lateness_ms=None, orphan_close_ttl_ms=30 * HOUR))
+    meter = Engine(Policy(lateness_ms=None, orphan_close_ttl_ms=30 * HOUR))
     rows = []
     for i, raw in enumerate(records):
         rows += meter.process(decode(raw), Source("cs", 0, i))
-    rows += meter.finish(T0 + 28 * HOUR)
+    rows += meter.finish(T0 + 28 * HOUR).rows
     assert total(rows, 1) == HOUR
     assert meter.stats["orphan_close_applied"] == 1
     assert reference(records, T0 + 28 * HOUR, orphan_close_ttl_ms=30 * HOUR)[
@@ -222,8 +222,8 @@ def test_remembered_closes_are_bounded_per_resource() -> None:
 
 def test_a_claimed_close_is_held_until_every_lane_has_passed_it() -> None:
     """The claim goes through the normal close path: held while another lane is behind."""
-    meter = Meter(MeterPolicy(lateness_ms=60_000, wait_for_inputs=True))
-    meter.observe_lanes({}, {"cs": 2}, None)
+    meter = Engine(Policy(lateness_ms=60_000, wait_for_inputs=True))
+    meter.report({}, {"cs": 2}, None)
     assert meter.process(decode(usage("VM.STOP", "vm", T0 + HOUR)), Source("cs", 0, 0)) == []
     assert meter.process(decode(usage("VM.START", "vm", T0)), Source("cs", 0, 1)) == []
     assert meter.entities["vm"].held

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from metering.decode import decode
+from metering.engine import Engine, Policy
 from metering.events import (
     AccountCreated,
     AccountDeleted,
@@ -29,7 +30,6 @@ from metering.events import (
     UsageEvent,
 )
 from metering.intervals import UsageInterval
-from metering.meter import Meter, MeterPolicy
 from metering.periods import PeriodGrid
 from metering.rejects import reject_record
 from metering.usage_types import TRANSITIONS
@@ -109,9 +109,9 @@ def run(
     period: str = "hour",
     tz: str = "UTC",
     sources: list[Source] | None = None,
-) -> tuple[list[UsageInterval], Meter]:
+) -> tuple[list[UsageInterval], Engine]:
     """Replay ``records`` (offsets 0, 1, ... on ``cs/0`` unless ``sources``) and finish."""
-    meter = Meter(MeterPolicy(grid=PeriodGrid(period, tz), lateness_ms=None))  # type: ignore[arg-type]
+    meter = Engine(Policy(grid=PeriodGrid(period, tz), lateness_ms=None))  # type: ignore[arg-type]
     rows: list[UsageInterval] = []
     for i, raw in enumerate(records):
         value = decode(raw)
@@ -123,7 +123,7 @@ def run(
         ):
             continue
         rows += meter.process(value, src)
-    rows += meter.finish(until)
+    rows += meter.finish(until).rows
     return rows, meter
 
 
@@ -671,7 +671,7 @@ def test_ignored_usage_types_are_counted_not_rejected(event: str, with_id: bool)
 # --------------------------------------------------------------------------- rule 5
 
 
-def _account_fixture(deletion: bytes) -> tuple[list[UsageInterval], Meter]:
+def _account_fixture(deletion: bytes) -> tuple[list[UsageInterval], Engine]:
     records = [
         usage("VM.CREATE", "vm", T0),
         usage("VM.START", "vm", T0 + MIN),

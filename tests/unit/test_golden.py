@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from metering.decode import classify, decode
+from metering.engine import Engine, Policy
 from metering.events import (
     AccountCreated,
     Category,
@@ -25,7 +26,6 @@ from metering.events import (
     UsageEvent,
 )
 from metering.intervals import resource_key
-from metering.meter import Meter, MeterPolicy
 from tests.refinterp import reference_usage
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
@@ -102,11 +102,11 @@ def test_golden_usage_story_meters_what_a_billing_engineer_expects() -> None:
     names = sorted(EXPECTED, key=lambda n: (json.loads(value_of(n)).get("eventDateTime", ""), n))
     values = [value_of(n) for n in names]
     until = ms("2025-03-17T00:00:00Z")
-    meter = Meter(MeterPolicy(lateness_ms=None))
+    meter = Engine(Policy(lateness_ms=None))
     rows = []
     for i, raw in enumerate(values):
         rows += meter.process(decode(raw), Source("cs", 0, i))
-    rows += meter.finish(until)
+    rows += meter.finish(until).rows
     got: dict[tuple[str, int, str], int] = {}
     for r in rows:
         key = (r.account_id, r.usage_type, resource_key(r.usage_type, r.resource_id, r.zone_id))

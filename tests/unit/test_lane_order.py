@@ -21,11 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metering.decode import decode
+from metering.engine import Engine, Policy
 from metering.events import Decoded, Source
 from metering.intervals import UsageInterval
-from metering.lifecycle import FOREVER, Held, Slot, apply_usage, release
-from metering.meter import Meter, MeterPolicy
+from metering.lifecycle import Context, apply_usage, release
 from metering.periods import PeriodGrid
+from metering.states import FOREVER, AccountState, Held, Slot
 from tests.unit.test_properties import FAMILIES, RESOURCES
 
 BASE = int(dt.datetime(2025, 3, 14, 9, 17, 3, tzinfo=dt.UTC).timestamp() * 1000)
@@ -88,9 +89,9 @@ def lanes(draw: st.DrawFn) -> Lanes:
 
 def _run(records: list[list[bytes]], order: list[int], lateness: int | None,
          ticks: bool) -> Counter[UsageInterval]:
-    meter = Meter(MeterPolicy(grid=PeriodGrid("hour", "UTC"), lateness_ms=lateness,
+    meter = Engine(Policy(grid=PeriodGrid("hour", "UTC"), lateness_ms=lateness,
                               wait_for_inputs=True))
-    meter.observe_lanes({}, {"cs": LANES}, None)  # the worker's first tick names every lane
+    meter.report({}, {"cs": LANES}, None)  # the worker's first tick names every lane
     out: list[UsageInterval] = []
     position = [0] * LANES
     for lane in order:
@@ -98,8 +99,8 @@ def _run(records: list[list[bytes]], order: list[int], lateness: int | None,
         position[lane] += 1
         out += meter.process(decode(records[lane][offset]), Source("cs", lane, offset))
         if ticks:
-            out += meter.advance()
-    return Counter(out + meter.finish())
+            out += meter.advance().rows
+    return Counter(out + meter.finish().rows)
 
 
 @given(lanes(), st.data(), st.sampled_from([None, 0, 60_000]), st.booleans())
@@ -118,8 +119,8 @@ def test_a_close_waits_for_the_attribute_change_of_a_slower_lane() -> None:
     """The upgrade's new offering (lane 1) precedes the close (lane 0) in event time but
     arrives after it: the interval waits for lane 1 and carries the new offering."""
     hour = 3_600_000
-    meter = Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True))
-    meter.observe_lanes({}, {"cs": 2}, None)
+    meter = Engine(Policy(lateness_ms=0, wait_for_inputs=True))
+    meter.report({}, {"cs": 2}, None)
 
     def usage(event: str, t: int) -> bytes:
         return json.dumps({"eventDateTime": _stamp(t), "event": event, "resource": "X",
@@ -144,20 +145,20 @@ def test_release_closes_at_an_account_deletion_before_the_held_end() -> None:
     state = apply_usage(None, decode(json.dumps({  # type: ignore[arg-type]
         "eventDateTime": _stamp(BASE), "event": "VOLUME.CREATE", "resource": "X",
         "id": "vol-1", "account": "acct-0", "zone": "z"}).encode()), Source("cs", 0, 1),
-        PeriodGrid(), lambda _: None).state
+        Context(PeriodGrid(), {})).state
     slot = state.slots.pop((6, "", "acct-0"))
     state.held.append(Held((6, "", "acct-0"), slot, BASE + 50_000, "VOLUME.DELETE", src, None))
     deleted = Source("cs", 1, 3)
-    rows = release(state, "vol-1", FOREVER, PeriodGrid(), lambda _: "dom",
-                   lambda _: (BASE + 20_000, deleted))
+    accounts = {"acct-0": AccountState("dom", BASE + 20_000, {}, deleted)}
+    rows = release(state, "vol-1", FOREVER, Context(PeriodGrid(), accounts))
     assert [(r.end, r.close_reason, r.source_partition, r.domain_id) for r in rows] == [
         (BASE + 20_000, "account_delete", 1, "dom")]
     assert state.held == []
     assert isinstance(slot, Slot)
 
 
-def _many_open(meter: Meter, n: int) -> None:
-    meter.observe_lanes({}, {"cs": 1}, None)
+def _many_open(meter: Engine, n: int) -> None:
+    meter.report({}, {"cs": 1}, None)
     for i in range(n):
         meter.process(decode(json.dumps({
             "eventDateTime": _stamp(BASE + i * 1000), "event": "VOLUME.CREATE",
@@ -169,7 +170,7 @@ def test_a_period_cut_in_chunks_emits_what_one_call_emits() -> None:
     """The meter agent cuts a period ``CUT_CHUNK`` resources at a time, and records may be
     applied between chunks: the rows are the same as one cut of everything."""
     hour = 3_600_000
-    whole, chunked = (Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True,
+    whole, chunked = (Engine(Policy(lateness_ms=0, wait_for_inputs=True,
                                         max_watermark_jump_ms=None))  # a 3 h step: no limit
                       for _ in range(2))
     for meter in (whole, chunked):
@@ -180,16 +181,16 @@ def test_a_period_cut_in_chunks_emits_what_one_call_emits() -> None:
                                   "zone": "z"}).encode())
 
     late, mid = delete(20, BASE + 3 * hour), delete(24, BASE + 3 * hour + 1000)
-    rows_whole = whole.process(late, Source("cs", 0, 25)) + whole.advance()
+    rows_whole = whole.process(late, Source("cs", 0, 25)) + whole.advance().rows
     rows_whole += whole.process(mid, Source("cs", 0, 26))
     # the same records; the cut goes 4 resources per step, vol-024 is closed between steps
     # (before the cut reaches it: it is cut first, lazily, then closed)
     rows = chunked.process(late, Source("cs", 0, 25))
-    rows += chunked.advance(4)
+    rows += chunked.advance(4).rows
     rows += chunked.process(mid, Source("cs", 0, 26))
     steps = 1
     while chunked.cutting:
-        rows += chunked.advance(4)
+        rows += chunked.advance(4).rows
         steps += 1
     assert steps == 6  # 24 open resources when the cut starts, 4 per step
     assert Counter(rows) == Counter(rows_whole)

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.catalogue import BY_NAME, LATENCY_BUCKETS, METRICS, markdown_table
+from metering.engine import NEVER, Engine, Policy
 from metering.events import Source, UsageEvent
 from metering.intervals import UsageInterval
-from metering.meter import NEVER, Meter, MeterPolicy
 from metering.observe import caught_up, consumer_lag, event_time_lag_seconds, readiness
 from metering.usage_types import UsageType
 from metering.watermarks import LaneReader
@@ -64,7 +64,7 @@ def _usage(event: str, rid: str, t: int) -> UsageEvent:
 
 
 def test_open_counts_follow_opens_and_closes() -> None:
-    meter = Meter()
+    meter = Engine()
     src = Source("cs", 0, 0)
     meter.process(_usage("VM.CREATE", "vm-1", 1_000), src)
     meter.process(_usage("VM.START", "vm-1", 2_000), src._replace(offset=1))
@@ -108,10 +108,10 @@ T = 1_740_787_200_000  # 2025-03-01T00:00:00Z
 
 def _lane2_usage(inputs: dict[str, int] | None) -> list[UsageInterval]:
     # lane 2 steps 2 h in one record: no jump limit here (rule 4b is tested on its own)
-    meter = Meter(MeterPolicy(lateness_ms=0, max_watermark_jump_ms=None))
-    meter.observe_lanes({"cs/0": (T + 5 * HOUR_MS, T), "cs/1": (T + 5 * HOUR_MS, T)},
+    meter = Engine(Policy(lateness_ms=0, max_watermark_jump_ms=None))
+    meter.report({"cs/0": (T + 5 * HOUR_MS, T), "cs/1": (T + 5 * HOUR_MS, T)},
                         inputs, T)
-    rows = meter.advance()
+    rows = meter.advance().rows
     rows += meter.process(_usage("VM.START", "vm-2", T + 60_000), Source("cs", 2, 0), T)
     rows += meter.process(_usage("VM.STOP", "vm-2", T + 2 * HOUR_MS), Source("cs", 2, 1), T)
     return rows
@@ -129,14 +129,14 @@ def test_an_input_partition_nobody_reported_yet_holds_period_closing_back() -> N
 
 
 def test_an_empty_lane_its_reader_reports_idle_follows_the_slowest_lane() -> None:
-    meter = Meter(MeterPolicy(lateness_ms=0, idle_advance_ms=10_000))
+    meter = Engine(Policy(lateness_ms=0, idle_advance_ms=10_000))
     meter.process(_usage("VM.START", "vm-0", T + 60_000), Source("cs", 0, 0), T)
-    meter.observe_lanes({"cs/0": (T + 3 * HOUR_MS, T + 50_000)}, {"cs": 2}, T + 50_000)
-    assert meter.advance() == []  # cs/1 registered, nobody reported it: held back
-    meter.observe_lanes({"cs/1": (-1, T + 50_000)}, {"cs": 2}, T + 55_000)
-    assert meter.advance() == []  # caught up and empty for 5 s only: held back
-    meter.observe_lanes({"cs/1": (-1, T + 50_000)}, {"cs": 2}, T + 70_000)
-    rows = meter.advance()  # 20 s > idle_advance: cs/1 follows cs/0
+    meter.report({"cs/0": (T + 3 * HOUR_MS, T + 50_000)}, {"cs": 2}, T + 50_000)
+    assert meter.advance().rows == []  # cs/1 registered, nobody reported it: held back
+    meter.report({"cs/1": (-1, T + 50_000)}, {"cs": 2}, T + 55_000)
+    assert meter.advance().rows == []  # caught up and empty for 5 s only: held back
+    meter.report({"cs/1": (-1, T + 50_000)}, {"cs": 2}, T + 70_000)
+    rows = meter.advance().rows  # 20 s > idle_advance: cs/1 follows cs/0
     assert [r.end for r in rows if r.resource_id == "vm-0"][:1] == [T + HOUR_MS]
 
 
@@ -145,14 +145,14 @@ def test_idleness_comes_only_from_the_current_report_of_the_lane_reader() -> Non
     and then of the new one, which does not report that lane until it reads it again: the
     gap is not idleness (a wrong advance released held closes before action events of the
     lane were applied, and repeats differed in offering_id)."""
-    meter = Meter(MeterPolicy(lateness_ms=0, idle_advance_ms=30_000))
-    meter.observe_lanes({"cs/0": (T + HOUR_MS, T), "cs/1": (T + 10_000, T)}, {"cs": 2}, T)
+    meter = Engine(Policy(lateness_ms=0, idle_advance_ms=30_000))
+    meter.report({"cs/0": (T + HOUR_MS, T), "cs/1": (T + 10_000, T)}, {"cs": 2}, T)
     assert meter.watermark("cs/1") == T + 10_000
-    meter.observe_lanes({"cs/0": (T + HOUR_MS, T + 600_000)}, {"cs": 2}, T + 600_000)
+    meter.report({"cs/0": (T + HOUR_MS, T + 600_000)}, {"cs": 2}, T + 600_000)
     assert meter.watermark("cs/1") == T + 10_000  # not reported: no advance, however old
-    meter.observe_lanes({"cs/1": (T + 10_000, T + 601_000)}, {"cs": 2}, T + 601_000)
+    meter.report({"cs/1": (T + 10_000, T + 601_000)}, {"cs": 2}, T + 601_000)
     assert meter.watermark("cs/1") == T + 10_000  # reported, but behind: not idle
-    meter.observe_lanes({"cs/1": (T + 10_000, T + 601_000)}, {"cs": 2}, T + 641_000)
+    meter.report({"cs/1": (T + 10_000, T + 601_000)}, {"cs": 2}, T + 641_000)
     assert meter.watermark("cs/1") == T + 20_000  # caught up for 40 s: advanced by 10 s
 
 
@@ -177,16 +177,16 @@ def test_ticks_carry_the_input_partition_counts_and_old_ticks_decode() -> None:
 def test_records_before_the_first_tick_close_no_period() -> None:
     """A partition may receive lane 0's records before any of lane 1's and before the first
     tick: lane 1's usage must not be cut meanwhile (worker and replay then agree)."""
-    meter = Meter(MeterPolicy(lateness_ms=0, wait_for_inputs=True, max_watermark_jump_ms=None))
+    meter = Engine(Policy(lateness_ms=0, wait_for_inputs=True, max_watermark_jump_ms=None))
     rows = meter.process(_usage("VM.START", "vm-1", T + 60_000), Source("cs", 1, 0), T)
     rows += meter.process(_usage("VM.START", "vm-0", T + 5 * HOUR_MS), Source("cs", 0, 0), T)
-    assert meter.cut_boundary == NEVER
+    assert meter.lanes.cut_boundary == NEVER
     rows += meter.process(_usage("VM.STOP", "vm-1", T + 2 * HOUR_MS), Source("cs", 1, 1), T)
     assert rows == []  # closed, but held: the set of lanes is not known yet
-    meter.observe_lanes({}, {"cs": 2}, T)  # the first tick: now lanes 0 and 1 are known
-    assert meter.inputs_known
-    assert meter.cut_boundary == T + HOUR_MS  # lane 1 at T + 2 h holds the rest back
-    rows += meter.advance()
+    meter.report({}, {"cs": 2}, T)  # the first tick: now lanes 0 and 1 are known
+    assert meter.lanes.inputs_known
+    assert meter.lanes.cut_boundary == T + HOUR_MS  # lane 1 at T + 2 h holds the rest back
+    rows += meter.advance().rows
     mine = [r for r in rows if r.resource_id == "vm-1"]
     assert sum(r.duration_ms for r in mine) == 2 * HOUR_MS - 60_000
     assert mine[-1].close_reason == "VM.STOP"

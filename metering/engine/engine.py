@@ -1,0 +1,301 @@
+"""The metering engine: batches of decoded records in, usage intervals out.
+
+:class:`Engine` composes four parts, each with one job:
+
+* :class:`~metering.engine.lanes.Lanes`: event-time progress per source lane, the settled
+  instant and the period cut boundary (rules 4b, 8);
+* :class:`~metering.engine.accounts.Accounts`: account domains and deletions (rules 5, 7)
+  and the index of open intervals;
+* :class:`~metering.engine.settling.Settling`: closes held until every lane passed them;
+* :func:`metering.lifecycle.step`: the per-resource state machine (rules 1-4a, 6), a pure
+  step over the state, the record and an immutable :class:`~metering.lifecycle.Context`.
+
+Replay and the worker drive it the same way: :meth:`Engine.apply` per batch of records,
+:meth:`Engine.report` + :meth:`Engine.advance` per tick (streaming), :meth:`Engine.finish`
+at the end of a replay. Each returns an :class:`Applied`: the rows to emit, in order, and
+the keys of the states it changed (the worker writes each once per batch).
+
+All instants are UTC epoch milliseconds; the engine never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, MutableMapping
+
+from metering.engine.accounts import Accounts
+from metering.engine.lanes import Lanes
+from metering.engine.policy import Applied, Policy, Record
+from metering.engine.settling import Settling
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Decoded,
+    Enrichment,
+    Ignored,
+    Lane,
+    Rejected,
+    Source,
+    UsageEvent,
+)
+from metering.intervals import CloseReason, UsageInterval
+from metering.lifecycle import Context, Note, cut, is_duplicate, prune_changes, release, step
+from metering.states import FOREVER, AccountState, EntityState
+from metering.watermarks import NEVER
+
+
+class Engine:
+    """Per-partition metering engine over mutable mappings of entity and account states.
+
+    Args:
+        policy: period grid, lateness, idle advance, rule 3 and 4b limits.
+        entities: resource UUID -> :class:`~metering.states.EntityState`.
+        accounts: account UUID -> :class:`~metering.states.AccountState`.
+    """
+
+    def __init__(self, policy: Policy | None = None,
+                 entities: MutableMapping[str, EntityState] | None = None,
+                 accounts: MutableMapping[str, AccountState] | None = None) -> None:
+        self.policy = p = policy or Policy()
+        self.entities: MutableMapping[str, EntityState] = {} if entities is None else entities
+        self.accounts = Accounts({} if accounts is None else accounts)
+        self.lanes = Lanes(p.grid, p.lateness_ms, p.max_watermark_jump_ms, p.idle_advance_ms,
+                           p.wait_for_inputs)
+        self.settling = Settling()
+        self.stats: Counter[str] = Counter()
+        """Outcomes by :class:`~metering.lifecycle.Note` and record kind (metrics)."""
+        self.closed_record_ms: list[int] = []
+        """Timestamps (UTC ms) of the records that closed the final pieces emitted since the
+        caller last cleared it (latency metrics)."""
+        self.advanced_to = NEVER
+        self._cut_queue: list[str] = []
+        self._changed: set[str] = set()
+        self._last_ctx: Context | None = None
+
+    def _ctx(self, record_ms: int | None = None) -> Context:
+        """The step context at the current settled instant (reused while it holds)."""
+        ctx = self._last_ctx
+        settled = self.lanes.settled
+        if ctx is not None and ctx.settled == settled and ctx.record_ms == record_ms:
+            return ctx
+        horizon = NEVER if settled <= NEVER else settled - self.policy.orphan_close_ttl_ms
+        ctx = self._last_ctx = Context(self.policy.grid, self.accounts.store, settled, horizon,
+                                       record_ms)
+        return ctx
+
+    def _store(self, entity_id: str, state: EntityState, slots_changed: bool = True) -> None:
+        """Keep ``state`` (pruned of attribute changes nothing can see any more) and index
+        its open slots unless ``slots_changed`` is False."""
+        changes = state.changes
+        if len(changes) > 1:
+            bound = self.lanes.settled
+            if self.policy.lateness_ms is not None and bound > NEVER:
+                bound -= self.policy.lateness_ms  # a record this late may still open a piece
+            if changes[1][0] <= bound:
+                prune_changes(state, bound)
+        self.entities[entity_id] = state
+        self._changed.add(entity_id)
+        if slots_changed:
+            self.accounts.index(entity_id, tuple(state.slots))
+
+    def _cut(self, entity_id: str, state: EntityState, upto: int, ctx: Context,
+             reason: str, out: list[UsageInterval], store: bool = False) -> None:
+        """Cut ``state`` at ``upto``; store it if rows came out (or always, with ``store``)."""
+        rows = cut(state, entity_id, upto, ctx, reason)
+        if rows or store:
+            out.extend(rows)
+            self._store(entity_id, state)
+
+    def apply(self, records: Iterable[Record]) -> Applied:
+        """Apply records in order; rows include held closes of other resources they settled."""
+        out: list[UsageInterval] = []
+        self._changed = changed = set[str]()
+        accounts: set[str] = set()
+        lanes, settling = self.lanes, self.settling
+        applied = duplicates = 0
+        for value, src, wall_ms, record_ms in records:
+            if isinstance(value, UsageEvent):
+                if Note.DUPLICATE in self._resource(value.resource_id, value, src, record_ms,
+                                                    out):
+                    duplicates += 1
+                else:
+                    applied += 1
+            elif isinstance(value, Enrichment):
+                self._resource(value.entity_id, value, src, record_ms, out)
+            elif isinstance(value, AccountCreated | AccountDeleted):
+                accounts.add(value.account_id)
+                self._account(value, src, out)
+            else:
+                self._skipped(value)
+                continue
+            lanes.observe(src.lane, value.time_ms, wall_ms, src.offset)
+            if settling.due(lanes.settled):
+                out.extend(self._release(lanes.settled))
+        if applied:
+            self.stats["applied"] += applied
+        if duplicates:
+            self.stats["duplicate_record"] += duplicates
+        return Applied(out, changed, accounts)
+
+    def _resource(self, entity_id: str, value: UsageEvent | Enrichment, src: Source,
+                  record_ms: int | None, out: list[UsageInterval]) -> tuple[str, ...]:
+        """Step one resource's state with ``value``; its rows go to ``out``; the notes."""
+        lanes = self.lanes
+        ctx = self._last_ctx
+        if ctx is None or ctx.settled != lanes.settled or ctx.record_ms != record_ms:
+            ctx = self._ctx(record_ms)
+        state = self.entities.get(entity_id)
+        if (state is not None and state.slots and lanes.cut_boundary > NEVER
+                and not is_duplicate(state, src)):
+            out.extend(cut(state, entity_id, lanes.cut_boundary, ctx))  # lazy period cut
+        tr = step(state, value, src, ctx)
+        if tr.notes:
+            stats = self.stats
+            for note in tr.notes:
+                stats[note] += 1
+        if tr.intervals:
+            out.extend(tr.intervals)
+            if record_ms is not None:
+                self.closed_record_ms.extend(record_ms for row in tr.intervals if row.final)
+        for h in tr.held:
+            self.settling.hold(h.end, entity_id)
+        self._store(entity_id, tr.state)
+        return tr.notes
+
+    def _skipped(self, value: Ignored | Rejected) -> None:
+        if isinstance(value, Ignored):
+            self.stats[f"ignored:{value.kind}"] += 1
+        else:
+            self.stats[f"rejected:{value.reason.value}"] += 1
+
+    def _account(self, ev: AccountCreated | AccountDeleted, src: Source,
+                 out: list[UsageInterval]) -> None:
+        if type(ev) is AccountCreated:
+            new = self.accounts.created(ev, src)
+            self.stats["account_created" if new else "duplicate"] += 1
+            return
+        assert type(ev) is AccountDeleted
+        if not self.accounts.deleted(ev, src):
+            self.stats["duplicate"] += 1
+            return
+        self.stats["account_deleted"] += 1
+        # Deferred (rule 5 by event time): the account's intervals close at the deletion time
+        # once the watermark passes it, so resource events of other lanes still in flight and
+        # older than the deletion are applied first. A deletion that arrives after the
+        # watermark already passed it closes at once.
+        boundary = self.lanes.cut_boundary
+        if boundary >= ev.time_ms:
+            ctx = self._ctx()
+            for entity_id in self.accounts.open_of(ev.account_id):
+                state = self.entities.get(entity_id)
+                if state is not None:
+                    self._cut(entity_id, state, boundary, ctx, CloseReason.PERIOD, out, True)
+
+    def _release(self, settled: int) -> list[UsageInterval]:
+        """Emit the held intervals ending at or before ``settled`` (UTC ms)."""
+        out: list[UsageInterval] = []
+        ctx = self._ctx()
+        for entity_id in self.settling.pop_due(settled):
+            state = self.entities.get(entity_id)
+            if state is None or not state.held:
+                continue  # a stale entry: released already
+            for h in state.held:
+                if h.end <= settled and h.record_ms is not None:
+                    self.closed_record_ms.append(h.record_ms)
+            rows = release(state, entity_id, settled, ctx)
+            if rows or not state.held:
+                out.extend(rows)
+                self._store(entity_id, state, slots_changed=False)  # release opens nothing
+        return out
+
+    def process(self, value: Decoded, src: Source, wall_ms: int | None = None,
+                record_ms: int | None = None) -> list[UsageInterval]:
+        """:meth:`apply` of one record; its rows."""
+        return self.apply((Record(value, src, wall_ms, record_ms),)).rows
+
+    def report(self, lanes: dict[Lane, tuple[int, int]], inputs: dict[str, int] | None = None,
+               wall_ms: int | None = None) -> None:
+        """Take a tick's lane progress (see :meth:`Lanes.report`)."""
+        self.lanes.report(lanes, inputs, wall_ms)
+
+    def advance(self, limit: int | None = None) -> Applied:
+        """Emit settled held intervals and completed periods of open entities (rule 8).
+
+        Called after each tick (:meth:`report`). Work is proportional to the open entities,
+        and only when a period completed. With ``limit``, one call cuts at most that many
+        open entities; while :attr:`cutting` is true the caller sends the rows, stores the
+        states and calls again. Rows do not depend on the chunking: an entity a record
+        touches meanwhile is cut first (lazily).
+        """
+        self._changed = changed = set[str]()
+        lanes = self.lanes
+        out = self._release(lanes.settled) if self.settling.due(lanes.settled) else []
+        if lanes.cut_boundary > self.advanced_to:
+            self.advanced_to = lanes.cut_boundary
+            self._cut_queue = sorted(self.accounts.open, reverse=True)
+        queue, boundary = self._cut_queue, self.advanced_to
+        ctx = self._ctx()
+        for _ in range(len(queue) if limit is None else min(limit, len(queue))):
+            entity_id = queue.pop()
+            state = self.entities.get(entity_id)
+            if state is not None and state.slots and min(
+                    s.start for s in state.slots.values()) < boundary:
+                self._cut(entity_id, state, boundary, ctx, CloseReason.PERIOD, out)
+        return Applied(out, changed, set())
+
+    @property
+    def cutting(self) -> bool:
+        """True while a period cut started by :meth:`advance` has entities left to cut."""
+        return bool(self._cut_queue)
+
+    def finish(self, until_ms: int | None = None) -> Applied:
+        """Cut every open interval at the replay horizon (rule 10).
+
+        With ``until_ms`` the horizon is that instant (``close_reason="until"`` unless it is a
+        period boundary); without it, the last period boundary at or before the newest event
+        time any lane confirmed (an unconfirmed outlier, rule 4b, does not move it). Open
+        intervals stay open in the state.
+        """
+        self._changed = changed = set[str]()
+        out = self._release(FOREVER)  # the whole input is known: nothing is in flight
+        if until_ms is not None:
+            horizon, reason = until_ms, CloseReason.UNTIL
+        else:
+            newest = self.lanes.newest()
+            if newest == NEVER:
+                return Applied(out, changed, set())
+            horizon, reason = self.policy.grid.floor(newest), CloseReason.PERIOD
+        ctx = self._ctx()
+        for entity_id in sorted(self.accounts.open):
+            state = self.entities.get(entity_id)
+            if state is not None and state.slots:
+                self._cut(entity_id, state, horizon, ctx, reason, out)
+        return Applied(out, changed, set())
+
+    def rebuild_index(self, items: Iterable[tuple[str, EntityState]]) -> None:
+        """Rebuild the open-interval index and the held heap from stored states (restore)."""
+        self.accounts.clear_index()
+        self.settling.clear()
+        for entity_id, state in items:
+            self.accounts.index(entity_id, tuple(state.slots))
+            for h in state.held:
+                self.settling.hold(h.end, entity_id)
+
+    # Read-only views for metrics and tests.
+    @property
+    def open_entities(self) -> dict[str, tuple[tuple[int, str, str], ...]]:
+        """Resources with open intervals -> the keys of their open slots."""
+        return self.accounts.open
+
+    @property
+    def open_counts(self) -> Counter[int]:
+        """Open intervals per usage type (a copy)."""
+        return Counter(self.accounts.open_counts)
+
+    def low_watermark(self) -> int:
+        """The engine's watermark (UTC ms): the minimum over its lanes; NEVER if none."""
+        return self.lanes.low_watermark()
+
+    def watermark(self, lane: Lane) -> int:
+        """Effective watermark (UTC ms) of a lane; NEVER if it has seen nothing."""
+        return self.lanes.watermark(lane)
