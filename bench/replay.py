@@ -6,6 +6,8 @@
 * **Replay**: :func:`storage.replay.run_replay` (what ``metering replay`` runs) with
   ``--until`` at the trace's end and daily periods, writing the Parquet dataset to a
   temporary directory. Timed wall clock, in-process, best of two runs.
+* **Breakdown** (not a target): replay's front end alone (read blocks, hash, split,
+  ``decode_batch``), so that the engine's and the writer's share can be read off.
 * **Profile** (when a target is missed): ``metering replay`` in a subprocess, sampled by
   py-spy for a few seconds after its start-up.
 """
@@ -23,7 +25,7 @@ from bench.common import PYTHON, Results, Row, log, pct
 from bench.profile import record_command
 from metering.eventtime import iso
 from metering.simulate.cloud import SimConfig
-from storage.replay import ReplayOptions, run_replay
+from storage.replay import ReplayOptions, ReplaySummary, block_records, read_blocks, run_replay
 
 
 def bare_loop(path: Path) -> tuple[int, float]:
@@ -38,6 +40,22 @@ def bare_loop(path: Path) -> tuple[int, float]:
             except error:
                 pass
             n += 1
+    return n, time.perf_counter() - t0
+
+
+def read_and_decode(path: Path) -> tuple[int, float]:
+    """Replay's front end alone: read blocks (hashed), split, decode every record with
+    ``decode_batch`` (no engine, no writing): (records, seconds)."""
+    import hashlib
+
+    from metering.decode import decode_batch
+
+    t0 = time.perf_counter()
+    n = 0
+    counters = ReplaySummary()
+    for block in read_blocks([str(path)], hashlib.blake2b(digest_size=16)):
+        raws, _ = block_records(block, counters)
+        n += len(decode_batch(raws, now_ms=None))
     return n, time.perf_counter() - t0
 
 
@@ -72,6 +90,11 @@ def run(path: Path, cfg: SimConfig, results: Results, work: Path, *,
                             notes=f"{intervals:,} intervals; best of 2"))
     results.metrics.update(bare_rate=bare_rate, replay_rate=rate)
     log(f"replay: {rate:,.0f} records/s ({intervals:,} intervals)")
+    n_dec, t_dec = min((read_and_decode(path) for _ in range(2)), key=lambda r: r[1])
+    results.rows.append(Row("replay", "breakdown: read + decode only (no engine, no Parquet)",
+                            n_dec, t_dec, ratio=pct(n_dec / t_dec, bare_rate),
+                            notes="replay's front end; not a target; best of 2"))
+    log(f"replay: read + decode alone {n_dec / t_dec:,.0f} records/s")
     if profile_s > 0 and (rate < target_rate or rate < target_share * bare_rate):
         out = work / "replay-profile"
         prof = record_command(

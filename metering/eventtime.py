@@ -48,8 +48,11 @@ def _offset_ms(zone: str) -> int | None:
 _TWO_DIGITS: dict[str, int] = {f"{n:02d}": n for n in range(60)}
 """``"00"``-``"59"`` -> int: minutes and seconds validated and converted by one lookup."""
 
-_hours: dict[str, int | None] = {}
-"""``"yyyy-MM-dd HH +hhmm"`` -> UTC epoch ms of that hour (None: not a real instant)."""
+_minutes: dict[str, int] = {}
+"""``"yyyy-MM-dd HH:mm"`` -> epoch ms of that local minute, as if it were UTC (valid ones)."""
+_seconds: dict[str, int] = {}
+"""``":ss +hhmm"`` -> ms to add to the local minute to reach UTC (valid ones)."""
+_CACHE_SIZE = 65_536
 
 
 def parse_event_time(text: object) -> int | None:
@@ -62,45 +65,59 @@ def parse_event_time(text: object) -> int | None:
     UTC): callers that need an instant within the contract's bounds check it (rule 4b,
     :func:`metering.decode.decode`).
 
-    Events cluster in time, so the date, hour and offset part is parsed once per distinct
-    hour and cached; minutes and seconds are two dictionary lookups.
+    Events cluster in time, so the text is cut in two and each half parsed once and cached:
+    the local minute (``yyyy-MM-dd HH:mm``; one per minute) and the seconds with the offset
+    (``:ss +hhmm``; 60 per time zone). A time is then two dictionary lookups and a sum.
     """
-    if type(text) is not str or len(text) != 25 or text[13] != ":" or text[16] != ":":
+    if type(text) is not str or len(text) != 25:
         return None
-    prefix = text[0:13] + text[19:25]
-    try:
-        hour = _hours[prefix]
-    except KeyError:
-        hour = _parse_hour(prefix)
-        if len(_hours) >= 65_536:
-            _hours.clear()
-        _hours[prefix] = hour
-    if hour is None:
-        return None
-    minute = _TWO_DIGITS.get(text[14:16])
-    second = _TWO_DIGITS.get(text[17:19])
-    if minute is None or second is None:
-        return None
-    return hour + (minute * 60 + second) * 1000
+    head = text[:16]
+    minute = _minutes.get(head)
+    if minute is None:
+        minute = _parse_minute(head)
+        if minute is None:
+            return None
+        if len(_minutes) >= _CACHE_SIZE:
+            _minutes.clear()
+        _minutes[head] = minute
+    tail = text[16:]
+    second = _seconds.get(tail)
+    if second is None:
+        second = _parse_second(tail)
+        if second is None:
+            return None
+        if len(_seconds) >= _CACHE_SIZE:
+            _seconds.clear()
+        _seconds[tail] = second
+    return minute + second
 
 
-def _parse_hour(prefix: str) -> int | None:
-    """``"yyyy-MM-dd HH +hhmm"`` (19 characters) -> UTC epoch ms of the hour, or None."""
-    if prefix[10] != " " or prefix[13] != " ":
+def _parse_minute(head: str) -> int | None:
+    """``"yyyy-MM-dd HH:mm"`` -> epoch ms of that wall-clock minute read as UTC, or None."""
+    if head[10] != " " or head[13] != ":":
         return None
-    day = _day_ms(prefix[0:10])
+    day = _day_ms(head[0:10])
     if day is None:
         return None
-    off = _offset_ms(prefix[14:19])
-    if off is None:
-        return None
-    hh = prefix[11:13]
+    hh = head[11:13]
     if not (hh.isdigit() and hh.isascii()):
         return None
     h = int(hh)
-    if h > 23:
+    minute = _TWO_DIGITS.get(head[14:16])
+    if h > 23 or minute is None:
         return None
-    return day + h * 3_600_000 - off
+    return day + h * 3_600_000 + minute * 60_000
+
+
+def _parse_second(tail: str) -> int | None:
+    """``":ss +hhmm"`` -> the seconds in ms minus the offset (UTC = local - offset), or None."""
+    if tail[0] != ":" or tail[3] != " ":
+        return None
+    second = _TWO_DIGITS.get(tail[1:3])
+    off = _offset_ms(tail[4:9])
+    if second is None or off is None:
+        return None
+    return second * 1000 - off
 
 
 def format_event_time(ms: int, offset_minutes: int = 0) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import pyarrow as pa
 
@@ -40,18 +40,30 @@ ARROW_SCHEMA: Final = arrow_schema()
 """Arrow schema of one Parquet file (the partition column ``usage_date`` is in the path)."""
 
 
+_ROW: Final = pa.struct(list(ARROW_SCHEMA))
+"""One interval as an Arrow struct: rows (tuples) convert in one pass, no transpose."""
+
+
 def to_table(rows: Sequence[UsageInterval]) -> pa.Table:
     """Intervals -> an Arrow table with :data:`ARROW_SCHEMA` (ms integers become timestamps)."""
     if not rows:
         return ARROW_SCHEMA.empty_table()
-    columns = list(zip(*rows, strict=True))  # rows are tuples: one C-level transpose
-    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA, strict=True)]
-    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+    return pa.Table.from_batches([to_batch(rows)])
+
+
+def to_batch(rows: Sequence[UsageInterval]) -> pa.RecordBatch:
+    """Intervals (at least one) -> an Arrow record batch with :data:`ARROW_SCHEMA`."""
+    return pa.RecordBatch.from_struct_array(cast(pa.StructArray, pa.array(rows, type=_ROW)))
+
+
+def sort_table(table: pa.Table) -> pa.Table:
+    """``table`` sorted by account, start, usage type, resource, interval id (stable)."""
+    return table.sort_by([(name, "ascending") for name in SORT_COLUMNS])
 
 
 def sorted_table(rows: Sequence[UsageInterval]) -> pa.Table:
     """:func:`to_table` sorted by account, start, usage type, resource, interval id."""
-    return to_table(rows).sort_by([(name, "ascending") for name in SORT_COLUMNS])
+    return sort_table(to_table(rows))
 
 
 def read_dataset(root: Path | str) -> pa.Table:
