@@ -344,7 +344,7 @@ class DatasetWriter:
         (inputs need not be in time order across partitions); unknown stays null."""
         import pyarrow.compute as pc
 
-        domains = table.column("domain_id")
+        domains = table.column("domain_id").combine_chunks()  # an Array: masks need one
         if not domains.null_count:
             return table
         missing = pc.is_null(domains)
