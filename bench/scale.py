@@ -3,7 +3,7 @@
 Each size runs in a fresh subprocess (``python -m bench.scale --child N ...``, one JSON line
 on stdout) so that peak memory does not carry over. The child builds exactly the engine of
 one worker partition: :class:`agents.state.PartitionMeter` (the worker's
-:class:`metering.meter.Meter` with its default policy: hourly UTC periods, 60 s lateness,
+:class:`metering.engine.Engine` with its default policy: hourly UTC periods, 60 s lateness,
 read-through state cache of up to 200 000 decoded states, one write per changed key per
 batch) over two RocksDB databases (entities, accounts) opened with Faust's
 ``RocksDBOptions`` and the worker's options (64 MiB block cache, 32 MiB x 2 write buffers).
@@ -17,11 +17,11 @@ Phases (instants are UTC ms inside one hour, so no period boundary is crossed un
    in batches of 2 000 events, each batch followed by ``flush()`` (as the worker does).
 3. **Timed batch**: ``events`` usage events on resources drawn uniformly at random (seeded);
    each toggles the resource's RUNNING_VM interval (``VM.START`` if stopped, else
-   ``VM.STOP``, which closes an interval). Timed: ``Meter.process``, JSON-encoding every
+   ``VM.STOP``, which closes an interval). Timed: ``Engine.process``, JSON-encoding every
    emitted interval (``encode_interval(row)``, as the worker does before sending)
    and a ``flush()`` every 2 000 events; building each event (~1 µs) is inside the loop.
    Reported as events/s.
-4. **Period cut**: the watermark passes the hour's end; one ``Meter.advance`` cuts every
+4. **Period cut**: the watermark passes the hour's end; one ``Engine.advance`` cuts every
    open interval at the boundary (what a streaming tick does once an hour), then
    ``flush()``. Reported in seconds and intervals/s.
 

@@ -1,9 +1,9 @@
 """The metering contract, table row by table row and rule by rule, against the pure core.
 
 Every test builds small CloudStack JSON payloads, decodes them with
-:func:`metering.decode.decode` and folds them through :class:`metering.meter.Meter` as
+:func:`metering.decode.decode` and folds them through :class:`metering.engine.Engine` as
 ``metering replay`` does (records at or after the horizon are not applied, then
-:meth:`~metering.meter.Meter.finish`). The expected values are written from
+:meth:`~metering.engine.Engine.finish`). The expected values are written from
 ``metering-contract.md``, not read from the core's tables.
 """
 

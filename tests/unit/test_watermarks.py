@@ -53,7 +53,7 @@ def test_a_jump_confirmed_by_a_second_record_advances_the_watermark() -> None:
     assert step(T, (T + MONTH, 5), T + 2 * HOUR, 6, JUMP) == (T + 2 * HOUR, (T + MONTH, 5))
     # the outlier read again (redelivery after a crash or a rebalance) confirms nothing
     assert step(T, (T + MONTH, 5), T + MONTH, 5, JUMP) == (T, (T + MONTH, 5))
-    # and in the Meter
+    # and in the engine
     meter = Engine(Policy(lateness_ms=0))
     meter.process(_usage("VM.START", "vm-1", T + MIN), Source("cs", 0, 0))
     meter.process(_usage("VM.START", "vm-2", T + 3 * HOUR), Source("cs", 0, 1))
