@@ -16,6 +16,7 @@ at import. Rows are built by :func:`build_row` (the engine's hot path) or
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -60,28 +61,18 @@ def resource_key(usage_type: int, resource_id: str, zone_id: str | None) -> str:
     return resource_id
 
 
-_PREFIXES: dict[tuple[int, str, str, bool], str] = {}
-_PREFIXES_MAX: Final = 65_536
-
-
+@lru_cache(maxsize=65_536)
 def id_prefix(usage_type: int, account_id: str, key: str, empty: bool = False) -> str:
     """The constant first half of the ids of one (usage type, account, resource key): 16 hex.
 
     A 64-bit BLAKE2b hash of ``v2|usage_type|len(account)|account|key`` (``|empty`` appended
     for zero-length intervals); the account's length makes the text unambiguous whatever
-    characters the account and key hold. Recent prefixes are memoised (a pure function: an
+    characters the account and key hold. A pure function, so recent prefixes are cached (an
     open resource is cut every period with the same prefix).
     """
-    memo = (usage_type, account_id, key, empty)
-    prefix = _PREFIXES.get(memo)
-    if prefix is None:
-        text = (f"v2|{usage_type}|{len(account_id)}|{account_id}|{key}"
-                f"{'|empty' if empty else ''}")
-        prefix = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-        if len(_PREFIXES) >= _PREFIXES_MAX:
-            _PREFIXES.clear()
-        _PREFIXES[memo] = prefix
-    return prefix
+    text = (f"v2|{usage_type}|{len(account_id)}|{account_id}|{key}"
+            f"{'|empty' if empty else ''}")
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def interval_id(

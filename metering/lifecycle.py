@@ -318,12 +318,10 @@ def is_duplicate(state: EntityState, src: Source) -> bool:
 
 def _mark_applied(state: EntityState, src: Source) -> bool:
     """Record ``src`` as applied; False if it was applied already (rule 6)."""
-    lane = src.lane
-    last = state.offsets.get(lane)
-    if last is not None and src.offset <= last:
+    if is_duplicate(state, src):
         return False
+    state.lane = lane = src.lane
     state.offsets[lane] = src.offset
-    state.lane = lane
     return True
 
 
