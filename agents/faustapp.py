@@ -133,6 +133,10 @@ def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None
         table_standby_replicas=s.standby_replicas,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # Static membership (KIP-345): Faust passes this to aiokafka's consumer as
+        # group_instance_id (faust/transport/drivers/aiokafka.py, _create_worker_consumer;
+        # pinned by tests/unit/test_static_membership.py). None: dynamic membership.
+        consumer_group_instance_id=s.group_instance_id or None,
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
         broker_max_poll_records=2000,

@@ -93,6 +93,10 @@ class Settings:
     force_period_change: bool = field(default=False, metadata={
         "help": "accept a period or timezone different from the one the existing state "
         "was built with (ids and cuts then differ from earlier output)"})
+    group_instance_id: str = field(default="", metadata={
+        "help": "static group membership (Kafka KIP-345): a name unique in the group and "
+        "stable across restarts (in Kubernetes the pod name); a worker back within "
+        "session_timeout keeps its partitions without a rebalance. Unset: dynamic membership"})
     sasl_password: str = field(default="", metadata={
         "secret": True,
         "help": "SASL password: environment or sasl_password_file only, never a flag "
@@ -186,6 +190,9 @@ class Settings:
             problems.append("max_watermark_jump: must be > 0 seconds")
         if self.ready_max_lag < 0:
             problems.append("ready_max_lag: must be >= 0 records")
+        if self.group_instance_id and not _TOPIC.match(self.group_instance_id):
+            problems.append(f"group_instance_id: {self.group_instance_id!r} is not a valid "
+                            "Kafka name (1-249 of A-Z a-z 0-9 . _ -)")
         if self.standby_replicas < 0:
             problems.append("standby_replicas: must be >= 0")
         if problems:
