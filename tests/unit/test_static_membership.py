@@ -68,3 +68,18 @@ def test_aiokafka_sends_it_and_skips_leave_group_for_static_members() -> None:
 def test_an_invalid_instance_id_is_refused_with_the_rule(bad: str) -> None:
     with pytest.raises(SettingsError, match=r"group_instance_id: .* not a valid Kafka name"):
         load_settings({"METERING_GROUP_INSTANCE_ID": bad})
+
+
+def test_faust_assignor_asserts_the_member_url_on_the_way_back() -> None:
+    """Faust's assignor puts each member's web URL into its assignment, and a member
+    asserts it is its own (``PartitionAssignor.on_assignment``). A static member that
+    returns with another URL gets the assignment stored for its old one: the assertion
+    kills aiokafka's coordinator routine, heartbeats stop, and the member is evicted after
+    ``session_timeout`` while its process stays up. Seen on the real broker with a changed
+    web port. So the canonical URL must not change across restarts: it is built from
+    ``web_bind`` and ``web_port`` (stable settings), never from the pod IP."""
+    from faust.assignor.partition_assignor import PartitionAssignor
+
+    assert "metadata.url == str(self._url)" in inspect.getsource(PartitionAssignor.on_assignment)
+    app = make_app(Settings(web_bind="0.0.0.0", web_port=6066), app_id="url-test")
+    assert str(app.conf.canonical_url) == "http://0.0.0.0:6066"
