@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: help install test test-unit test-integration test-reliability lint fmt demo kafka-up kafka-down kafka-status bench promtool clean
+.PHONY: help install test test-unit test-integration test-reliability lint fmt demo kafka-up kafka-down kafka-status bench promtool clean helm chart-rules
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,7 @@ fmt: install ## Format the code with ruff
 
 test: install lint ## Lint, then the whole suite (unit, property, contract, real-broker integration)
 	@$(MAKE) --no-print-directory promtool || echo "promtool unavailable: its checks will be skipped"
+	@$(MAKE) --no-print-directory helm || echo "helm unavailable: the chart checks will be skipped"
 	$(BIN)/python -m pytest -q
 
 test-reliability: install ## Reliability suite at full size (300k-record crash loop, 10k fuzzed records, ...)
@@ -81,6 +82,29 @@ promtool: ## Fetch promtool into ~/.cache/metering/promtool/ (Debian package; pr
 	  install -m 0755 "$$work/root/usr/bin/promtool" "$$dest.tmp" && mv "$$dest.tmp" "$$dest"; \
 	fi; \
 	"$$dest" --version 2>&1 | head -n 1; echo "promtool: $$dest"
+
+# helm renders and lints deploy/helm/metering (tests/unit/test_helm_chart.py uses it when
+# found). Built from its Go module with `go install` (no download site; a few minutes the
+# first time, then the Go module cache makes it quick), cached outside the repository like
+# promtool; override the cache with METERING_CACHE_DIR.
+HELM_VERSION := v3.16.4
+HELM_CACHE := $(or $(METERING_CACHE_DIR),$(HOME)/.cache/metering)
+helm: ## Build helm $(HELM_VERSION) into ~/.cache/metering/helm/ (go install; prints its path)
+	@set -euo pipefail; dest="$(HELM_CACHE)/helm/helm"; stamp="$(HELM_CACHE)/helm/version"; \
+	if [ ! -x "$$dest" ] || [ "$$(cat "$$stamp" 2>/dev/null)" != "$(HELM_VERSION)" ]; then \
+	  command -v go >/dev/null || { echo "helm: needs Go (go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)); or put helm on PATH" >&2; exit 1; }; \
+	  work="$$(mktemp -d)"; trap 'rm -rf "$$work"' EXIT; \
+	  echo "helm: building $(HELM_VERSION) from its Go module (first time: a few minutes)" >&2; \
+	  GOBIN="$$work" GOFLAGS=-buildvcs=false go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION) \
+	    || { echo "helm: go install failed (no Go module proxy?)" >&2; exit 1; }; \
+	  mkdir -p "$$(dirname "$$dest")"; \
+	  install -m 0755 "$$work/helm" "$$dest.tmp" && mv "$$dest.tmp" "$$dest"; \
+	  echo "$(HELM_VERSION)" > "$$stamp"; \
+	fi; \
+	echo "helm: $$dest ($(HELM_VERSION))"
+
+chart-rules: ## Copy compose/prometheus/rules.yml into the Helm chart (one source of alerts)
+	cp compose/prometheus/rules.yml deploy/helm/metering/files/rules.yml
 
 clean: ## Remove the venv and caches (keeps the Maven/Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
