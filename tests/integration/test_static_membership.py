@@ -2,7 +2,7 @@
 
 Two workers run as the chart runs them: ``group_instance_id`` metering-0 and metering-1 (in
 Kubernetes, the pod names through the downward API), each with its own RocksDB directory (its
-volume claim). The input is a simulated cloud copied into the input topic in three chunks.
+volume claim). The input is a simulated cloud copied into the input topic in four chunks.
 
 1. Both workers meter the first chunk, are caught up and idle. metering-0 is killed (kill -9:
    a node failure or an OOM kill), the second chunk is produced while it is down, and it is
@@ -10,7 +10,10 @@ volume claim). The input is a simulated cloud copied into the input topic in thr
    generation does not change (the broker hands the returning member its old assignment),
    metering-1 never joins, syncs or revokes again, and metering-0 restores nothing from the
    changelog topics (its RocksDB directory is current).
-2. For comparison, metering-0 is killed again and the third chunk (with the sentinels that
+2. A rolling update: metering-0 is stopped with SIGTERM (a clean Faust stop; a static member
+   sends no LeaveGroup), the third chunk is produced, and the same pod comes back: again
+   the same generation, no rebalance of metering-1, nothing restored.
+3. For comparison, metering-0 is killed again and the last chunk (with the sentinels that
    close every period) is produced; a stranger (new id metering-2, empty directory: a pod
    rescheduled without its volume) takes its place: a rebalance, which waits for the dead
    static member's session to expire, and a restore from the changelog.
@@ -161,7 +164,7 @@ def test_static_member_restart_keeps_its_assignment_and_restores_nothing(
     bootstrap = kafka_bootstrap
     stage = simulated_cloud(bootstrap, unique_name("csstage"), tmp_path, accounts=40,
                             days=3, seed=345)
-    chunks = _chunks(bootstrap, stage.topic, (0.5, 0.25, 0.25))
+    chunks = _chunks(bootstrap, stage.topic, (0.4, 0.2, 0.2, 0.2))
     topic = topic_factory(partitions=PARTITIONS, prefix="csstatic")
     app = unique_name("static")
 
@@ -211,10 +214,29 @@ def test_static_member_restart_keeps_its_assignment_and_restores_nothing(
         f"{a.grep('Highwater', 'Reading Starts', 'Restor', 'Recovery')}")
     _wait_quiet(bootstrap, changelogs, quiet_s=3.0, deadline_s=120)
 
+    # -- a rolling update: SIGTERM (a clean Faust stop; a static member sends no
+    #    LeaveGroup), the third chunk arrives, the same pod comes back
+    stopping = time.monotonic()
+    assert a.stop() == 0, a.tail()
+    stopped = time.monotonic()
+    _produce_chunk(bootstrap, topic, chunks[2])
+    a = worker("metering-0", tmp_path / "metering-0", web_port=a.web_port)
+    caught_up = _wait_caught_up(bootstrap, app, topic, [a, b], deadline_s=300)
+    rolled_from_stop, stop_took = caught_up - stopping, stopped - stopping
+    assert _generations(a) == [generation], (
+        f"after a clean stop the static member joined generations {_generations(a)}, "
+        f"expected [{generation}]:\n{a.grep('group', 'Revoking', 'assign')}")
+    b_log = _log(b)
+    assert (b_log.count(SYNCED), b_log.count(REVOKING)) == b_rebalances, (
+        "metering-1 rebalanced during the rolling restart of metering-0:\n"
+        + "\n".join(b_log[len(b_log_before):].splitlines()[-40:]))
+    assert RESTORING not in _log(a), a.grep('Highwater', 'Reading Starts', 'Restor')
+    _wait_quiet(bootstrap, changelogs, quiet_s=3.0, deadline_s=120)
+
     # -- for comparison: kill -9 again, a stranger (new id, empty dir) takes its place
     a.kill()
     killed = time.monotonic()
-    _produce_chunk(bootstrap, topic, chunks[2])
+    _produce_chunk(bootstrap, topic, chunks[3])
     c = worker("metering-2", tmp_path / "metering-2")
     started = time.monotonic()
     caught_up = _wait_caught_up(bootstrap, app, topic, [c, b], deadline_s=600)
@@ -234,6 +256,8 @@ def test_static_member_restart_keeps_its_assignment_and_restores_nothing(
         "records": cloud.records, "session_timeout_s": float(SESSION_TIMEOUT),
         "static_kill_to_caught_up_s": round(static_from_kill, 1),
         "static_start_to_caught_up_s": round(static_from_start, 1),
+        "sigterm_stop_s": round(stop_took, 1),
+        "sigterm_stop_to_caught_up_s": round(rolled_from_stop, 1),
         "stranger_kill_to_caught_up_s": round(fresh_from_kill, 1),
         "stranger_start_to_caught_up_s": round(fresh_from_start, 1),
         "ratio_stranger_to_static_from_kill": round(fresh_from_kill / static_from_kill, 2),
