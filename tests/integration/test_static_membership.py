@@ -192,6 +192,20 @@ def test_static_member_restart_keeps_its_assignment_and_restores_nothing(
     b_log_before = _log(b)
     b_rebalances = (b_log_before.count(SYNCED), b_log_before.count(REVOKING))
 
+    def returned_without_rebalance(how: str) -> None:
+        """metering-0 (``a``) is back in the same generation; metering-1 never noticed."""
+        assert _generations(a) == [generation], (
+            f"{how}, the returning static member joined generations {_generations(a)}, "
+            f"expected [{generation}] (no rebalance):\n{a.grep('group', 'Revoking', 'assign')}")
+        b_log = _log(b)
+        assert (b_log.count(SYNCED), b_log.count(REVOKING)) == b_rebalances, (
+            f"{how}, metering-1 rebalanced while metering-0 restarted:\n"
+            + "\n".join(b_log[len(b_log_before):].splitlines()[-40:]))
+        assert _generations(b)[-1] <= generation
+        assert RESTORING not in _log(a), (
+            f"{how}, metering-0 restored from the changelog although its directory was "
+            f"kept:\n{a.grep('Highwater', 'Reading Starts', 'Restor', 'Recovery')}")
+
     # -- kill -9 metering-0; the second chunk arrives while it is down; same id, same dir
     a.kill()
     killed = time.monotonic()
@@ -201,17 +215,7 @@ def test_static_member_restart_keeps_its_assignment_and_restores_nothing(
     caught_up = _wait_caught_up(bootstrap, app, topic, [a, b], deadline_s=300)
     static_from_kill, static_from_start = caught_up - killed, caught_up - started
     assert started - killed < float(SESSION_TIMEOUT), "restart not within the session"
-    assert _generations(a) == [generation], (
-        f"the returning static member joined generations {_generations(a)}, expected "
-        f"[{generation}] (no rebalance):\n{a.grep('group', 'Revoking', 'assign')}")
-    b_log = _log(b)
-    assert (b_log.count(SYNCED), b_log.count(REVOKING)) == b_rebalances, (
-        "metering-1 rebalanced while metering-0 restarted:\n"
-        + "\n".join(b_log[len(b_log_before):].splitlines()[-40:]))
-    assert _generations(b)[-1] <= generation
-    assert RESTORING not in _log(a), (
-        f"metering-0 restored from the changelog although its directory was kept:\n"
-        f"{a.grep('Highwater', 'Reading Starts', 'Restor', 'Recovery')}")
+    returned_without_rebalance("after kill -9")
     _wait_quiet(bootstrap, changelogs, quiet_s=3.0, deadline_s=120)
 
     # -- a rolling update: SIGTERM (a clean Faust stop; a static member sends no
@@ -223,14 +227,7 @@ def test_static_member_restart_keeps_its_assignment_and_restores_nothing(
     a = worker("metering-0", tmp_path / "metering-0", web_port=a.web_port)
     caught_up = _wait_caught_up(bootstrap, app, topic, [a, b], deadline_s=300)
     rolled_from_stop, stop_took = caught_up - stopping, stopped - stopping
-    assert _generations(a) == [generation], (
-        f"after a clean stop the static member joined generations {_generations(a)}, "
-        f"expected [{generation}]:\n{a.grep('group', 'Revoking', 'assign')}")
-    b_log = _log(b)
-    assert (b_log.count(SYNCED), b_log.count(REVOKING)) == b_rebalances, (
-        "metering-1 rebalanced during the rolling restart of metering-0:\n"
-        + "\n".join(b_log[len(b_log_before):].splitlines()[-40:]))
-    assert RESTORING not in _log(a), a.grep('Highwater', 'Reading Starts', 'Restor')
+    returned_without_rebalance("after SIGTERM")
     _wait_quiet(bootstrap, changelogs, quiet_s=3.0, deadline_s=120)
 
     # -- for comparison: kill -9 again, a stranger (new id, empty dir) takes its place
