@@ -336,6 +336,31 @@ def test_every_setting_in_the_values_files_is_a_real_setting() -> None:
         assert not unknown, f"{path.name}: settings {sorted(unknown)} do not exist"
 
 
+def test_the_values_schema_knows_every_setting_with_its_type() -> None:
+    """values.schema.json (checked by helm on every install) lists each setting of
+    metering/settings.py, so a misspelt setting fails the install instead of being ignored."""
+    from metering.settings import Settings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    settings = schema["properties"]["settings"]
+    assert settings["additionalProperties"] is False
+    json_type = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+                 "Path": "string"}
+    want = {f.name: json_type[f.type if isinstance(f.type, str) else f.type.__name__]
+            for f in fields(Settings)}
+    assert {k: v["type"] for k, v in settings["properties"].items()} == want
+    for path in [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]:
+        jsonschema.Draft7Validator(schema).validate(yaml.safe_load(path.read_text()))
+
+
+@needs_helm
+def test_a_misspelt_setting_fails_the_install() -> None:
+    out = _run_helm("template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1],
+                    "--set", "settings.partitons=8")
+    assert out.returncode != 0
+    assert "Additional property partitons is not allowed" in out.stderr, out.stderr
+
+
 # -- one source of alerts -----------------------------------------------------------------------
 
 
