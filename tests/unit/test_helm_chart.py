@@ -186,6 +186,7 @@ def test_rendered_object_list() -> None:
     assert kinds["full-values.yaml"] == sorted([
         *kinds["defaults"], "Job/rel-metering-simulator",
         "KafkaTopic/rel-metering-accounts-changelog", "KafkaTopic/rel-metering-entities-changelog",
+        "KafkaTopic/rel-metering-archive-leader", "KafkaTopic/rel-metering-leader",
         "KafkaTopic/rel-metering-events", "KafkaTopic/rel-metering-grid",
         "KafkaTopic/rel-metering-input", "KafkaTopic/rel-metering-rejects",
         "KafkaTopic/rel-metering-usage", "KafkaUser/rel-metering-archive",
@@ -439,6 +440,11 @@ def test_strimzi_topics_have_the_partitions_and_policies_faust_expects() -> None
                                        "replicas": 3, "config": {"cleanup.policy": "compact"}}
     for name in ("cs", "usage", "metering.rejected"):
         assert topics[name]["partitions"] == partitions
+    # Faust's leader topics (LeaderAssignor: one partition, named after the app id), so
+    # that no topic is left to Faust's replication factor 1
+    for app_id in ("metering", "metering-archive"):
+        assert topics[f"{app_id}-__assignor-__leader"]["partitions"] == 1
+    assert {t["replicas"] for t in topics.values()} == {3}
 
 
 def _acls(user: dict[str, Any]) -> set[tuple[str, str, str, str]]:
@@ -474,7 +480,9 @@ def test_a_tenant_prefix_goes_before_every_topic_group_and_acl() -> None:
     assert topics == sorted(["tenant-a.cs", "tenant-a.usage", "tenant-a.metering.rejected",
                              "tenant-a.metering.events.p8", "tenant-a.metering-p8-grid",
                              "tenant-a.metering-p8-entities-changelog",
-                             "tenant-a.metering-p8-accounts-changelog"])
+                             "tenant-a.metering-p8-accounts-changelog",
+                             "tenant-a.metering-p8-__assignor-__leader",
+                             "tenant-a.metering-p8-archive-__assignor-__leader"])
     for user in (o for o in objs if o["kind"] == "KafkaUser"):
         assert all(name.startswith("tenant-a.") for _, name, _, _ in _acls(user)), user
 
