@@ -1,0 +1,96 @@
+"""Whole fetches of one partition, handed from the consumer to one agent loop.
+
+The worker's consumer (:class:`agents.faustapi.BatchConsumer`) does not turn every record
+into a Faust event: it hands each partition's part of a fetch, as aiokafka returned it, to
+the :class:`FetchChannel` of its topic. One agent loop reads the channel, processes the
+fetch as one batch, and only after every effect of the batch is acknowledged by the broker
+marks the partition "processed up to" (:meth:`agents.faustapi.BatchConsumer.mark_processed`);
+that mark is the offset the consumer commits.
+
+The channel is bounded (back-pressure: the consumer waits while the loop is behind) and
+knows whether a fetch is being processed, so a rebalance can drop the queued fetches and
+wait for the one in progress before it commits and gives partitions away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import TP
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Records of one partition from one fetch, in offset order.
+
+    ``records`` are aiokafka ``ConsumerRecord`` objects (``topic``, ``partition``,
+    ``offset``, ``timestamp`` in UTC ms, ``key``, ``value``); ``generation`` is the consumer
+    group generation the fetch was read in (a fetch of an older generation is dropped).
+    """
+
+    tp: TP
+    records: Sequence[Any]
+    generation: int
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last record: the partition's commit offset once done."""
+        return int(self.records[-1].offset) + 1
+
+
+class FetchChannel:
+    """A bounded queue of :class:`Fetch` with one reader that reports when it is done.
+
+    ``maxsize`` fetches may wait; :meth:`put` waits while the queue is full.
+    """
+
+    def __init__(self, topic: str, maxsize: int = 4) -> None:
+        self.topic = topic
+        self._queue: asyncio.Queue[Fetch] = asyncio.Queue(maxsize)
+        self._busy = False
+        self._idle: asyncio.Event | None = None
+
+    def _idle_event(self) -> asyncio.Event:
+        if self._idle is None:  # created in the running loop, on first use
+            self._idle = asyncio.Event()
+            self._idle.set()
+        return self._idle
+
+    async def put(self, fetch: Fetch) -> None:
+        """Queue a fetch (waits while ``maxsize`` fetches are queued)."""
+        await self._queue.put(fetch)
+
+    async def get(self) -> Fetch:
+        """The next fetch; the reader then calls :meth:`done` when it is processed."""
+        fetch = await self._queue.get()
+        self._busy = True
+        self._idle_event().clear()
+        return fetch
+
+    def done(self) -> None:
+        """The fetch returned by the last :meth:`get` is processed (or abandoned)."""
+        self._busy = False
+        self._idle_event().set()
+
+    def clear(self) -> int:
+        """Drop every queued fetch (a rebalance: they are read again from the committed
+        offsets); returns how many were dropped."""
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return dropped
+            dropped += 1
+
+    @property
+    def busy(self) -> bool:
+        """A fetch is being processed."""
+        return self._busy
+
+    async def wait_idle(self) -> None:
+        """Return once no fetch is being processed."""
+        await self._idle_event().wait()
