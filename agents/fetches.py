@@ -47,7 +47,7 @@ class FetchChannel:
     ``maxsize`` fetches may wait; :meth:`put` waits while the queue is full.
     """
 
-    def __init__(self, topic: str, maxsize: int = 4) -> None:
+    def __init__(self, topic: str, maxsize: int = 8) -> None:
         self.topic = topic
         self._queue: asyncio.Queue[Fetch] = asyncio.Queue(maxsize)
         self._busy = False
@@ -70,8 +70,20 @@ class FetchChannel:
         self._idle_event().clear()
         return fetch
 
+    async def get_all(self) -> list[Fetch]:
+        """The next fetch and every other one queued behind it (a reader that is behind
+        processes them as one batch: one wait for acknowledgements instead of one per
+        fetch); the reader then calls :meth:`done`."""
+        fetches = [await self.get()]
+        while True:
+            try:
+                fetches.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return fetches
+
     def done(self) -> None:
-        """The fetch returned by the last :meth:`get` is processed (or abandoned)."""
+        """The fetches returned by the last :meth:`get`/:meth:`get_all` are processed (or
+        abandoned)."""
         self._busy = False
         self._idle_event().set()
 

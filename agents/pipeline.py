@@ -58,7 +58,7 @@ from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
 from agents.observe import Observability, WorkerCounts, dir_bytes, family
 from agents.sender import BatchSender
-from agents.state import CUT_CHUNK, PartitionMeters
+from agents.state import CUT_CHUNK, PartitionMeter, PartitionMeters, flush_all
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
 from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of
@@ -158,72 +158,80 @@ async def declare_output_topics() -> None:
         await topic.maybe_declare()
 
 
-async def _fetches(topic: str) -> AsyncIterator[Fetch]:
-    """The fetches of ``topic``'s partitions assigned now, in order; each is marked
-    processed (its offset may be committed) once the body of the loop returns for it."""
+async def _fetches(topic: str) -> AsyncIterator[list[Fetch]]:
+    """The fetches of ``topic``'s assigned partitions, in order, each time every fetch
+    queued (one batch: one wait for acknowledgements); each is marked processed (its offset
+    may be committed) once the body of the loop returned for them."""
     channel = fetch_channel(app, topic)
     consumer = batch_consumer(app)
     while True:
-        fetch = await channel.get()
+        fetches = await channel.get_all()
         try:
-            if fetch.generation != app.consumer_generation_id:
-                continue  # read before a rebalance: read again from the committed offset
-            yield fetch
-            consumer.mark_processed(fetch.tp, fetch.next_offset)
+            # Fetches read before a rebalance are read again from the committed offsets.
+            current = [f for f in fetches if f.generation == app.consumer_generation_id]
+            if not current:
+                continue
+            yield current
+            for fetch in current:
+                consumer.mark_processed(fetch.tp, fetch.next_offset)
         finally:
             channel.done()
 
 
 @task(app)
 async def ingest() -> None:
-    """Decode CloudStack records, one fetch per input partition at a time; forward
-    meterable ones, reject bad ones; mark the fetch processed once all are acknowledged."""
+    """Decode CloudStack records, the queued fetches of the input partitions at a time;
+    forward meterable ones, reject bad ones; mark the fetches processed once every record
+    sent is acknowledged."""
     n_partitions = settings.partitions
     max_bytes, max_skew_ms = settings.max_record_bytes, settings.max_clock_skew_ms
     jump = settings.max_watermark_jump_ms
     events_out = _sender(events_topic.get_topic_name(), n_partitions)
     rejects_out = _sender(rejects_topic.get_topic_name())
-    async for fetch in _fetches(settings.input_topic):
+    async for fetches in _fetches(settings.input_topic):
         try:
             wall = int(time.time() * 1000)
-            times: list[tuple[int, int]] = []  # (offset, event time) of meterable records
-            partition = fetch.tp.partition
-            topic = fetch.tp.topic
-            src_lane = lane_of(topic, partition)
-            for msg in fetch.records:
-                raw = msg.value if isinstance(msg.value, bytes) else b""
-                value = decode(raw, max_bytes, wall, max_skew_ms)
-                category = value.category
-                if isinstance(value, Rejected):
-                    stats.records[category, "rejected"] += 1
-                    stats.rejects[value.reason] += 1
-                    key = msg.key.decode("utf-8", "replace") if msg.key else None
-                    body = reject_record(raw, value, topic, partition, msg.offset, key)
-                    await rejects_out.add(reject_key(msg.key), orjson.dumps(body))
-                    continue
-                if isinstance(value, Ignored):
-                    stats.records[category, "ignored"] += 1
-                    stats.ignored[value.kind] += 1
-                    continue
-                stats.records[category, "metered"] += 1
-                src = Source(topic, partition, msg.offset)
-                times.append((msg.offset, value.time_ms))
-                data = encode_routed(value, src, wall,
-                                     msg.timestamp if msg.timestamp and msg.timestamp > 0
-                                     else None)
-                target = routing_key(value)
-                if target == BROADCAST:
-                    for p in range(n_partitions):
-                        await events_out.add(None, data, p)
-                elif target is not None:
-                    await events_out.add(target.encode(), data)
-            folded = _reader(src_lane).fold(times, jump) if times else None  # rule 4b
+            progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
+            for fetch in fetches:
+                partition = fetch.tp.partition
+                topic = fetch.tp.topic
+                times = progress.setdefault(lane_of(topic, partition), [])
+                for msg in fetch.records:
+                    raw = msg.value if isinstance(msg.value, bytes) else b""
+                    value = decode(raw, max_bytes, wall, max_skew_ms)
+                    category = value.category
+                    if isinstance(value, Rejected):
+                        stats.records[category, "rejected"] += 1
+                        stats.rejects[value.reason] += 1
+                        key = msg.key.decode("utf-8", "replace") if msg.key else None
+                        body = reject_record(raw, value, topic, partition, msg.offset, key)
+                        await rejects_out.add(reject_key(msg.key), orjson.dumps(body))
+                        continue
+                    if isinstance(value, Ignored):
+                        stats.records[category, "ignored"] += 1
+                        stats.ignored[value.kind] += 1
+                        continue
+                    stats.records[category, "metered"] += 1
+                    times.append((msg.offset, value.time_ms))
+                    stamp = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
+                    data = encode_routed(value, Source(topic, partition, msg.offset), wall,
+                                         stamp)
+                    target = routing_key(value)
+                    if target == BROADCAST:
+                        for p in range(n_partitions):
+                            await events_out.add(None, data, p)
+                    elif target is not None:
+                        await events_out.add(target.encode(), data)
+            folded = {lane: _reader(lane).fold(times, jump)  # rule 4b, record by record
+                      for lane, times in progress.items() if times}
             await asyncio.gather(events_out.flush(), rejects_out.flush())
-            if folded is not None:  # delivered: ticks may announce it
-                newest, suspect = folded
-                _reader(src_lane).delivered(newest, suspect, jump, _mono_ms(), times[-1][0])
-            offset = fetch.next_offset
-            read_to[src_lane] = max(offset, read_to.get(src_lane, offset))
+            mono = _mono_ms()
+            for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
+                _reader(lane).delivered(newest, suspect, jump, mono, progress[lane][-1][0])
+            for fetch in fetches:
+                lane = lane_of(fetch.tp.topic, fetch.tp.partition)
+                offset = fetch.next_offset
+                read_to[lane] = max(offset, read_to.get(lane, offset))
         except Exception:
             _die("ingest batch failed")
 
@@ -237,49 +245,54 @@ async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
 
 @task(app)
 async def meter() -> None:
-    """Apply one fetch of an internal partition at a time: send its intervals (acknowledged),
-    then store the changed states (changelog acknowledged, then RocksDB), then mark it
-    processed."""
+    """Apply the queued fetches of the internal partitions: send their intervals
+    (acknowledged), then store the changed states (changelog acknowledged, then RocksDB),
+    then mark the fetches processed."""
     usage_out = _sender(usage_topic.get_topic_name())
-    async for fetch in _fetches(settings.events_topic):
+    async for fetches in _fetches(settings.events_topic):
         try:
-            partition = fetch.tp.partition
-            pm = meters.for_partition(partition)
-            engine = pm.meter
-            run: list[Record] = []  # records since the last tick: one engine batch
-            for msg in fetch.records:
-                try:
-                    item = decode_wire(msg.value)
-                except WireError:
-                    stats.wire_errors += 1
-                    log.error("skipping foreign record on %s[%d]@%d", msg.topic, partition,
-                              msg.offset)
-                    continue
-                if not isinstance(item, Tick):
-                    run.append(Record(item.value, item.source, item.wall_ms, item.record_ms))
-                    continue
+            touched: dict[int, PartitionMeter] = {}
+            closed_by: list[int] = []  # record timestamps (UTC ms) of event-closed intervals
+            for fetch in fetches:
+                partition = fetch.tp.partition
+                pm = touched.get(partition) or meters.for_partition(partition)
+                touched[partition] = pm
+                engine = pm.meter
+                run: list[Record] = []  # records since the last tick: one engine batch
+                for msg in fetch.records:
+                    try:
+                        item = decode_wire(msg.value)
+                    except WireError:
+                        stats.wire_errors += 1
+                        log.error("skipping foreign record on %s[%d]@%d", msg.topic,
+                                  partition, msg.offset)
+                        continue
+                    if not isinstance(item, Tick):
+                        run.append(Record(item.value, item.source, item.wall_ms,
+                                          item.record_ms))
+                        continue
+                    if run:
+                        await _send_rows(usage_out, pm.take(engine.apply(run)))
+                        run = []
+                    engine.report(item.lanes, item.inputs, item.wall_ms)
+                    await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                    while engine.cutting:  # a period cut of many open resources:
+                        await usage_out.flush()  # chunk by chunk, each sent, then
+                        await flush_all(list(touched.values()))  # stored (bounded memory)
+                        await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
                 if run:
                     await _send_rows(usage_out, pm.take(engine.apply(run)))
-                    run = []
-                engine.report(item.lanes, item.inputs, item.wall_ms)
-                await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
-                while engine.cutting:  # a period cut of many open resources:
-                    await usage_out.flush()  # chunk by chunk, each sent, then
-                    await pm.flush()  # stored (bounded memory, same order rule)
-                    await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
-            if run:
-                await _send_rows(usage_out, pm.take(engine.apply(run)))
-            closed_by = pm.meter.closed_record_ms[:]
-            pm.meter.closed_record_ms.clear()
+                closed_by.extend(engine.closed_record_ms)
+                engine.closed_record_ms.clear()
             await usage_out.flush()  # delivered before the state that produced them is stored
             if closed_by:
                 now = time.time()
                 for record_ms in closed_by:
                     observability.latency.observe(now - record_ms / 1000)
-            # Flush the very engine this batch used: a rebalance callback may have dropped
-            # it from ``meters`` meanwhile, and a fresh engine (restored from RocksDB
+            # Flush the very engines this batch used: a rebalance callback may have dropped
+            # them from ``meters`` meanwhile, and a fresh engine (restored from RocksDB
             # before these writes) would silently lose the batch's state changes.
-            await pm.flush()
+            await flush_all(list(touched.values()))
         except Exception:
             _die("meter batch failed")
 

@@ -175,18 +175,7 @@ class PartitionMeter:
         """Write every changed state once: changelog first (acknowledged), then RocksDB.
 
         Raises if a changelog send fails (nothing is then written locally)."""
-        if self.changelogs is None:
-            raise RuntimeError("PartitionMeter without changelogs: use store_locally()")
-        p = self.partition
-        entities, accounts = self._changed()
-        entities_out, accounts_out = self.changelogs
-        for out, items in ((entities_out, entities), (accounts_out, accounts)):
-            for key, value in items:
-                await out.add(key, value, p)
-        acked = await asyncio.gather(entities_out.flush(), accounts_out.flush())
-        self._store(self.entities_table, entities, acked[0].get(p))  # acknowledged: local
-        self._store(self.accounts_table, accounts, acked[1].get(p))
-        self._trim_caches()
+        await flush_all([self])
 
     def store_locally(self) -> None:
         """Write every changed state once to RocksDB only, no changelog (benchmarks of
@@ -195,6 +184,34 @@ class PartitionMeter:
         self._store(self.entities_table, entities, None)
         self._store(self.accounts_table, accounts, None)
         self._trim_caches()
+
+
+async def flush_all(meters: list[PartitionMeter]) -> None:
+    """Write every changed state of ``meters`` once (their own partitions, one sender per
+    table): the changelog records first, all acknowledged, then one RocksDB write batch per
+    table partition with the persisted changelog offset. Raises if a changelog send fails
+    (nothing is then written locally)."""
+    changed = []
+    for pm in meters:
+        if pm.changelogs is None:
+            raise RuntimeError("PartitionMeter without changelogs: use store_locally()")
+        entities, accounts = pm._changed()
+        entities_out, accounts_out = pm.changelogs
+        for out, items in ((entities_out, entities), (accounts_out, accounts)):
+            for key, value in items:
+                await out.add(key, value, pm.partition)
+        changed.append((pm, entities, accounts))
+    senders = {id(out): out for pm in meters if pm.changelogs for out in pm.changelogs}
+    acked_by: dict[int, dict[int, int]] = {}
+    results = await asyncio.gather(*(out.flush() for out in senders.values()))
+    for sender_id, result in zip(senders, results, strict=True):
+        acked_by[sender_id] = result
+    for pm, entities, accounts in changed:  # acknowledged: now the local stores
+        assert pm.changelogs is not None
+        p = pm.partition
+        pm._store(pm.entities_table, entities, acked_by[id(pm.changelogs[0])].get(p))
+        pm._store(pm.accounts_table, accounts, acked_by[id(pm.changelogs[1])].get(p))
+        pm._trim_caches()
 
 
 class PartitionMeters:
