@@ -203,17 +203,31 @@ class BatchConsumer(AIOKafkaDriverConsumer):
             self._processed.pop(tp, None)
 
     async def wait_empty(self) -> None:
-        """Drop queued fetches, wait for the ones in progress, then Faust's wait (which
-        commits): called before partitions are given away and at stop."""
+        """Wait until every fetch handed to a channel is processed (its effects
+        acknowledged and marked), then Faust's wait (which commits): called before
+        partitions are given away and at stop. Queued fetches are processed, not dropped:
+        dropping some while a later fetch of the same partition is processed would let
+        the mark pass records never processed (crash-findings: Faust's own gap)."""
         for channel in self.channels.values():
-            channel.clear()
-        for channel in self.channels.values():
-            while channel.busy and not self.should_stop:
+            while (channel.busy or channel.queued) and not self.should_stop:
                 try:
                     await asyncio.wait_for(channel.wait_idle(), timeout=1.0)
                 except TimeoutError:
-                    self.log.info("waiting for the batch in progress on %s", channel.topic)
+                    self.log.info("waiting for the batches in progress on %s", channel.topic)
         await super().wait_empty()
+
+    async def _hand_over(self, channel: FetchChannel, fetch: Fetch) -> bool:
+        """Put ``fetch`` on ``channel`` unless the flow is suspended first (a rebalance);
+        True if it was handed over."""
+        put = asyncio.ensure_future(channel.put(fetch))
+        stop = asyncio.ensure_future(self.suspend_flow.wait())
+        try:
+            await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not put.done():
+                put.cancel()
+        return put.done() and not put.cancelled() and put.exception() is None
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs Kafka
         """Faust's fetch loop; batch topics get one :class:`Fetch` per partition."""
@@ -249,8 +263,8 @@ class BatchConsumer(AIOKafkaDriverConsumer):
                         continue
                     channel = channels.get(tp.topic)
                     if channel is not None:
-                        await self.wait_first(channel.put(Fetch(tp, batch, generation)),
-                                              self.suspend_flow.wait())
+                        if not await self._hand_over(channel, Fetch(tp, batch, generation)):
+                            break  # suspended: read again from the committed offsets
                         read_offset[tp] = batch[-1].offset + 1
                         continue
                     for record in batch:  # Faust's own per-record path

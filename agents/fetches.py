@@ -8,8 +8,8 @@ marks the partition "processed up to" (:meth:`agents.faustapi.BatchConsumer.mark
 that mark is the offset the consumer commits.
 
 The channel is bounded (back-pressure: the consumer waits while the loop is behind) and
-knows whether a fetch is being processed, so a rebalance can drop the queued fetches and
-wait for the one in progress before it commits and gives partitions away.
+knows whether fetches wait or are being processed, so a rebalance can wait until every
+fetch handed over is processed before it commits and gives partitions away.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FetchChannel:
     def __init__(self, topic: str, maxsize: int = 8) -> None:
         self.topic = topic
         self._queue: asyncio.Queue[Fetch] = asyncio.Queue(maxsize)
-        self._busy = False
+        self._outstanding = 0
         self._idle: asyncio.Event | None = None
 
     def _idle_event(self) -> asyncio.Event:
@@ -62,11 +62,13 @@ class FetchChannel:
     async def put(self, fetch: Fetch) -> None:
         """Queue a fetch (waits while ``maxsize`` fetches are queued)."""
         await self._queue.put(fetch)
+        self._idle_event().clear()  # no await since the put: nobody saw it idle meanwhile
 
     async def get(self) -> Fetch:
-        """The next fetch; the reader then calls :meth:`done` when it is processed."""
+        """The next fetch; the reader then calls :meth:`done` once it is processed (a
+        reader may get more before it calls :meth:`done` for earlier ones)."""
         fetch = await self._queue.get()
-        self._busy = True
+        self._outstanding += 1
         self._idle_event().clear()
         return fetch
 
@@ -74,18 +76,22 @@ class FetchChannel:
         """The next fetch and every other one queued behind it (a reader that is behind
         processes them as one batch: one wait for acknowledgements instead of one per
         fetch); the reader then calls :meth:`done`."""
-        fetches = [await self.get()]
+        fetches = [await self._queue.get()]
         while True:
             try:
                 fetches.append(self._queue.get_nowait())
             except asyncio.QueueEmpty:
-                return fetches
+                break
+        self._outstanding += 1
+        self._idle_event().clear()
+        return fetches
 
     def done(self) -> None:
-        """The fetches returned by the last :meth:`get`/:meth:`get_all` are processed (or
-        abandoned)."""
-        self._busy = False
-        self._idle_event().set()
+        """The fetches returned by the earliest :meth:`get`/:meth:`get_all` not yet done
+        are processed (or abandoned)."""
+        self._outstanding = max(0, self._outstanding - 1)
+        if not self._outstanding and not self._queue.qsize():
+            self._idle_event().set()
 
     def clear(self) -> int:
         """Drop every queued fetch (a rebalance: they are read again from the committed
@@ -95,14 +101,21 @@ class FetchChannel:
             try:
                 self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if not self._outstanding:
+                    self._idle_event().set()
                 return dropped
             dropped += 1
 
     @property
+    def queued(self) -> int:
+        """Fetches waiting for the reader."""
+        return self._queue.qsize()
+
+    @property
     def busy(self) -> bool:
-        """A fetch is being processed."""
-        return self._busy
+        """A fetch taken by the reader is not done yet."""
+        return self._outstanding > 0
 
     async def wait_idle(self) -> None:
-        """Return once no fetch is being processed."""
+        """Return once every fetch taken by the reader is done and none is queued."""
         await self._idle_event().wait()

@@ -43,6 +43,7 @@ from faust.types import TP
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
+from agents.commits import Committer, Tail
 from agents.faustapi import (
     batch_consumer,
     fetch_channel,
@@ -58,7 +59,7 @@ from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
 from agents.observe import Observability, WorkerCounts, dir_bytes, family
 from agents.sender import BatchSender
-from agents.state import CUT_CHUNK, PartitionMeter, PartitionMeters, flush_all
+from agents.state import CUT_CHUNK, Changes, PartitionMeter, PartitionMeters, snapshot, store
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
 from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of
@@ -160,22 +161,25 @@ async def declare_output_topics() -> None:
 
 async def _fetches(topic: str) -> AsyncIterator[list[Fetch]]:
     """The fetches of ``topic``'s assigned partitions, in order, each time every fetch
-    queued (one batch: one wait for acknowledgements); each is marked processed (its offset
-    may be committed) once the body of the loop returned for them."""
+    queued (one batch). The caller calls :func:`_done` for each batch once every effect
+    of it is acknowledged (in order)."""
     channel = fetch_channel(app, topic)
-    consumer = batch_consumer(app)
     while True:
         fetches = await channel.get_all()
-        try:
-            # Fetches read before a rebalance are read again from the committed offsets.
-            current = [f for f in fetches if f.generation == app.consumer_generation_id]
-            if not current:
-                continue
+        # Fetches read before a rebalance are read again from the committed offsets.
+        current = [f for f in fetches if f.generation == app.consumer_generation_id]
+        if current:
             yield current
-            for fetch in current:
-                consumer.mark_processed(fetch.tp, fetch.next_offset)
-        finally:
+        else:
             channel.done()
+
+
+def _done(topic: str, fetches: list[Fetch]) -> None:
+    """Every effect of ``fetches`` is acknowledged: their offsets may be committed."""
+    consumer = batch_consumer(app)
+    for fetch in fetches:
+        consumer.mark_processed(fetch.tp, fetch.next_offset)
+    fetch_channel(app, topic).done()
 
 
 @task(app)
@@ -224,6 +228,7 @@ async def ingest() -> None:
                         await events_out.add(target.encode(), data)
             folded = {lane: _reader(lane).fold(times, jump)  # rule 4b, record by record
                       for lane, times in progress.items() if times}
+            # Not pipelined (agents.commits): the next fold starts from this delivery.
             await asyncio.gather(events_out.flush(), rejects_out.flush())
             mono = _mono_ms()
             for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
@@ -232,6 +237,7 @@ async def ingest() -> None:
                 lane = lane_of(fetch.tp.topic, fetch.tp.partition)
                 offset = fetch.next_offset
                 read_to[lane] = max(offset, read_to.get(lane, offset))
+            _done(settings.input_topic, fetches)
         except Exception:
             _die("ingest batch failed")
 
@@ -243,12 +249,32 @@ async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
         await usage_out.add(row.account_id.encode(), encode_interval(row))
 
 
+def _meter_tail(usage_out: BatchSender, pending: list[Any], changes: Changes,
+                closed_by: list[int], fetches: list[Fetch] | None) -> Tail:
+    """A meter batch's tail: its intervals acknowledged, then its states stored (changelog
+    acknowledged, then RocksDB), then its fetches marked processed (``None``: a step of a
+    period cut inside the batch; the batch's last tail marks it)."""
+
+    async def tail() -> None:
+        await usage_out.wait(pending)  # delivered before the state that produced them
+        if closed_by:
+            now = time.time()
+            for record_ms in closed_by:
+                observability.latency.observe(now - record_ms / 1000)
+        await store(changes)
+        if fetches is not None:
+            _done(settings.events_topic, fetches)
+
+    return tail
+
+
 @task(app)
 async def meter() -> None:
-    """Apply the queued fetches of the internal partitions: send their intervals
-    (acknowledged), then store the changed states (changelog acknowledged, then RocksDB),
-    then mark the fetches processed."""
+    """Apply the queued fetches of the internal partitions; their tail (intervals
+    acknowledged, then states stored, then fetches marked processed) runs in order behind
+    the processing of the next batch (:class:`agents.commits.Committer`)."""
     usage_out = _sender(usage_topic.get_topic_name())
+    tails = Committer(_die, "meter batch")
     async for fetches in _fetches(settings.events_topic):
         try:
             touched: dict[int, PartitionMeter] = {}
@@ -276,23 +302,26 @@ async def meter() -> None:
                         run = []
                     engine.report(item.lanes, item.inputs, item.wall_ms)
                     await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
-                    while engine.cutting:  # a period cut of many open resources:
-                        await usage_out.flush()  # chunk by chunk, each sent, then
-                        await flush_all(list(touched.values()))  # stored (bounded memory)
+                    while engine.cutting:  # a period cut of many open resources: chunk
+                        # by chunk, each sent, then stored (bounded memory, same order)
+                        await tails.submit(_meter_tail(
+                            usage_out, await usage_out.submit(),
+                            snapshot(list(touched.values())), [], None))
                         await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
                 if run:
                     await _send_rows(usage_out, pm.take(engine.apply(run)))
                 closed_by.extend(engine.closed_record_ms)
                 engine.closed_record_ms.clear()
-            await usage_out.flush()  # delivered before the state that produced them is stored
-            if closed_by:
-                now = time.time()
-                for record_ms in closed_by:
-                    observability.latency.observe(now - record_ms / 1000)
-            # Flush the very engines this batch used: a rebalance callback may have dropped
-            # them from ``meters`` meanwhile, and a fresh engine (restored from RocksDB
-            # before these writes) would silently lose the batch's state changes.
-            await flush_all(list(touched.values()))
+            # The tail stores the states of the very engines this batch used: a rebalance
+            # callback may have dropped them from ``meters`` meanwhile, and a fresh engine
+            # (restored from RocksDB before these writes) would lose the batch's changes.
+            await tails.submit(_meter_tail(usage_out, await usage_out.submit(),
+                                           snapshot(list(touched.values())), closed_by,
+                                           fetches))
+            if any(pm.caches_full for pm in touched.values()):
+                await tails.drain()  # nothing may wait to be stored while caches drop
+                for pm in touched.values():
+                    pm.trim_caches()
         except Exception:
             _die("meter batch failed")
 

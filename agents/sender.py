@@ -79,15 +79,20 @@ class BatchSender:
         fut = await self._get_producer().send_batch(batch, self.topic, partition=partition)
         self.futures.append((fut, batch.record_count()))
 
-    async def flush(self) -> dict[int, int]:
-        """Submit the open batches and wait until every record sent so far is acknowledged.
-
-        Returns partition -> offset of its last acknowledged record (of this flush)."""
+    async def submit(self) -> list[tuple[Any, int]]:
+        """Submit the open batches; the delivery futures of everything sent so far (for
+        :meth:`wait`), which this sender forgets."""
         for p, batch in self.batches.items():
             if batch.record_count():
                 await self._submit(p, batch)
         self.batches.clear()
         pending, self.futures = self.futures, []
+        return pending
+
+    async def wait(self, pending: list[tuple[Any, int]]) -> dict[int, int]:
+        """Wait until every record of ``pending`` is acknowledged (raises if one failed).
+
+        Returns partition -> offset of its last acknowledged record."""
         if not pending:
             return {}
         gathered = asyncio.gather(*(fut for fut, _ in pending))
@@ -98,3 +103,9 @@ class BatchSender:
             if end > last.get(meta.partition, -1):
                 last[meta.partition] = end
         return last
+
+    async def flush(self) -> dict[int, int]:
+        """Submit the open batches and wait until every record sent so far is acknowledged.
+
+        Returns partition -> offset of its last acknowledged record (of this flush)."""
+        return await self.wait(await self.submit())

@@ -163,7 +163,14 @@ class PartitionMeter:
             batch.put(OFFSET_KEY, str(changelog_offset).encode())
         partition_db(table, self.partition).write(batch)
 
-    def _trim_caches(self) -> None:
+    @property
+    def caches_full(self) -> bool:
+        """A read cache holds more than CACHE_MAX states (:meth:`trim_caches` drops it)."""
+        return max(len(self.entity_view.cache), len(self.account_view.cache)) > CACHE_MAX
+
+    def trim_caches(self) -> None:
+        """Drop the read caches past CACHE_MAX entries (only while no snapshot of them
+        waits to be stored: a dropped entry is read back from RocksDB)."""
         # The decoded states stay cached (they equal what was just written); the cache is
         # dropped when it grows past CACHE_MAX entries, and on rebalance with the engine.
         if len(self.entity_view.cache) > CACHE_MAX:
@@ -183,35 +190,47 @@ class PartitionMeter:
         entities, accounts = self._changed()
         self._store(self.entities_table, entities, None)
         self._store(self.accounts_table, accounts, None)
-        self._trim_caches()
+        self.trim_caches()
 
 
-async def flush_all(meters: list[PartitionMeter]) -> None:
-    """Write every changed state of ``meters`` once (their own partitions, one sender per
-    table): the changelog records first, all acknowledged, then one RocksDB write batch per
-    table partition with the persisted changelog offset. Raises if a changelog send fails
+Changes = list[tuple[PartitionMeter, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]]
+"""Encoded changed states per engine: (engine, entity items, account items)."""
+
+
+def snapshot(meters: list[PartitionMeter]) -> Changes:
+    """Encode every changed state of ``meters`` now (what :func:`store` writes later, while
+    the engines go on with the next batch)."""
+    return [(pm, *pm._changed()) for pm in meters]
+
+
+async def store(changes: Changes) -> None:
+    """Write encoded changed states (their own partitions, one sender per table): the
+    changelog records first, all acknowledged, then one RocksDB write batch per table
+    partition with the persisted changelog offset. Raises if a changelog send fails
     (nothing is then written locally)."""
-    changed = []
-    for pm in meters:
+    senders: dict[int, BatchSender] = {}
+    for pm, entities, accounts in changes:
         if pm.changelogs is None:
             raise RuntimeError("PartitionMeter without changelogs: use store_locally()")
-        entities, accounts = pm._changed()
         entities_out, accounts_out = pm.changelogs
         for out, items in ((entities_out, entities), (accounts_out, accounts)):
+            senders[id(out)] = out
             for key, value in items:
                 await out.add(key, value, pm.partition)
-        changed.append((pm, entities, accounts))
-    senders = {id(out): out for pm in meters if pm.changelogs for out in pm.changelogs}
-    acked_by: dict[int, dict[int, int]] = {}
     results = await asyncio.gather(*(out.flush() for out in senders.values()))
-    for sender_id, result in zip(senders, results, strict=True):
-        acked_by[sender_id] = result
-    for pm, entities, accounts in changed:  # acknowledged: now the local stores
+    acked_by = dict(zip(senders, results, strict=True))
+    for pm, entities, accounts in changes:  # acknowledged: now the local stores
         assert pm.changelogs is not None
         p = pm.partition
         pm._store(pm.entities_table, entities, acked_by[id(pm.changelogs[0])].get(p))
         pm._store(pm.accounts_table, accounts, acked_by[id(pm.changelogs[1])].get(p))
-        pm._trim_caches()
+
+
+async def flush_all(meters: list[PartitionMeter]) -> None:
+    """:func:`snapshot` then :func:`store` (then the read caches are trimmed)."""
+    await store(snapshot(meters))
+    for pm in meters:
+        pm.trim_caches()
 
 
 class PartitionMeters:

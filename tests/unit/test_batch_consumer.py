@@ -110,7 +110,7 @@ def test_commit_offset_of_a_batch_topic_is_the_processed_mark() -> None:
     assert after_commit == {}
 
 
-def test_wait_empty_drops_queued_fetches_and_waits_for_the_one_in_progress() -> None:
+def test_wait_empty_waits_until_every_handed_fetch_is_processed_then_commits() -> None:
     async def run() -> tuple[list[str], dict[TP, int]]:
         app = _app()
         consumer = batch_consumer(app)
@@ -123,28 +123,31 @@ def test_wait_empty_drops_queued_fetches_and_waits_for_the_one_in_progress() -> 
 
         consumer._commit_offsets = commit_offsets  # type: ignore[method-assign]
         tp = TP("in", 0)
-        record = type("R", (), {"offset": 4})
-        for _ in range(3):
-            await channel.put(Fetch(tp, [record], 0))
-        fetch = await channel.get()  # the reader took one; two stay queued
+        for offset in (4, 5, 6):
+            await channel.put(Fetch(tp, [type("R", (), {"offset": offset})], 0))
+        first = await channel.get()  # the reader took one; two stay queued
         steps: list[str] = []
 
         async def reader() -> None:
             await asyncio.sleep(0.2)
-            steps.append("processed")
-            consumer.mark_processed(fetch.tp, fetch.next_offset)
+            consumer.mark_processed(first.tp, first.next_offset)
+            channel.done()
+            rest = await channel.get_all()  # queued fetches are processed, not dropped
+            await asyncio.sleep(0.1)
+            for fetch in rest:
+                consumer.mark_processed(fetch.tp, fetch.next_offset)
+            steps.append(f"processed {len(rest) + 1}")
             channel.done()
 
         task = asyncio.ensure_future(reader())
         await consumer.wait_empty()
         steps.append("wait_empty returned")
         await task
-        assert channel.clear() == 0  # the queued ones were dropped
         return steps, committed
 
     steps, committed = asyncio.run(run())
-    assert steps == ["processed", "wait_empty returned"]
-    assert committed == {TP("in", 0): 5}
+    assert steps == ["processed 3", "wait_empty returned"]
+    assert committed == {TP("in", 0): 7}
 
 
 def test_fetch_channel_is_bounded_and_reports_idle() -> None:
@@ -159,6 +162,9 @@ def test_fetch_channel_is_bounded_and_reports_idle() -> None:
         await channel.get()
         await asyncio.wait_for(second, 1)
         busy = channel.busy
+        channel.done()
+        assert not channel._idle_event().is_set()  # one still queued
+        await channel.get()
         channel.done()
         await asyncio.wait_for(channel.wait_idle(), 1)
         return blocked, busy, channel.busy
@@ -226,3 +232,35 @@ def test_a_failed_changelog_send_raises_and_writes_nothing_locally(tmp_path: Pat
         asyncio.run(pm.flush())
     assert entities.db.get(b"vm-1") is None
     assert entities.db.get(OFFSET_KEY) is None
+
+
+def test_committer_runs_tails_in_order_and_reports_a_failure() -> None:
+    from agents.commits import Committer
+
+    async def run() -> tuple[list[str], list[str]]:
+        ran: list[str] = []
+        errors: list[str] = []
+
+        def on_error(what: str) -> None:
+            errors.append(what)
+
+        committer = Committer(on_error, "batch", depth=1)
+
+        def tail(name: str, delay: float, fail: bool = False) -> Any:
+            async def run_tail() -> None:
+                await asyncio.sleep(delay)
+                if fail:
+                    raise RuntimeError(name)
+                ran.append(name)
+            return run_tail
+
+        await committer.submit(tail("a", 0.1))
+        await committer.submit(tail("b", 0.0))
+        await committer.submit(tail("c", 0.0, fail=True))
+        await asyncio.wait_for(committer.drain(), 5)
+        assert committer.idle
+        return ran, errors
+
+    ran, errors = asyncio.run(run())
+    assert ran == ["a", "b"]
+    assert errors == ["batch failed"]
