@@ -7,12 +7,14 @@ importing this module). Topics, tables and agents live in :mod:`agents.pipeline`
 
 from __future__ import annotations
 
+from agents.faustapi import use_batch_fetches
 from agents.faustapp import make_app
 from metering.settings import Settings, load_settings
 
 settings: Settings = load_settings()
 
 app = make_app(settings)
+use_batch_fetches(app, [settings.input_topic, settings.events_topic])
 
 # Importing the pipeline registers topics, tables, agents and timers on ``app``.
 from agents import pipeline  # noqa: E402  (registration by import, after app exists)

@@ -139,7 +139,7 @@ def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None
         consumer_group_instance_id=s.group_instance_id or None,
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
-        broker_max_poll_records=2000,
+        broker_max_poll_records=s.batch_size,  # the most records per fetch
         stream_buffer_maxsize=16384,
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,

@@ -1,6 +1,9 @@
 """Topics, tables, agents and the tick timer of the streaming worker.
 
-Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
+Agents (one loop each, at-least-once; effects are idempotent). Both read whole fetches:
+the consumer (:class:`agents.faustapi.BatchConsumer`) hands each partition's part of a
+fetch to the topic's :class:`agents.fetches.FetchChannel`, and the loop marks it processed
+(the offset the consumer commits) only after every effect of it is acknowledged:
 
 * ``ingest``: input topic (CloudStack ``cs``, raw bytes, any key or none) -> decodes with
   :func:`metering.decode.decode`; rejects -> rejects topic
@@ -12,14 +15,17 @@ Agents (both ``concurrency=1``, at-least-once; effects are idempotent):
   RocksDB tables -> usage intervals to the usage topic (key = account_id, JSON value). The
   sends are awaited *before* the state is written, so a state that reached the changelog
   never hides an interval that did not reach the usage topic; a crash in between re-emits
-  the same intervals (same ``interval_id`` and content) after restart.
+  the same intervals (same ``interval_id`` and content) after restart. State is written
+  by :meth:`agents.state.PartitionMeter.flush`: changelog acknowledged, then RocksDB, then
+  the fetch is marked processed.
 * ``tick`` timer (every worker): sends a tick with the wall clock and the progress of the
   input partitions it ingests to every partition of the internal topic; ticks close the
   completed periods of open resources, also on idle partitions.
 
 Any exception in a batch that is not data (decoding never raises) means Kafka or the disk
-failed: the process exits at once (exit code 70) instead of letting Faust ack the batch,
-so nothing is committed past it; a supervisor restarts the worker.
+failed (a send the broker did not acknowledge, a RocksDB write): the process exits at once
+(exit code 70) without marking the fetch, so nothing is committed past it; a supervisor
+restarts the worker.
 """
 
 from __future__ import annotations
@@ -28,36 +34,37 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
 
-import faust
 import orjson
-from faust.streams import _current_event  # private API: pinned faust <0.16 (see notes)
 from faust.types import TP
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.app import app, settings
+from agents.commits import Committer, Tail
 from agents.faustapi import (
+    batch_consumer,
+    fetch_channel,
     kafka_producer,
     on_partitions_assigned,
     on_partitions_revoked,
-    take_events,
+    subscribe,
     task,
     timer,
 )
+from agents.fetches import Fetch
 from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
 from agents.observe import Observability, WorkerCounts, dir_bytes, family
-from agents.state import CUT_CHUNK, PartitionMeters
+from agents.sender import BatchSender
+from agents.state import CUT_CHUNK, Changes, PartitionMeter, PartitionMeters, snapshot, store
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
 from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of
 from metering.intervals import encode_interval
 from metering.observe import caught_up, event_time_lag_seconds
-from metering.partitioning import partition_for
 from metering.rejects import reject_key, reject_record
 from metering.usage_types import NAMES
 from metering.watermarks import LaneReader
@@ -80,6 +87,8 @@ events_topic = app.topic(settings.events_topic, partitions=settings.partitions, 
                          allow_empty=True, **RAW)
 usage_topic = app.topic(settings.usage_topic, partitions=settings.partitions, **RAW)
 rejects_topic = app.topic(settings.rejects_topic, partitions=settings.partitions, **RAW)
+subscribe(app, input_topic)  # consumed as whole fetches (agents.faustapi.BatchConsumer)
+subscribe(app, events_topic)
 
 TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None,
                          "partitions": settings.partitions, "options": ROCKSDB_OPTIONS}
@@ -117,7 +126,23 @@ committed offset found after an assignment)."""
 stats = WorkerCounts()
 """Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
 
-meters = PartitionMeters(settings, entities_table, accounts_table, stats)
+def _producer() -> Any:
+    return kafka_producer(app)
+
+
+async def _waiting(pending: Awaitable[Any]) -> Any:
+    with liveness.sending():  # a wait that never ends is reported (agents.liveness)
+        return await pending
+
+
+def _sender(topic: str, partitions: int | None = None) -> BatchSender:
+    """A :class:`BatchSender` to ``topic`` on the driver's aiokafka producer."""
+    return BatchSender(_producer, topic, partitions, _waiting)
+
+
+meters = PartitionMeters(settings, entities_table, accounts_table, stats, (
+    _sender(entities_table.changelog_topic.get_topic_name(), settings.partitions),
+    _sender(accounts_table.changelog_topic.get_topic_name(), settings.partitions)))
 
 
 def _die(what: str) -> None:
@@ -130,138 +155,89 @@ def _die(what: str) -> None:
 @task(app)
 async def declare_output_topics() -> None:
     """Create the usage and rejects topics if missing (brokers may disable auto-creation)."""
-    for topic in (usage_topic, rejects_topic):
+    for topic in (usage_topic, rejects_topic, events_topic):
         await topic.maybe_declare()
 
 
-def _sender() -> Any:
-    """``send(topic, key, value, partition=None) -> delivery future`` on Faust's producer.
-
-    ``Topic.send`` costs tens of microseconds of Faust bookkeeping per record (it showed as
-    the largest item in a py-spy profile of the worker); the driver's producer takes raw
-    bytes straight to aiokafka (same producer, same murmur2 partitioner as the tables).
-    """
-    producer = app.producer
-
-    async def send(topic: str, key: bytes | None, value: bytes,
-                   partition: int | None = None) -> Any:
-        return await producer.send(topic, key, value, partition, None, None)
-
-    return send
-
-
-class BatchSender:
-    """Sends many records to one topic as aiokafka record batches, one per partition.
-
-    Per-record ``send`` costs tens of microseconds in aiokafka and Faust; the meter emits
-    one interval per open resource per period, so it sends in bulk: records are appended to
-    a batch per partition (Kafka's murmur2 on the key, like any producer) and each full or
-    final batch is submitted once. :meth:`flush` returns when the broker acknowledged all.
-    """
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.batches: dict[int, Any] = {}
-        self.futures: list[Any] = []
-        self._partitions: int | None = None
-        self._cache: dict[bytes, int] = {}
-
-    def _producer(self) -> Any:
-        return kafka_producer(app)
-
-    async def _n_partitions(self) -> int:
-        if self._partitions is None:
-            producer = self._producer()
-            await producer.client._wait_on_metadata(self.topic)
-            parts = producer.client.cluster.partitions_for_topic(self.topic)
-            self._partitions = len(parts) if parts else settings.partitions
-        return self._partitions
-
-    async def add(self, key: bytes, value: bytes) -> None:
-        p = self._cache.get(key)
-        if p is None:
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            p = self._cache[key] = partition_for(key, await self._n_partitions())
-        batch = self.batches.get(p)
-        if batch is None:
-            batch = self.batches[p] = self._producer().create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full: submit it
-            self.futures.append(await self._producer().send_batch(batch, self.topic,
-                                                                  partition=p))
-            batch = self.batches[p] = self._producer().create_batch()
-            batch.append(key=key, value=value, timestamp=None)
-
-    async def flush(self) -> None:
-        """Submit the open batches and wait until every record sent so far is acknowledged."""
-        for p, batch in self.batches.items():
-            if batch.record_count():
-                self.futures.append(await self._producer().send_batch(batch, self.topic,
-                                                                      partition=p))
-        self.batches.clear()
-        futures, self.futures = self.futures, []
-        await _await_all(futures)
+async def _fetches(topic: str) -> AsyncIterator[list[Fetch]]:
+    """The fetches of ``topic``'s assigned partitions, in order, each time every fetch
+    queued (one batch). The caller calls :func:`_done` for each batch once every effect
+    of it is acknowledged (in order)."""
+    channel = fetch_channel(app, topic)
+    while True:
+        fetches = await channel.get_all()
+        # Fetches read before a rebalance are read again from the committed offsets.
+        current = [f for f in fetches if f.generation == app.consumer_generation_id]
+        if current:
+            yield current
+        else:
+            channel.done()
 
 
-async def _await_all(futures: list[Any]) -> None:
-    if futures:
-        with liveness.sending():  # a wait that never ends is reported (agents.liveness)
-            await asyncio.gather(*futures)
+def _done(topic: str, fetches: list[Fetch]) -> None:
+    """Every effect of ``fetches`` is acknowledged: their offsets may be committed."""
+    consumer = batch_consumer(app)
+    for fetch in fetches:
+        consumer.mark_processed(fetch.tp, fetch.next_offset)
+    fetch_channel(app, topic).done()
 
 
-@app.agent(input_topic, concurrency=1)
-async def ingest(stream: faust.StreamT[bytes]) -> None:
-    """Decode CloudStack records; forward meterable ones, reject bad ones."""
+@task(app)
+async def ingest() -> None:
+    """Decode CloudStack records, the queued fetches of the input partitions at a time;
+    forward meterable ones, reject bad ones; mark the fetches processed once every record
+    sent is acknowledged."""
     n_partitions = settings.partitions
     max_bytes, max_skew_ms = settings.max_record_bytes, settings.max_clock_skew_ms
     jump = settings.max_watermark_jump_ms
-    send, events_name, rejects_name = _sender(), events_topic.get_topic_name(), \
-        rejects_topic.get_topic_name()
-    async for batch in take_events(stream, settings.batch_size, settings.batch_within):
+    events_out = _sender(events_topic.get_topic_name(), n_partitions)
+    rejects_out = _sender(rejects_topic.get_topic_name())
+    async for fetches in _fetches(settings.input_topic):
         try:
-            futures: list[Any] = []
             wall = int(time.time() * 1000)
             progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
-            consumed: dict[int, int] = {}  # input partition -> next offset to read
-            for event in batch:
-                msg = event.message
-                consumed[msg.partition] = msg.offset + 1
-                raw = event.value if isinstance(event.value, bytes) else b""
-                value = decode(raw, max_bytes, wall, max_skew_ms)
-                category = value.category
-                if isinstance(value, Rejected):
-                    stats.records[category, "rejected"] += 1
-                    stats.rejects[value.reason] += 1
-                    key = msg.key.decode("utf-8", "replace") if msg.key else None
-                    body = reject_record(raw, value, msg.topic, msg.partition, msg.offset, key)
-                    futures.append(await send(rejects_name, reject_key(msg.key),
-                                              orjson.dumps(body)))
-                    continue
-                if isinstance(value, Ignored):
-                    stats.records[category, "ignored"] += 1
-                    stats.ignored[value.kind] += 1
-                    continue
-                stats.records[category, "metered"] += 1
-                src = Source(msg.topic, msg.partition, msg.offset)
-                lane = src.lane
-                progress.setdefault(lane, []).append((msg.offset, value.time_ms))
-                data = encode_routed(value, src, wall,
-                                     int(msg.timestamp * 1000) if msg.timestamp else None)
-                target = routing_key(value)
-                if target == BROADCAST:
-                    for p in range(n_partitions):
-                        futures.append(await send(events_name, None, data, p))
-                elif target is not None:
-                    futures.append(await send(events_name, target.encode(), data))
+            for fetch in fetches:
+                partition = fetch.tp.partition
+                topic = fetch.tp.topic
+                times = progress.setdefault(lane_of(topic, partition), [])
+                for msg in fetch.records:
+                    raw = msg.value if isinstance(msg.value, bytes) else b""
+                    value = decode(raw, max_bytes, wall, max_skew_ms)
+                    category = value.category
+                    if isinstance(value, Rejected):
+                        stats.records[category, "rejected"] += 1
+                        stats.rejects[value.reason] += 1
+                        key = msg.key.decode("utf-8", "replace") if msg.key else None
+                        body = reject_record(raw, value, topic, partition, msg.offset, key)
+                        await rejects_out.add(reject_key(msg.key), orjson.dumps(body))
+                        continue
+                    if isinstance(value, Ignored):
+                        stats.records[category, "ignored"] += 1
+                        stats.ignored[value.kind] += 1
+                        continue
+                    stats.records[category, "metered"] += 1
+                    times.append((msg.offset, value.time_ms))
+                    stamp = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
+                    data = encode_routed(value, Source(topic, partition, msg.offset), wall,
+                                         stamp)
+                    target = routing_key(value)
+                    if target == BROADCAST:
+                        for p in range(n_partitions):
+                            await events_out.add(None, data, p)
+                    elif target is not None:
+                        await events_out.add(target.encode(), data)
             folded = {lane: _reader(lane).fold(times, jump)  # rule 4b, record by record
-                      for lane, times in progress.items()}
-            await _await_all(futures)
+                      for lane, times in progress.items() if times}
+            # Not pipelined (agents.commits): the next fold starts from this delivery.
+            await asyncio.gather(events_out.flush(), rejects_out.flush())
             mono = _mono_ms()
             for lane, (newest, suspect) in folded.items():  # delivered: ticks may announce
                 _reader(lane).delivered(newest, suspect, jump, mono, progress[lane][-1][0])
-            for partition, offset in consumed.items():
-                lane = lane_of(settings.input_topic, partition)
+            for fetch in fetches:
+                lane = lane_of(fetch.tp.topic, fetch.tp.partition)
+                offset = fetch.next_offset
                 read_to[lane] = max(offset, read_to.get(lane, offset))
+            _done(settings.input_topic, fetches)
         except Exception:
             _die("ingest batch failed")
 
@@ -273,65 +249,79 @@ async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
         await usage_out.add(row.account_id.encode(), encode_interval(row))
 
 
-@app.agent(events_topic, concurrency=1)
-async def meter(stream: faust.StreamT[bytes]) -> None:
-    """Apply forwarded events per partition; send intervals, then store the state."""
-    usage_out = BatchSender(usage_topic.get_topic_name())
-    async for batch in take_events(stream, settings.batch_size, settings.batch_within):
+def _meter_tail(usage_out: BatchSender, pending: list[Any], changes: Changes,
+                closed_by: list[int], fetches: list[Fetch] | None) -> Tail:
+    """A meter batch's tail: its intervals acknowledged, then its states stored (changelog
+    acknowledged, then RocksDB), then its fetches marked processed (``None``: a step of a
+    period cut inside the batch; the batch's last tail marks it)."""
+
+    async def tail() -> None:
+        await usage_out.wait(pending)  # delivered before the state that produced them
+        if closed_by:
+            now = time.time()
+            for record_ms in closed_by:
+                observability.latency.observe(now - record_ms / 1000)
+        await store(changes)
+        if fetches is not None:
+            _done(settings.events_topic, fetches)
+
+    return tail
+
+
+@task(app)
+async def meter() -> None:
+    """Apply the queued fetches of the internal partitions; their tail (intervals
+    acknowledged, then states stored, then fetches marked processed) runs in order behind
+    the processing of the next batch (:class:`agents.commits.Committer`)."""
+    usage_out = _sender(usage_topic.get_topic_name())
+    tails = Committer(_die, "meter batch")
+    async for fetches in _fetches(settings.events_topic):
         try:
-            by_partition: dict[int, list[Any]] = {}
-            for event in batch:
-                by_partition.setdefault(event.message.partition, []).append(event)
-            touched: list[tuple[Any, Any]] = []  # (PartitionMeter, its last event)
+            touched: dict[int, PartitionMeter] = {}
             closed_by: list[int] = []  # record timestamps (UTC ms) of event-closed intervals
-            for partition, events in by_partition.items():
-                token = _current_event.set(weakref.ref(events[-1]))
-                try:
-                    pm = meters.for_partition(partition)
-                    engine = pm.meter
-                    run: list[Record] = []  # records since the last tick: one engine batch
-                    for event in events:
-                        try:
-                            item = decode_wire(event.value)
-                        except WireError:
-                            stats.wire_errors += 1
-                            log.error("skipping foreign record on %s[%d]@%d",
-                                      event.message.topic, partition, event.message.offset)
-                            continue
-                        if not isinstance(item, Tick):
-                            run.append(Record(item.value, item.source, item.wall_ms,
-                                              item.record_ms))
-                            continue
-                        if run:
-                            await _send_rows(usage_out, pm.take(engine.apply(run)))
-                            run = []
-                        engine.report(item.lanes, item.inputs, item.wall_ms)
-                        await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
-                        while engine.cutting:  # a period cut of many open resources:
-                            await usage_out.flush()  # chunk by chunk, each sent, then
-                            pm.flush()  # stored (bounded memory, same order rule)
-                            await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+            for fetch in fetches:
+                partition = fetch.tp.partition
+                pm = touched.get(partition) or meters.for_partition(partition)
+                touched[partition] = pm
+                engine = pm.meter
+                run: list[Record] = []  # records since the last tick: one engine batch
+                for msg in fetch.records:
+                    try:
+                        item = decode_wire(msg.value)
+                    except WireError:
+                        stats.wire_errors += 1
+                        log.error("skipping foreign record on %s[%d]@%d", msg.topic,
+                                  partition, msg.offset)
+                        continue
+                    if not isinstance(item, Tick):
+                        run.append(Record(item.value, item.source, item.wall_ms,
+                                          item.record_ms))
+                        continue
                     if run:
                         await _send_rows(usage_out, pm.take(engine.apply(run)))
-                finally:
-                    _current_event.reset(token)
-                touched.append((pm, events[-1]))
-                closed_by.extend(pm.meter.closed_record_ms)
-                pm.meter.closed_record_ms.clear()
-            await usage_out.flush()  # delivered before the state that produced them is stored
-            if closed_by:
-                now = time.time()
-                for record_ms in closed_by:
-                    observability.latency.observe(now - record_ms / 1000)
-            # Flush the very engines this batch used: a rebalance callback may have dropped
-            # them from ``meters`` meanwhile, and a fresh engine (restored from RocksDB
-            # before these writes) would silently lose the batch's state changes.
-            for pm, last_event in touched:
-                token = _current_event.set(weakref.ref(last_event))
-                try:
-                    pm.flush()
-                finally:
-                    _current_event.reset(token)
+                        run = []
+                    engine.report(item.lanes, item.inputs, item.wall_ms)
+                    await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                    while engine.cutting:  # a period cut of many open resources: chunk
+                        # by chunk, each sent, then stored (bounded memory, same order)
+                        await tails.submit(_meter_tail(
+                            usage_out, await usage_out.submit(),
+                            snapshot(list(touched.values())), [], None))
+                        await _send_rows(usage_out, pm.take(engine.advance(CUT_CHUNK)))
+                if run:
+                    await _send_rows(usage_out, pm.take(engine.apply(run)))
+                closed_by.extend(engine.closed_record_ms)
+                engine.closed_record_ms.clear()
+            # The tail stores the states of the very engines this batch used: a rebalance
+            # callback may have dropped them from ``meters`` meanwhile, and a fresh engine
+            # (restored from RocksDB before these writes) would lose the batch's changes.
+            await tails.submit(_meter_tail(usage_out, await usage_out.submit(),
+                                           snapshot(list(touched.values())), closed_by,
+                                           fetches))
+            if any(pm.caches_full for pm in touched.values()):
+                await tails.drain()  # nothing may wait to be stored while caches drop
+                for pm in touched.values():
+                    pm.trim_caches()
         except Exception:
             _die("meter batch failed")
 

@@ -112,8 +112,8 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
                                                                              offset), wall)
         offset += 1
         if offset % BATCH == 0:
-            pm.flush()
-    pm.flush()
+            pm.store_locally()
+    pm.store_locally()
     step = max(1, (HOUR // 2) // max(1, n))
     t0 = time.perf_counter()
     for i in range(n):
@@ -122,8 +122,8 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
         meter.process(ev, Source("bench-cs", 0, offset), wall)
         offset += 1
         if offset % BATCH == 0:
-            pm.flush()
-    pm.flush()
+            pm.store_locally()
+    pm.store_locally()
     open_s = time.perf_counter() - t0
     gc.collect()
     rss_open = _status_bytes("VmRSS")
@@ -146,8 +146,8 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
             intervals += 1
         offset += 1
         if offset % BATCH == 0:
-            pm.flush()
-    pm.flush()
+            pm.store_locally()
+    pm.store_locally()
     batch_s = time.perf_counter() - t0
     rss_peak_steady = _status_bytes("VmHWM")
 
@@ -161,7 +161,7 @@ def child(n: int, events: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
         for row in meter.advance(CUT_CHUNK).rows:
             dumps(row)
             cut += 1
-        pm.flush()
+        pm.store_locally()
         if not meter.cutting:
             break
     cut_s = time.perf_counter() - t0
