@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agents.errors import PreflightError as PreflightError
+from agents.kafkaclient import aiokafka_options
 from metering.guards import Grid, GridAction, grid_decision, partition_refusal
 from metering.settings import Settings
 
@@ -56,7 +57,7 @@ async def _connect(settings: Settings, deadline_s: float) -> Any:
     start = time.monotonic()
     announced = 0.0
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**aiokafka_options(settings), request_timeout_ms=5000)
         try:
             await asyncio.wait_for(admin.start(), max(1.0, deadline_s - (time.monotonic()
                                                                          - start)))
@@ -124,7 +125,7 @@ async def _read_grid(settings: Settings, topic: str) -> tuple[Grid | None, bool]
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tp = TopicPartition(topic, 0)
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+    reader = AIOKafkaConsumer(**aiokafka_options(settings), group_id=None,
                               enable_auto_commit=False, auto_offset_reset="earliest",
                               request_timeout_ms=10_000)
     await reader.start()
@@ -158,7 +159,7 @@ async def _write_grid(settings: Settings, admin: Any, topic: str, exists: bool,
     if not exists:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
                                             topic_configs={"cleanup.policy": "compact"})])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, acks="all",
+    producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all",
                                 request_timeout_ms=10_000)
     await producer.start()
     try:

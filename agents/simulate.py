@@ -22,6 +22,7 @@ from agents.cli.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE,
 from agents.cli.progress import SimulateDisplay, want_progress
 from agents.cli.simulate import DEFAULT_START
 from agents.errors import KafkaFailed as KafkaFailed
+from agents.kafkaclient import client_options
 from metering.eventtime import iso, parse_iso_instant
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.render import parse_offset
@@ -150,7 +151,7 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=15_000)
     await admin.start()
     try:
         if topic not in set(await admin.list_topics()):
@@ -173,7 +174,7 @@ async def _to_kafka(
         raise KafkaFailed(f"cannot reach Kafka at {args.to_kafka}: {exc!r}. Is the broker "
                           "up? (make kafka-up starts a local one)") from exc
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.to_kafka, acks="all", linger_ms=5,
+        **client_options(args.to_kafka), acks="all", linger_ms=5,
         max_batch_size=256 * 1024, compression_type=None, request_timeout_ms=30_000,
     )
     try:
