@@ -29,7 +29,7 @@ EXIT_SECURITY = 2
 
 _UNKNOWN_CA = {2, 19, 20, 21}  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, SELF_SIGNED_IN_CHAIN,
 # UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE
-_HOSTNAME_MISMATCH = 62
+_HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
 _EXPIRED = {9, 10}  # not yet valid, expired
 
 
@@ -62,7 +62,7 @@ def _refuse(s: Settings, message: str) -> PreflightError:
 def _tls_failure(s: Settings, host: str, exc: ssl.SSLError) -> PreflightError:
     code = getattr(exc, "verify_code", None)
     detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-    if code == _HOSTNAME_MISMATCH:
+    if code in _HOSTNAME_MISMATCH:
         return _refuse(s, (
             f"TLS: the broker's certificate does not name the host {host!r} ({detail}): "
             "connect with a host name the certificate lists (--broker / METERING_BROKER, and "
