@@ -494,13 +494,17 @@ def state_file() -> Path:
     return cache_root() / "run" / "kafka-local.json"
 
 
-def up_detached(log: Callable[[str], None] = print) -> dict[str, object]:
-    """Start a broker that outlives this process; record pid, bootstrap and directory."""
+def up_detached(log: Callable[[str], None] = print, secure: bool = False) -> dict[str, object]:
+    """Start a broker that outlives this process; record pid, bootstrap and directory.
+
+    ``secure``: the secure mode, set up for user (and client certificate) ``metering``
+    with the README's ACLs for the default settings and the topics an operator creates;
+    the record then holds the client settings (:func:`secure_setup`)."""
     current = status_detached()
     if current is not None:
         log(f"Kafka is already running at {current['bootstrap']} (pid {current['pid']})")
         return current
-    broker = LocalKafka(die_with_parent=False).start(log)
+    broker = LocalKafka(die_with_parent=False, secure=secure).start(log)
     assert broker.process is not None
     assert broker.workdir is not None
     info: dict[str, object] = {
@@ -510,10 +514,60 @@ def up_detached(log: Callable[[str], None] = print) -> dict[str, object]:
         "version": broker.version,
         "startup_seconds": round(broker.startup_seconds, 2),
     }
+    if secure:
+        try:
+            info.update(secure_setup(broker))
+        except Exception:
+            broker.stop()
+            raise
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2))
     return info
+
+
+def secure_setup(broker: LocalKafka, user: str = "metering") -> dict[str, object]:
+    """Prepare a secure broker for ``user``: the README's ACLs of every role for the default
+    settings (``METERING_APP_ID`` and the topic names from the environment), the input,
+    usage and rejects topics, and the passwords in files (mode 0600). Returns the client
+    settings: ``sasl_env`` and ``tls_env`` (``METERING_*``, the password as a file)."""
+    from agents import acls
+    from metering.settings import SECURITY_FIELDS, load_settings
+
+    assert broker.workdir is not None
+    assert broker.certs is not None
+    names = {k: v for k, v in os.environ.items() if k.startswith("METERING_")
+             and k[len("METERING_"):].lower() not in SECURITY_FIELDS
+             and k != "METERING_BROKER"}
+    settings = load_settings(env=names)
+    wanted = [a for role in acls.ROLES for a in acls.required(settings, role)]
+    asyncio.run(acls.grant(broker.admin_options(), user, sorted(set(wanted))))
+    asyncio.run(_create_topics(broker.admin_options(), settings.partitions, [
+        settings.input_topic, settings.usage_topic, settings.rejects_topic]))
+    files: dict[str, str] = {}
+    for name, password in broker.users().items():
+        path = broker.certs.directory / f"{name}.password"
+        path.write_text(password + "\n")
+        path.chmod(0o600)
+        files[name] = str(path)
+    sasl = {k: v for k, v in broker.sasl_env(user).items() if k != "METERING_SASL_PASSWORD"}
+    sasl["METERING_SASL_PASSWORD_FILE"] = files[user]
+    return {"secure": True, "ssl_bootstrap": broker.ssl_bootstrap, "sasl_env": sasl,
+            "tls_env": broker.tls_env(user), "admin_password_file": files[ADMIN_USER],
+            "acls": [a.command(user, broker.bootstrap) for a in sorted(set(wanted))]}
+
+
+async def _create_topics(options: dict[str, Any], partitions: int, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in dict.fromkeys(names)
+                                   if n not in existing])
+    finally:
+        await admin.close()
 
 
 def _pid_alive(pid: int) -> bool:

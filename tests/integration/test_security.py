@@ -309,3 +309,19 @@ def test_hostname_mismatch_is_named(secure_kafka: LocalKafka, tmp_path: Path) ->
         thread.join(10)
     assert "does not name the host '127.0.0.1:" in line
     assert "--ssl-check-hostname" in line
+
+
+def test_simulate_without_write_acl_is_named(secure_kafka: LocalKafka, tmp_path: Path) -> None:
+    """``simulate --to-kafka`` as a principal without WRITE on the topic: one named cause."""
+    topic = f"forbidden-{os.urandom(3).hex()}"
+    env = secure_kafka.sasl_env("s1")
+    started = time.monotonic()
+    out = run_cli(["simulate", "--accounts", "2", "--days", "0.1", "--to-kafka",
+                   secure_kafka.bootstrap, "--topic", topic, "--no-progress"], env,
+                  timeout=DEADLINE_S + 30)
+    assert time.monotonic() - started < DEADLINE_S
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"principal User:s1 may not write topic '{topic}'" in out.stderr
+    assert f"--allow-principal User:s1 --operation Write --topic {topic}" in out.stderr
+    assert USERS["s1"] not in out.stdout + out.stderr
+    print(out.stderr.strip())
