@@ -84,6 +84,15 @@ def required(s: Settings, role: str) -> list[Acl]:
     return {"worker": worker_acls, "archive": archive_acls, "simulate": simulate_acls}[role](s)
 
 
+def tenant_acls(prefix: str) -> list[Acl]:
+    """One tenant's whole namespace (``topic_prefix`` = ``prefix``): every topic and group
+    whose name starts with it, for the worker, the archive and ``simulate`` of the tenant
+    (the roles' own lists, :func:`required`, are narrower and also valid)."""
+    return [*(Acl("topic", "PREFIXED", prefix, op, "the tenant's topics")
+              for op in ("Read", "Write", "Create")),
+            Acl("group", "PREFIXED", prefix, "Read", "the tenant's consumer groups")]
+
+
 def markdown_table(s: Settings) -> str:
     """The README table of :func:`required` for every role."""
     rows = ["| role | resource | pattern | name | operation | why |",

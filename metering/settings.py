@@ -118,6 +118,10 @@ class Settings:
     ssl_check_hostname: bool = field(default=True, metadata={
         "help": "check that the broker's certificate names the host connected to (turn off "
         "only for tests)"})
+    topic_prefix: str = field(default="", metadata={
+        "help": "tenant prefix put before app_id and every topic name (so before every "
+        "changelog, internal topic and consumer group), e.g. 'tenant-a.'; names are given "
+        "without it"})
 
     @property
     def lateness_ms(self) -> int:
@@ -337,6 +341,25 @@ def load_settings(
                             f"{exc.strerror or exc}")
     if problems:
         raise SettingsError(problems)
-    settings = dataclasses.replace(Settings(), **values)
+    settings = with_topic_prefix(dataclasses.replace(Settings(), **values))
     settings.validate()
     return settings
+
+
+PREFIXED_FIELDS: Final = ["app_id", "input_topic", "usage_topic", "rejects_topic",
+                          "events_topic"]
+"""The names ``topic_prefix`` goes before (``app_id`` carries it to the consumer groups,
+Faust's changelogs and leader topic, the grid topic and the archive's group). A new setting
+that names a topic or group belongs here."""
+
+
+def with_topic_prefix(s: Settings) -> Settings:
+    """``s`` with ``topic_prefix`` put before every name of :data:`PREFIXED_FIELDS`
+    (applied once, by :func:`load_settings`; the prefix stays recorded in ``topic_prefix``)."""
+    if not s.topic_prefix:
+        return s
+    if not _TOPIC.match(s.topic_prefix):
+        raise SettingsError([f"topic_prefix: {s.topic_prefix!r} is not valid in a Kafka name "
+                             "(letters, digits, '.', '_', '-')"])
+    return dataclasses.replace(s, **{name: s.topic_prefix + getattr(s, name)
+                                     for name in PREFIXED_FIELDS})

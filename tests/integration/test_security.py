@@ -34,13 +34,13 @@ from agents.tlscerts import make_ca, server_cert
 from metering.eventtime import format_event_time
 from metering.settings import load_settings
 from storage.dataset import read_dataset
-from tests.integration.kafkautil import dump_kcat, produce
+from tests.integration.kafkautil import consume, dump_kcat, produce, usage_rows
 from tests.integration.test_worker import replay_rows
 from tests.integration.workerproc import WorkerProc
 
 PARTITIONS = 4
 USERS = {name: f"pw-{name}-{os.urandom(6).hex()}" for name in (
-    "w1", "a1", "s1", "limited", "nogroup")}
+    "w1", "a1", "s1", "limited", "nogroup", "tenant-a", "tenant-b")}
 """SCRAM users (made at format time): worker, archive, simulate of the SASL run; two for
 the missing-ACL cases. The mutual-TLS run uses client certificates CN=w2, a2, s2."""
 DEADLINE_S = 30.0
@@ -102,6 +102,23 @@ def grant(broker: LocalKafka, principal: str, role: str, env: dict[str, str],
               if (a.name, a.operation) != drop]
     asyncio.run(acls.grant(broker.admin_options(), principal, wanted))
     return wanted
+
+
+def topic_errors(s: Any, topics: list[str]) -> dict[str, int]:
+    """Topic -> the error code of a metadata request made with the settings ``s``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from agents.kafkaclient import aiokafka_options
+
+    async def run() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(**aiokafka_options(s))
+        await admin.start()
+        try:
+            return {t["topic"]: t["error_code"] for t in await admin.describe_topics(topics)}
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
 
 
 def archived_rows(archive: Path) -> dict[str, dict[str, Any]]:
@@ -325,3 +342,86 @@ def test_simulate_without_write_acl_is_named(secure_kafka: LocalKafka, tmp_path:
     assert f"--allow-principal User:s1 --operation Write --topic {topic}" in out.stderr
     assert USERS["s1"] not in out.stdout + out.stderr
     print(out.stderr.strip())
+
+
+def test_two_tenants_share_a_broker_apart(secure_kafka: LocalKafka, tmp_path: Path) -> None:
+    """Two tenants (``topic_prefix``) on one broker, each principal with only PREFIXED ACLs
+    on its own prefix: both pipelines give their own replay's usage, and neither principal
+    can read the other's topics or run against the other's prefix."""
+    from agents import kafkacheck
+
+    broker = secure_kafka
+    tag = os.urandom(3).hex()
+    tenants = {"tenant-a": f"ta-{tag}.", "tenant-b": f"tb-{tag}."}
+    base = {"METERING_IDLE_ADVANCE": "100000", "METERING_PARTITIONS": str(PARTITIONS)}
+    env_of = {t: {**broker.sasl_env(t), **base, "METERING_TOPIC_PREFIX": prefix}
+              for t, prefix in tenants.items()}
+    for tenant, prefix in tenants.items():
+        asyncio.run(acls.grant(broker.admin_options(), tenant, acls.tenant_acls(prefix)))
+    settings = {t: load_settings(env=e) for t, e in env_of.items()}
+    assert settings["tenant-a"].input_topic == f"ta-{tag}.cs"
+    assert settings["tenant-a"].app_id == f"ta-{tag}.metering"
+    create_topics(broker, [name for s in settings.values() for name in (
+        s.input_topic, s.usage_topic, s.rejects_topic)])
+
+    expected: dict[str, dict[str, dict[str, Any]]] = {}
+    for seed, (tenant, s) in enumerate(settings.items()):  # each tenant feeds its own input
+        truth = tmp_path / f"{tenant}-truth.json"
+        sim = run_cli(["simulate", "--accounts", "3", "--days", "0.3", "--seed", str(31 + seed),
+                       "--to-kafka", broker.bootstrap, "--topic", s.input_topic,
+                       "--partitions", str(PARTITIONS), "--truth", str(truth), "--no-progress"],
+                      env_of[tenant])
+        assert sim.returncode == 0, sim.stdout + sim.stderr
+        end = orjson.loads(truth.read_bytes())["until_ms"]
+        (tmp_path / tenant).mkdir()
+        with as_admin(broker):
+            for p in range(PARTITIONS):
+                produce(broker.bootstrap, s.input_topic, [(None, orjson.dumps({
+                    "eventDateTime": format_event_time(end + 5_400_000), "event": "VM.STOP",
+                    "resource": "com.cloud.vm.VirtualMachine", "id": f"sentinel-{p}",
+                    "account": "sentinel", "zone": "z"}))] * 2, partition=p)
+            expected[tenant] = replay_rows(dump_kcat(broker.bootstrap, s.input_topic),
+                                           tmp_path / tenant)
+        assert expected[tenant]
+    assert not set(expected["tenant-a"]) & set(expected["tenant-b"])
+
+    workers = {t: WorkerProc(broker.bootstrap, settings[t].app_id, settings[t].input_topic,
+                             tmp_path / t / "data", partitions=PARTITIONS,
+                             extra={**env_of[t], "METERING_APP_ID": "metering",
+                                    "METERING_INPUT_TOPIC": "cs", "METERING_USAGE_TOPIC": "usage",
+                                    "METERING_REJECTS_TOPIC": "metering.rejected",
+                                    "METERING_EVENTS_TOPIC": "metering.events"})
+               for t in tenants}
+    try:
+        for w in workers.values():
+            w.start()
+        for tenant, w in workers.items():
+            w.wait_ready()
+            with as_admin(broker):
+                got = consume(broker.bootstrap, settings[tenant].usage_topic,
+                              lambda msgs, t=tenant: {orjson.loads(m.value)["interval_id"]
+                                                      for m in msgs} >= set(expected[t]),
+                              deadline_s=180)
+            rows = usage_rows(got)
+            assert set(rows) == set(expected[tenant]), w.tail()
+            for interval_id, row in rows.items():
+                assert row == expected[tenant][interval_id]
+        for w in workers.values():
+            assert w.stop() == 0
+    finally:
+        for w in workers.values():
+            w.kill()
+
+    # neither can see the other's topics (the broker answers TOPIC_AUTHORIZATION_FAILED to
+    # their metadata, so no fetch can be authorized) while its own are readable ...
+    a, b = settings["tenant-a"], settings["tenant-b"]
+    for reader, other in ((a, b), (b, a)):
+        others = [other.usage_topic, other.input_topic, other.rejects_topic,
+                  f"{other.app_id}-grid"]
+        assert topic_errors(reader, others) == dict.fromkeys(others, 29)
+        assert topic_errors(reader, [reader.usage_topic]) == {reader.usage_topic: 0}
+        assert asyncio.run(kafkacheck._can_read(reader, reader.usage_topic))
+    # ... nor run against the other's prefix: one named refusal
+    line = _refused({**env_of["tenant-a"], "METERING_TOPIC_PREFIX": tenants["tenant-b"]},
+                    tmp_path / "cross")
+    assert f"principal User:tenant-a may not read topic '{b.input_topic}'" in line

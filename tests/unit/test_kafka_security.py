@@ -175,3 +175,29 @@ def test_secure_broker_properties() -> None:
     assert "authorizer" not in plain  # make demo stays PLAINTEXT
     assert scram_arguments({"u": "p"}) == ["--add-scram=SCRAM-SHA-512=[name=u,password=p]",
                                            "--add-scram=SCRAM-SHA-256=[name=u,password=p]"]
+
+
+def test_topic_prefix_goes_before_every_topic_and_group_once() -> None:
+    s = load_settings(env={"METERING_TOPIC_PREFIX": "tenant-a.", "METERING_INPUT_TOPIC": "cs"})
+    assert (s.app_id, s.input_topic, s.usage_topic, s.rejects_topic, s.events_topic) == (
+        "tenant-a.metering", "tenant-a.cs", "tenant-a.usage", "tenant-a.metering.rejected",
+        "tenant-a.metering.events")
+    # the groups, changelogs, leader and grid topics derive from app_id
+    assert all(a.name.startswith("tenant-a.") for r in acls.ROLES for a in acls.required(s, r))
+    assert {(a.resource, a.pattern, a.name) for a in acls.tenant_acls("tenant-a.")} == {
+        ("topic", "PREFIXED", "tenant-a."), ("group", "PREFIXED", "tenant-a.")}
+    assert "topic_prefix: 'a/b' is not valid" in problems({"METERING_TOPIC_PREFIX": "a/b"})
+    out = subprocess.run([sys.executable, "-m", "agents", "check-config", "--topic-prefix",
+                          "t."], capture_output=True, text=True, check=True)
+    assert '"input_topic": "t.cs"' in out.stdout  # once, though the CLI loads twice
+
+
+def test_faust_derives_changelogs_and_group_from_the_prefixed_app_id() -> None:
+    from agents.faustapp import make_app
+
+    s = load_settings(env={"METERING_TOPIC_PREFIX": "tb."})
+    app = make_app(s)
+    table = app.Table("meters", default=None)
+    assert app.conf.id == "tb.metering"  # the consumer group
+    assert table.changelog_topic.get_topic_name() == "tb.metering-meters-changelog"
+    assert app._leader_assignor._leader_topic_name == "tb.metering-__assignor-__leader"
