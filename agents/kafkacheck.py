@@ -8,8 +8,8 @@ failure becomes :class:`~agents.errors.PreflightError` naming the cause and the 
 the ACL to fix (never a secret: messages go through :func:`metering.settings.redact`).
 
 A failure that waiting cannot cure (credentials, certificates, protocol, ACLs) is final
-at once (exit 2); an unreachable broker is :class:`Unreachable`, which the caller retries
-until its deadline.
+at once (exit 2); an unreachable broker is :class:`~agents.errors.BrokerUnreachable`,
+which the caller retries until its deadline.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from agents import acls
-from agents.errors import PreflightError
+from agents.errors import BrokerUnreachable, HandshakeClosed, PreflightError
 from agents.kafkaclient import aiokafka_options, uses_sasl, uses_tls
 from metering.settings import Settings, redact
 
@@ -31,10 +31,6 @@ _UNKNOWN_CA = {2, 19, 20, 21}  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, SELF_SIGN
 # UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE
 _HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
 _EXPIRED = {9, 10}  # not yet valid, expired
-
-
-class Unreachable(Exception):
-    """The broker did not answer (refused, reset, timed out): worth waiting for."""
 
 
 def principal(s: Settings) -> str:
@@ -88,7 +84,7 @@ def _tls_failure(s: Settings, host: str, exc: ssl.SSLError) -> PreflightError:
         "port in --broker)"))
 
 
-def _closed(s: Settings, host: str) -> PreflightError:
+def _closed(s: Settings, host: str) -> HandshakeClosed:
     if s.security_protocol == "SSL" and not s.ssl_certfile:
         hint = ("the listener may require a client certificate: set --ssl-certfile and "
                 "--ssl-keyfile (METERING_SSL_CERTFILE, METERING_SSL_KEYFILE), or it speaks "
@@ -104,14 +100,26 @@ def _closed(s: Settings, host: str) -> PreflightError:
     else:
         hint = (f"the listener does not speak {s.security_protocol}: check "
                 "--security-protocol / METERING_SECURITY_PROTOCOL and the port in --broker")
-    return _refuse(s, f"the broker at {host} closed the connection during the handshake: "
-                      f"{hint}")
+    return HandshakeClosed(EXIT_SECURITY, redact(
+        f"the broker at {host} closed the connection during the handshake: {hint}", s))
 
 
 async def probe(s: Settings, timeout_s: float = 15.0) -> None:
-    """Connect once to the first bootstrap server with the security settings and ask for
+    """Connect to the first bootstrap server with the security settings and ask for
     metadata. Returns if that worked; :class:`PreflightError` for a failure waiting cannot
-    cure; :class:`Unreachable` otherwise."""
+    cure; :class:`~agents.errors.BrokerUnreachable` otherwise.
+
+    A connection closed by the broker during the handshake is refused only when a second
+    attempt a second later is closed too (a broker shutting down also closes connections).
+    """
+    try:
+        await _probe_once(s, timeout_s)
+    except HandshakeClosed:
+        await asyncio.sleep(1.0)  # one retry before calling the protocol wrong
+        await _probe_once(s, timeout_s)
+
+
+async def _probe_once(s: Settings, timeout_s: float) -> None:
     from aiokafka import errors
     from aiokafka.conn import create_conn
     from aiokafka.protocol.metadata import MetadataRequest
@@ -146,15 +154,15 @@ async def probe(s: Settings, timeout_s: float = 15.0) -> None:
         raise _tls_failure(s, where, exc) from None
     except errors.KafkaConnectionError as exc:
         if stage == "metadata" and uses_tls(s) and not uses_sasl(s):
-            raise _refuse(s, (
+            raise HandshakeClosed(EXIT_SECURITY, redact((
                 f"the listener at {where} accepted TLS but not the requests that follow: it "
                 "requires SASL (set --security-protocol SASL_SSL, --sasl-mechanism, "
-                "--sasl-username and the password)")) from None
+                "--sasl-username and the password)"), s)) from None
         if "closed" in str(exc) or stage == "metadata":
             raise _closed(s, where) from None
-        raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        raise BrokerUnreachable(f"{type(exc).__name__}: {exc}") from None
     except (TimeoutError, OSError) as exc:
-        raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        raise BrokerUnreachable(f"{type(exc).__name__}: {exc}") from None
     finally:
         if conn is not None:
             conn.close()

@@ -22,8 +22,8 @@ import orjson
 from agents.cli.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, fail
 from agents.cli.progress import SimulateDisplay, want_progress
 from agents.cli.simulate import DEFAULT_START
+from agents.errors import BrokerUnreachable, PreflightError
 from agents.errors import KafkaFailed as KafkaFailed
-from agents.errors import PreflightError
 from agents.kafkaclient import client_options
 from metering.eventtime import iso, parse_iso_instant
 from metering.simulate.cloud import DAY, Cloud, SimConfig
@@ -178,7 +178,7 @@ async def _to_kafka(
         await kafkacheck.probe(security)
     except PreflightError as exc:
         raise KafkaFailed(str(exc)) from None
-    except kafkacheck.Unreachable:
+    except BrokerUnreachable:
         pass  # said below, with the address
     denied = KafkaFailed(str(kafkacheck.denied(security, "simulate", "topic", args.topic,
                                                "Write", f"write topic {args.topic!r}")))

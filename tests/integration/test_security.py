@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import ssl
 import subprocess
@@ -33,9 +32,8 @@ from agents.localkafka import LocalKafka
 from agents.tlscerts import make_ca, server_cert
 from metering.eventtime import format_event_time
 from metering.settings import load_settings
-from storage.dataset import read_dataset
 from tests.integration.kafkautil import consume, dump_kcat, produce, usage_rows
-from tests.integration.test_worker import replay_rows
+from tests.integration.test_worker import dataset_rows, replay_rows
 from tests.integration.workerproc import WorkerProc
 
 PARTITIONS = 4
@@ -122,16 +120,7 @@ def topic_errors(s: Any, topics: list[str]) -> dict[str, int]:
 
 
 def archived_rows(archive: Path) -> dict[str, dict[str, Any]]:
-    if not any(archive.rglob("*.parquet")):
-        return {}
-    rows = {}
-    for row in read_dataset(archive).to_pylist():
-        row.pop("usage_date")
-        for k in ("start", "end", "period_start"):
-            value: dt.datetime = row[k]
-            row[k] = int(value.timestamp() * 1000)
-        rows[row["interval_id"]] = row
-    return rows
+    return dataset_rows(archive) if any(archive.rglob("*.parquet")) else {}
 
 
 def run_cli(args: list[str], env: dict[str, str],
@@ -202,12 +191,16 @@ def test_pipeline_end_to_end_with_exactly_the_documented_acls(
         assert set(rows) == set(expected)
         for interval_id, row in rows.items():
             assert row == expected[interval_id]
+        secrets = [USERS[p] for p in who.values() if p in USERS]
+        scraped = worker.metrics("") + archive.metrics("")
+        assert "metering_build_info" in scraped
+        for secret in secrets:
+            assert secret not in scraped  # no secret in any metric label or value
         assert worker.stop() == 0
         assert archive.stop() == 0
     finally:
         worker.kill()
         archive.kill()
-    secrets = [USERS[p] for p in who.values() if p in USERS]
     for proc in (worker, archive):
         assert proc.log_path is not None
         text = proc.log_path.read_text(errors="replace")
