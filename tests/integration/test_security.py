@@ -418,3 +418,33 @@ def test_two_tenants_share_a_broker_apart(secure_kafka: LocalKafka, tmp_path: Pa
     line = _refused({**env_of["tenant-a"], "METERING_TOPIC_PREFIX": tenants["tenant-b"]},
                     tmp_path / "cross")
     assert f"principal User:tenant-a may not read topic '{b.input_topic}'" in line
+
+
+def test_the_write_check_appends_nothing(secure_kafka: LocalKafka) -> None:
+    """The WRITE check is an empty produce request: granted or not, the log does not grow."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from agents import kafkacheck
+    from tests.integration.kafkautil import end_offsets
+
+    topic = f"writecheck-{os.urandom(3).hex()}"
+    create_topics(secure_kafka, [topic])
+    grant(secure_kafka, "limited", "simulate", {"METERING_INPUT_TOPIC": topic})
+
+    async def check(env: dict[str, str]) -> bool:
+        from agents.kafkaclient import aiokafka_options
+
+        admin = AIOKafkaAdminClient(**aiokafka_options(load_settings(env=env)))
+        await admin.start()
+        try:  # the leader of partition 0: the only broker (node 1)
+            return await kafkacheck._can_write(admin, topic, 1)
+        finally:
+            await admin.close()
+
+    with as_admin(secure_kafka):
+        before = end_offsets(secure_kafka.bootstrap, topic)
+    assert asyncio.run(check(secure_kafka.sasl_env("limited")))  # granted (simulate role)
+    assert not asyncio.run(check(secure_kafka.sasl_env("nogroup")))  # no ACL on the topic
+    with as_admin(secure_kafka):
+        assert end_offsets(secure_kafka.bootstrap, topic) == before == dict.fromkeys(
+            range(PARTITIONS), 0)
