@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from agents.errors import DemoError as DemoError
+from agents.kafkaclient import client_options
 
 CHART_NAME = "usage-by-type.png"
 CHART_TYPES = 9
@@ -497,10 +498,10 @@ async def _monitor(bootstrap: str, env: dict[str, str], procs: list[subprocess.P
 
     usage_topic, rejects_topic = env["METERING_USAGE_TOPIC"], env["METERING_REJECTS_TOPIC"]
     input_topic, group = env["METERING_INPUT_TOPIC"], env["METERING_APP_ID"]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 metadata_max_age_ms=2000)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await consumer.start()
     await admin.start()
     consumer.subscribe(pattern=f"^({usage_topic}|{rejects_topic})$".replace(".", r"\."))

@@ -39,3 +39,12 @@ class PreflightError(AgentError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BrokerUnreachable(AgentError):
+    """The broker did not answer (refused, reset, timed out): worth waiting for."""
+
+
+class HandshakeClosed(PreflightError):
+    """The broker closed the connection during the TLS or SASL handshake (a refusal, unless
+    a retry succeeds: a broker shutting down closes connections too)."""

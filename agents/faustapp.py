@@ -17,6 +17,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.worker import Worker as FaustWorker
 from mode.worker import Worker as ModeWorker
 
+from agents.kafkaclient import faust_options
 from metering.settings import Settings
 
 # Table writes queue one changelog record each in Faust's ProducerBuffer; above
@@ -151,4 +152,5 @@ def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None
         key_serializer="raw",  # metering encodes and decodes every byte itself
         value_serializer="raw",
         recovery_consistency_check=True,
+        **faust_options(s),  # SASL / TLS (agents.kafkaclient)
     )

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,10 +36,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.errors import BrokerError as BrokerError
 from agents.errors import BrokerStartError as BrokerStartError
 from agents.errors import JarsUnavailableError as JarsUnavailableError
+from agents.tlscerts import Certs, make_certs
 
 KAFKA_VERSION = "3.9.1"
 DEFAULT_HEAP = "1g"
@@ -177,6 +180,57 @@ def render_server_properties(
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
+ADMIN_USER = "admin"
+"""The secure broker's super user (SCRAM, both mechanisms): sets up ACLs in tests."""
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+def secure_server_properties(
+    *, sasl_port: int, ssl_port: int, controller_port: int, keystore: Path | str,
+    store_password: str, truststore: Path | str, admin_password: str,
+) -> dict[str, str]:
+    """The properties that make the broker secure (merged over the PLAINTEXT ones).
+
+    * ``SASL_SSL`` (SCRAM-SHA-512 and -256; users created at format time) and ``SSL``
+      requiring a client certificate (principal: the certificate's CN), both on 127.0.0.1;
+    * KRaft's StandardAuthorizer, ``allow.everyone.if.no.acl.found=false``; super users:
+      ``admin`` (inter-broker traffic and the ACL set-up) and ``ANONYMOUS``, the principal
+      of the PLAINTEXT controller listener (broker-to-controller requests need
+      CLUSTER_ACTION; no client listener is PLAINTEXT).
+    """
+    jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+    return {
+        "listeners": (f"SASL_SSL://127.0.0.1:{sasl_port},SSL://127.0.0.1:{ssl_port},"
+                      f"CONTROLLER://127.0.0.1:{controller_port}"),
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{sasl_port},SSL://127.0.0.1:{ssl_port}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+        "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+            f'{jaas} username="{ADMIN_USER}" password="{admin_password}";'),
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": f"{jaas};",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(keystore),
+        "ssl.keystore.password": store_password,
+        "ssl.key.password": store_password,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(truststore),
+        "listener.name.ssl.ssl.client.auth": "required",
+        "ssl.principal.mapping.rules": "RULE:^CN=([^,]+).*$/$1/,DEFAULT",
+        "authorizer.class.name": STANDARD_AUTHORIZER,
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": f"User:{ADMIN_USER};User:ANONYMOUS",
+    }
+
+
+def scram_arguments(users: dict[str, str]) -> list[str]:
+    """``kafka-storage format --add-scram`` arguments: every user with both mechanisms."""
+    return [f"--add-scram={mech}=[name={name},password={password}]"
+            for name, password in sorted(users.items()) for mech in SCRAM_MECHANISMS]
+
+
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGKILL this child when its parent dies (PR_SET_PDEATHSIG = 1)."""
     with contextlib.suppress(Exception):
@@ -185,7 +239,7 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
     os.setsid()
 
 
-async def _admin_ready(bootstrap: str) -> bool:
+async def _admin_ready(bootstrap: str, options: dict[str, Any] | None = None) -> bool:
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -193,7 +247,8 @@ async def _admin_ready(bootstrap: str) -> bool:
     # Connection refusals are expected while the JVM boots; keep them out of the output.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **(options or {})},
+                                request_timeout_ms=3000)
     try:
         await admin.start()
         await admin.list_topics()
@@ -205,13 +260,17 @@ async def _admin_ready(bootstrap: str) -> bool:
             await admin.close()
 
 
-def wait_until_ready(bootstrap: str, deadline_s: float, is_alive: Callable[[], bool]) -> bool:
-    """Poll an admin ``list_topics`` until it succeeds, the process dies or time runs out."""
+def wait_until_ready(bootstrap: str, deadline_s: float, is_alive: Callable[[], bool],
+                     options: Callable[[], dict[str, Any]] | None = None) -> bool:
+    """Poll an admin ``list_topics`` until it succeeds, the process dies or time runs out.
+
+    ``options``: the admin client's security options (made per attempt: an SSL context
+    belongs to one event loop's connections)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if not is_alive():
             return False
-        if asyncio.run(_admin_ready(bootstrap)):
+        if asyncio.run(_admin_ready(bootstrap, options() if options else None)):
             return True
         time.sleep(0.25)  # poll interval of a deadline-bounded readiness loop
     return False
@@ -230,11 +289,60 @@ class LocalKafka:
     controller_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     startup_seconds: float = 0.0
+    secure: bool = False
+    """Secure mode: SASL_SSL and mutual-TLS listeners, ACLs enforced (no PLAINTEXT client
+    listener; :attr:`bootstrap` is the SASL_SSL one)."""
+    scram_users: dict[str, str] = field(default_factory=dict, repr=False)
+    """Secure mode: SCRAM users (name -> password) created at format time, besides
+    ``admin``; ``metering`` is added with a random password when empty."""
+    client_certs: tuple[str, ...] = ("metering",)
+    """Secure mode: client certificates to issue (CN = principal name)."""
+    ssl_port: int = 0
+    certs: Certs | None = field(default=None, repr=False)
 
     @property
     def bootstrap(self) -> str:
-        """``host:port`` of the PLAINTEXT listener."""
+        """``host:port`` of the client listener (PLAINTEXT; SASL_SSL in secure mode)."""
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """Secure mode: ``host:port`` of the SSL listener that requires client certificates."""
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def sasl_env(self, user: str, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """``METERING_*`` settings for ``user`` over SASL_SSL (secure mode); the password is
+        in the environment value: hand it to a child process, never print it."""
+        assert self.certs is not None, "not a secure broker"
+        return {"METERING_BROKER": self.bootstrap, "METERING_SECURITY_PROTOCOL": "SASL_SSL",
+                "METERING_SASL_MECHANISM": mechanism, "METERING_SASL_USERNAME": user,
+                "METERING_SASL_PASSWORD": self.users()[user],
+                "METERING_SSL_CAFILE": str(self.certs.ca)}
+
+    def tls_env(self, client: str) -> dict[str, str]:
+        """``METERING_*`` settings for the client certificate ``client`` over mutual TLS."""
+        assert self.certs is not None, "not a secure broker"
+        cert, key = self.certs.clients[client]
+        return {"METERING_BROKER": self.ssl_bootstrap, "METERING_SECURITY_PROTOCOL": "SSL",
+                "METERING_SSL_CAFILE": str(self.certs.ca),
+                "METERING_SSL_CERTFILE": str(cert), "METERING_SSL_KEYFILE": str(key)}
+
+    def users(self) -> dict[str, str]:
+        """Every SCRAM user of the secure broker, ``admin`` included (name -> password)."""
+        if not self.scram_users:
+            self.scram_users["metering"] = secrets.token_hex(12)
+        if ADMIN_USER not in self.scram_users:
+            self.scram_users[ADMIN_USER] = secrets.token_hex(16)
+        return self.scram_users
+
+    def admin_options(self) -> dict[str, Any]:
+        """aiokafka options of the super user (PLAINTEXT brokers: just the bootstrap)."""
+        if not self.secure:
+            return {"bootstrap_servers": self.bootstrap}
+        from agents.kafkaclient import aiokafka_options
+        from metering.settings import load_settings
+
+        return aiokafka_options(load_settings(env=self.sasl_env(ADMIN_USER)))
 
     @property
     def log_path(self) -> Path:
@@ -260,13 +368,25 @@ class LocalKafka:
         self.controller_port = self.controller_port or free_port()
         data = self.workdir / "data"
         props = self.workdir / "server.properties"
-        props.write_text(
-            render_server_properties(
-                client_port=self.client_port,
-                controller_port=self.controller_port,
-                log_dir=data,
-            )
+        text = render_server_properties(
+            client_port=self.client_port,
+            controller_port=self.controller_port,
+            log_dir=data,
         )
+        if self.secure:
+            self.ssl_port = self.ssl_port or free_port()
+            tls = self.workdir / "tls"
+            if self.certs is None:
+                self.certs = make_certs(tls, clients=self.client_certs)
+            extra = secure_server_properties(
+                sasl_port=self.client_port, ssl_port=self.ssl_port,
+                controller_port=self.controller_port, keystore=self.certs.keystore,
+                store_password=self.certs.store_password, truststore=self.certs.ca,
+                admin_password=self.users()[ADMIN_USER])
+            lines = dict(line.split("=", 1) for line in text.splitlines())
+            text = "".join(f"{k}={v}\n" for k, v in {**lines, **extra}.items())
+        props.write_text(text)
+        props.chmod(0o600)  # holds the keystore and admin passwords in secure mode
         log4j = self.workdir / "log4j.properties"
         log4j.write_text(LOG4J_PROPERTIES)
         cp = f"{klibs}/*"
@@ -274,8 +394,9 @@ class LocalKafka:
         started = time.monotonic()
         fmt = None
         if not (data / "meta.properties").exists():  # else a restart: keep id and data
+            scram = scram_arguments(self.users()) if self.secure else []
             fmt = subprocess.run(
-                format_command(common, new_cluster_id(), props),
+                format_command(common, new_cluster_id(), props) + scram,
                 capture_output=True, text=True, check=False,
             )
         if fmt is not None and fmt.returncode != 0:
@@ -301,7 +422,7 @@ class LocalKafka:
         )
         logf.close()
         ok = wait_until_ready(
-            self.bootstrap, self.start_timeout_s, lambda: self.alive
+            self.bootstrap, self.start_timeout_s, lambda: self.alive, self.admin_options
         )
         if not ok:
             tail = self.log_tail()
@@ -373,13 +494,17 @@ def state_file() -> Path:
     return cache_root() / "run" / "kafka-local.json"
 
 
-def up_detached(log: Callable[[str], None] = print) -> dict[str, object]:
-    """Start a broker that outlives this process; record pid, bootstrap and directory."""
+def up_detached(log: Callable[[str], None] = print, secure: bool = False) -> dict[str, object]:
+    """Start a broker that outlives this process; record pid, bootstrap and directory.
+
+    ``secure``: the secure mode, set up for user (and client certificate) ``metering``
+    with the README's ACLs for the default settings and the topics an operator creates;
+    the record then holds the client settings (:func:`secure_setup`)."""
     current = status_detached()
     if current is not None:
         log(f"Kafka is already running at {current['bootstrap']} (pid {current['pid']})")
         return current
-    broker = LocalKafka(die_with_parent=False).start(log)
+    broker = LocalKafka(die_with_parent=False, secure=secure).start(log)
     assert broker.process is not None
     assert broker.workdir is not None
     info: dict[str, object] = {
@@ -389,10 +514,60 @@ def up_detached(log: Callable[[str], None] = print) -> dict[str, object]:
         "version": broker.version,
         "startup_seconds": round(broker.startup_seconds, 2),
     }
+    if secure:
+        try:
+            info.update(secure_setup(broker))
+        except Exception:
+            broker.stop()
+            raise
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2))
     return info
+
+
+def secure_setup(broker: LocalKafka, user: str = "metering") -> dict[str, object]:
+    """Prepare a secure broker for ``user``: the README's ACLs of every role for the default
+    settings (``METERING_APP_ID`` and the topic names from the environment), the input,
+    usage and rejects topics, and the passwords in files (mode 0600). Returns the client
+    settings: ``sasl_env`` and ``tls_env`` (``METERING_*``, the password as a file)."""
+    from agents import acls
+    from metering.settings import SECURITY_FIELDS, load_settings
+
+    assert broker.workdir is not None
+    assert broker.certs is not None
+    names = {k: v for k, v in os.environ.items() if k.startswith("METERING_")
+             and k[len("METERING_"):].lower() not in SECURITY_FIELDS
+             and k != "METERING_BROKER"}
+    settings = load_settings(env=names)
+    wanted = [a for role in acls.ROLES for a in acls.required(settings, role)]
+    asyncio.run(acls.grant(broker.admin_options(), user, sorted(set(wanted))))
+    asyncio.run(_create_topics(broker.admin_options(), settings.partitions, [
+        settings.input_topic, settings.usage_topic, settings.rejects_topic]))
+    files: dict[str, str] = {}
+    for name, password in broker.users().items():
+        path = broker.certs.directory / f"{name}.password"
+        path.write_text(password + "\n")
+        path.chmod(0o600)
+        files[name] = str(path)
+    sasl = {k: v for k, v in broker.sasl_env(user).items() if k != "METERING_SASL_PASSWORD"}
+    sasl["METERING_SASL_PASSWORD_FILE"] = files[user]
+    return {"secure": True, "ssl_bootstrap": broker.ssl_bootstrap, "sasl_env": sasl,
+            "tls_env": broker.tls_env(user), "admin_password_file": files[ADMIN_USER],
+            "acls": [a.command(user, broker.bootstrap) for a in sorted(set(wanted))]}
+
+
+async def _create_topics(options: dict[str, Any], partitions: int, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in dict.fromkeys(names)
+                                   if n not in existing])
+    finally:
+        await admin.close()
 
 
 def _pid_alive(pid: int) -> bool:

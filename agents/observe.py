@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from agents.catalogue import BY_NAME, LATENCY_BUCKETS
 from agents.faustapi import on_partitions_assigned, timer
+from agents.kafkaclient import aiokafka_options
 from metering import __version__
 from metering.events import Category, RejectReason
 from metering.observe import Readiness, consumer_lag, readiness
@@ -116,12 +117,12 @@ class LagMonitor:
 
         async with self._clients_lock:  # lag refresh and ticks share the clients
             if self._admin is None:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.broker,
+                admin = AIOKafkaAdminClient(**aiokafka_options(self.settings),
                                             request_timeout_ms=10_000)
                 await admin.start()
                 self._admin = admin
             if self._offsets is None:
-                consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker,
+                consumer = AIOKafkaConsumer(**aiokafka_options(self.settings),
                                             enable_auto_commit=False, group_id=None,
                                             request_timeout_ms=10_000)
                 await consumer.start()

@@ -55,6 +55,7 @@ from agents.faustapi import (
     timer,
 )
 from agents.fetches import Fetch
+from agents.kafkaclient import aiokafka_options
 from agents.liveness import CHECK_INTERVAL as LIVENESS_INTERVAL
 from agents.liveness import Liveness
 from agents.observe import Observability, WorkerCounts, dir_bytes, family
@@ -447,8 +448,8 @@ async def _recover_once(partitions: list[int]) -> None:
 
     topic = settings.input_topic
     tps = [TopicPartition(topic, p) for p in partitions]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=10_000)
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings), request_timeout_ms=10_000)
+    reader = AIOKafkaConsumer(**aiokafka_options(settings), group_id=None,
                               enable_auto_commit=False, request_timeout_ms=10_000)
     try:
         await admin.start()

@@ -26,7 +26,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agents import kafkacheck
 from agents.errors import PreflightError as PreflightError
+from agents.kafkaclient import aiokafka_options
 from metering.guards import Grid, GridAction, grid_decision, partition_refusal
 from metering.settings import Settings
 
@@ -56,12 +58,18 @@ async def _connect(settings: Settings, deadline_s: float) -> Any:
     start = time.monotonic()
     announced = 0.0
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**aiokafka_options(settings), request_timeout_ms=5000)
         try:
+            # One connection with the security settings first: a wrong password, an unknown
+            # CA or the wrong protocol is named at once (exit 2), not waited for.
+            await kafkacheck.probe(settings)
             await asyncio.wait_for(admin.start(), max(1.0, deadline_s - (time.monotonic()
                                                                          - start)))
             await asyncio.wait_for(admin.describe_cluster(), 10)
             return admin
+        except PreflightError:
+            await admin.close()
+            raise
         except Exception as exc:
             await admin.close()
             waited = time.monotonic() - start
@@ -100,9 +108,13 @@ async def _create_state_topics(admin: Any, settings: Settings,
 
     if not missing:
         return
-    await asyncio.wait_for(admin.create_topics([
+    response = await asyncio.wait_for(admin.create_topics([
         NewTopic(name, num_partitions=settings.partitions, replication_factor=1,
                  topic_configs=dict(config)) for name, config in sorted(missing.items())]), 30)
+    for name, code, *_ in response.topic_errors:
+        if code == 29:  # TOPIC_AUTHORIZATION_FAILED
+            raise kafkacheck.denied(settings, "worker", "topic", name, "Create",
+                                    f"create topic {name!r}")
     deadline = time.monotonic() + 30
     while True:
         described = await asyncio.wait_for(admin.describe_topics(sorted(missing)), 10)
@@ -124,7 +136,7 @@ async def _read_grid(settings: Settings, topic: str) -> tuple[Grid | None, bool]
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tp = TopicPartition(topic, 0)
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
+    reader = AIOKafkaConsumer(**aiokafka_options(settings), group_id=None,
                               enable_auto_commit=False, auto_offset_reset="earliest",
                               request_timeout_ms=10_000)
     await reader.start()
@@ -156,9 +168,13 @@ async def _write_grid(settings: Settings, admin: Any, topic: str, exists: bool,
     from aiokafka.admin import NewTopic
 
     if not exists:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
-                                            topic_configs={"cleanup.policy": "compact"})])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, acks="all",
+        response = await admin.create_topics([NewTopic(
+            topic, num_partitions=1, replication_factor=1,
+            topic_configs={"cleanup.policy": "compact"})])
+        if any(code == 29 for _name, code, *_ in response.topic_errors):
+            raise kafkacheck.denied(settings, "worker", "topic", topic, "Create",
+                                    f"create topic {topic!r}")
+    producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all",
                                 request_timeout_ms=10_000)
     await producer.start()
     try:
@@ -188,6 +204,9 @@ async def check(settings: Settings,
              deadline)
     admin = await _connect(settings, deadline)
     try:
+        # Permissions (ACLs) of the role: a missing one is named with its grant (exit 2).
+        await kafkacheck.check_access(settings, admin,
+                                      "worker" if state_topics is not None else "archive")
         if state_topics is None:
             return
         gtopic = grid_topic(settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
@@ -21,7 +22,9 @@ import orjson
 from agents.cli.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, fail
 from agents.cli.progress import SimulateDisplay, want_progress
 from agents.cli.simulate import DEFAULT_START
+from agents.errors import BrokerUnreachable, PreflightError
 from agents.errors import KafkaFailed as KafkaFailed
+from agents.kafkaclient import client_options
 from metering.eventtime import iso, parse_iso_instant
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.render import parse_offset
@@ -150,7 +153,7 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=15_000)
     await admin.start()
     try:
         if topic not in set(await admin.list_topics()):
@@ -165,15 +168,29 @@ async def _to_kafka(
 ) -> tuple[SimSummary, Cloud | None]:
     """Produce the simulated records (and write ``--output`` alongside), paced if live."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
+    from agents import kafkacheck
+    from agents.kafkaclient import security_from_env
+
+    security = dataclasses.replace(security_from_env(args.to_kafka), input_topic=args.topic)
+    try:  # a wrong password, CA or protocol: named at once (agents.kafkacheck)
+        await kafkacheck.probe(security)
+    except PreflightError as exc:
+        raise KafkaFailed(str(exc)) from None
+    except BrokerUnreachable:
+        pass  # said below, with the address
+    denied = KafkaFailed(str(kafkacheck.denied(security, "simulate", "topic", args.topic,
+                                               "Write", f"write topic {args.topic!r}")))
     try:
         await asyncio.wait_for(ensure_topic(args.to_kafka, args.topic, args.partitions), 30)
+    except TopicAuthorizationFailedError:
+        raise denied from None
     except (KafkaError, OSError, TimeoutError) as exc:
         raise KafkaFailed(f"cannot reach Kafka at {args.to_kafka}: {exc!r}. Is the broker "
                           "up? (make kafka-up starts a local one)") from exc
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.to_kafka, acks="all", linger_ms=5,
+        **client_options(args.to_kafka), acks="all", linger_ms=5,
         max_batch_size=256 * 1024, compression_type=None, request_timeout_ms=30_000,
     )
     try:
@@ -227,6 +244,8 @@ async def _to_kafka(
         await asyncio.gather(*pending)
         await producer.flush()
         writer.commit()
+    except TopicAuthorizationFailedError:
+        raise denied from None
     except KafkaError as exc:
         raise KafkaFailed(f"producing to {args.topic} failed: {exc!r}") from exc
     finally:

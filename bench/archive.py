@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from agents.kafkaclient import client_options
 from metering.intervals import encode_interval, make_interval
 from metering.periods import PeriodGrid
 from storage.archive import ArchiveWriter
@@ -50,13 +51,13 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+    producer = AIOKafkaProducer(**client_options(bootstrap), linger_ms=20,
                                 max_batch_size=1 << 20, acks=1)
     await producer.start()
     try:

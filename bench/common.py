@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli.progress import SimulateDisplay
+from agents.kafkaclient import client_options
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.run import stream, write_records
 
@@ -272,10 +273,10 @@ class Kafka:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+        self._admin = AIOKafkaAdminClient(**client_options(self.bootstrap),
                                           request_timeout_ms=15_000)
         await self._admin.start()
-        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        self._offsets = AIOKafkaConsumer(**client_options(self.bootstrap), group_id=None,
                                          enable_auto_commit=False, metadata_max_age_ms=1000,
                                          request_timeout_ms=15_000)
         await self._offsets.start()
@@ -337,7 +338,7 @@ async def produce(bootstrap: str, topic: str,
     """Produce ``(key, value, timestamp UTC ms)`` records in order; return end offsets."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+    producer = AIOKafkaProducer(**client_options(bootstrap), linger_ms=20,
                                 max_batch_size=1 << 20, acks=1, request_timeout_ms=60_000)
     await producer.start()
     ends: dict[int, int] = {}

@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from agents.kafkaclient import client_options
 from bench.common import PYTHON, Child, Kafka, Results, Row, behind, children, http_get, log
 from bench.streaming import POLL_S, BenchError, worker, worker_env
 
@@ -99,7 +100,7 @@ async def _read_all(bootstrap: str, topic: str, ends: dict[int, int],
     """Call ``handle(message)`` for every record of ``topic`` before ``ends``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:

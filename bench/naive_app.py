@@ -19,9 +19,13 @@ from typing import Any
 import faust
 import orjson
 
+from agents.kafkaclient import faust_options, security_from_env
+
+_BROKER = os.environ.get("BENCH_NAIVE_BROKER", "127.0.0.1:9092")
+
 app = faust.App(
     os.environ.get("BENCH_NAIVE_APP_ID", "bench-naive"),
-    broker=f"kafka://{os.environ.get('BENCH_NAIVE_BROKER', '127.0.0.1:9092')}",
+    broker=f"kafka://{_BROKER}",
     store="memory://",
     datadir=os.environ.get("BENCH_NAIVE_DATADIR", "bench-naive-data"),
     topic_replication_factor=1,
@@ -32,6 +36,7 @@ app = faust.App(
     autodiscover=False,
     key_serializer="raw",
     value_serializer="raw",
+    **faust_options(security_from_env(_BROKER)),  # METERING_SECURITY_PROTOCOL etc.
 )
 
 source = app.topic(os.environ.get("BENCH_NAIVE_TOPIC", "cs"), key_type=bytes,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.kafkaclient import client_options
 from bench.common import (
     PYTHON,
     Child,
@@ -127,7 +128,7 @@ async def raw_consume(bootstrap: str, topic: str, ends: dict[int, int]) -> tuple
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     t0 = time.perf_counter()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -30,7 +30,9 @@ class MeteringError(Exception):
             │   └── BrokerStartError                   agents.errors (also agents.localkafka)
             ├── KafkaFailed                            agents.errors (also agents.simulate)
             ├── DemoError                              agents.errors (also agents.demo)
+            ├── BrokerUnreachable                      agents.errors (also agents.kafkacheck)
             └── PreflightError                         agents.errors (also agents.preflight)
+                └── HandshakeClosed                    agents.errors (also agents.kafkacheck)
     """
 
 

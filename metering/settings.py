@@ -100,10 +100,32 @@ class Settings:
     sasl_password: str = field(default="", metadata={
         "secret": True,
         "help": "SASL password: environment or sasl_password_file only, never a flag "
-        "(masked everywhere; SASL itself is not wired yet)"})
+        "(masked everywhere)"})
     sasl_password_file: str = field(default="", metadata={
         "help": "file holding the SASL password (e.g. a mounted Kubernetes Secret); "
         "read at start-up, trailing newline dropped"})
+    security_protocol: str = field(default="PLAINTEXT", metadata={
+        "help": "how every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"})
+    sasl_mechanism: str = field(default="PLAIN", metadata={
+        "help": "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"})
+    sasl_username: str = field(default="", metadata={
+        "help": "SASL user name (SASL_* protocols; the password comes from "
+        "METERING_SASL_PASSWORD or sasl_password_file)"})
+    ssl_cafile: str = field(default="", metadata={
+        "help": "PEM file of the CA(s) that signed the broker's certificate (SSL, SASL_SSL); "
+        "empty: the system's trust store"})
+    ssl_certfile: str = field(default="", metadata={
+        "help": "PEM client certificate for mutual TLS (with ssl_keyfile)"})
+    ssl_keyfile: str = field(default="", metadata={
+        "help": "PEM private key of ssl_certfile (unencrypted; keep it readable by this "
+        "user only)"})
+    ssl_check_hostname: bool = field(default=True, metadata={
+        "help": "check that the broker's certificate names the host connected to (turn off "
+        "only for tests)"})
+    topic_prefix: str = field(default="", metadata={
+        "help": "tenant prefix put before app_id and every topic name (so before every "
+        "changelog, internal topic and consumer group), e.g. 'tenant-a.'; names are given "
+        "without it"})
 
     @property
     def lateness_ms(self) -> int:
@@ -135,7 +157,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in _SECRET_FIELDS:
+            if is_secret(f.name):
                 value = "********" if value else ""
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
@@ -195,9 +217,62 @@ class Settings:
                             "Kafka name (1-249 of A-Z a-z 0-9 . _ -)")
         if self.standby_replicas < 0:
             problems.append("standby_replicas: must be >= 0")
+        problems += security_problems(self)
         if problems:
             raise SettingsError(problems)
 
+
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SECURITY_FIELDS: Final = ("security_protocol", "sasl_mechanism", "sasl_username",
+                          "sasl_password", "sasl_password_file", "ssl_cafile", "ssl_certfile",
+                          "ssl_keyfile", "ssl_check_hostname")
+"""The settings of the Kafka connection's security (read by every client, also by tools
+that take only a bootstrap address: ``simulate --to-kafka``, the demo, the benchmarks)."""
+
+
+def security_problems(s: Settings) -> list[str]:
+    """Inconsistent security settings, each with what to change (never a secret's value)."""
+    problems: list[str] = []
+    protocol = s.security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        return [f"security_protocol: {protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}"]
+    sasl = protocol.startswith("SASL_")
+    tls = protocol.endswith("SSL")
+    if sasl:
+        if s.sasl_mechanism not in SASL_MECHANISMS:
+            problems.append(f"sasl_mechanism: {s.sasl_mechanism!r} is not one of "
+                            f"{', '.join(SASL_MECHANISMS)}")
+        if not s.sasl_username:
+            problems.append(f"sasl_username: required with security_protocol={protocol} "
+                            "(--sasl-username / METERING_SASL_USERNAME)")
+        if not s.sasl_password:
+            problems.append(f"sasl_password: required with security_protocol={protocol} "
+                            "(METERING_SASL_PASSWORD or --sasl-password-file)")
+    else:
+        if s.sasl_username:  # a password alone is allowed: a mounted secret, unused
+            problems.append(f"sasl_username: set, but security_protocol={protocol} does not "
+                            "use SASL (use SASL_SSL or SASL_PLAINTEXT, or unset it)")
+    if not tls:
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(s, name):
+                problems.append(f"{name}: set, but security_protocol={protocol} does not use "
+                                "TLS (use SSL or SASL_SSL, or unset it)")
+    else:
+        if s.ssl_keyfile and not s.ssl_certfile:
+            problems.append("ssl_keyfile: set without ssl_certfile (mutual TLS needs both)")
+        if s.ssl_certfile and not s.ssl_keyfile:
+            problems.append("ssl_certfile: set without ssl_keyfile (mutual TLS needs both)")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(s, name)
+            if path and not Path(path).is_file():
+                problems.append(f"{name}: {path} is not a readable file")
+    return problems
+
+
+_SECRET_BY_METADATA: Final = frozenset(
+    f.name for f in fields(Settings) if f.metadata.get("secret"))
+"""Fields declared ``metadata={"secret": True}``: masked like ``_SECRET_FIELDS``."""
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
@@ -215,7 +290,17 @@ def parse_bool(raw: str) -> bool:
 
 def is_secret(name: str) -> bool:
     """True for settings that must never appear in argv, logs or metrics."""
-    return name in _SECRET_FIELDS
+    return name in _SECRET_FIELDS or name in _SECRET_BY_METADATA
+
+
+def redact(text: str, s: Settings) -> str:
+    """``text`` with the value of every secret setting of ``s`` replaced by ``********``
+    (the last guard before a message from a client library reaches a log or the user)."""
+    for name in sorted(_SECRET_FIELDS | _SECRET_BY_METADATA):
+        value = getattr(s, name, "")
+        if isinstance(value, str) and value:
+            text = text.replace(value, "********")
+    return text
 
 
 def _convert(name: str, kind: Any, raw: str, problems: list[str]) -> Any:
@@ -263,6 +348,25 @@ def load_settings(
                             f"{exc.strerror or exc}")
     if problems:
         raise SettingsError(problems)
-    settings = dataclasses.replace(Settings(), **values)
+    settings = with_topic_prefix(dataclasses.replace(Settings(), **values))
     settings.validate()
     return settings
+
+
+PREFIXED_FIELDS: Final = ["app_id", "input_topic", "usage_topic", "rejects_topic",
+                          "events_topic"]
+"""The names ``topic_prefix`` goes before (``app_id`` carries it to the consumer groups,
+Faust's changelogs and leader topic, the grid topic and the archive's group). A new setting
+that names a topic or group belongs here."""
+
+
+def with_topic_prefix(s: Settings) -> Settings:
+    """``s`` with ``topic_prefix`` put before every name of :data:`PREFIXED_FIELDS`
+    (applied once, by :func:`load_settings`; the prefix stays recorded in ``topic_prefix``)."""
+    if not s.topic_prefix:
+        return s
+    if not _TOPIC.match(s.topic_prefix):
+        raise SettingsError([f"topic_prefix: {s.topic_prefix!r} is not valid in a Kafka name "
+                             "(letters, digits, '.', '_', '-')"])
+    return dataclasses.replace(s, **{name: s.topic_prefix + getattr(s, name)
+                                     for name in PREFIXED_FIELDS})

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.kafkaclient import client_options
+
 
 def produce(
     bootstrap: str,
@@ -21,7 +23,7 @@ def produce(
 
     async def run() -> int:
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+            **client_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=5,
             max_batch_size=256 * 1024,
         )
         await producer.start()
@@ -42,7 +44,7 @@ def produce(
 async def _wait_topic(bootstrap: str, topic: str, deadline_s: float) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         end = time.monotonic() + deadline_s
@@ -68,7 +70,7 @@ def consume(
     async def run() -> list[Any]:
         await _wait_topic(bootstrap, topic, deadline_s)
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+            topic, **client_options(bootstrap), group_id=None, auto_offset_reset="earliest",
             enable_auto_commit=False, metadata_max_age_ms=1000,  # see topics created later
         )
         await consumer.start()
@@ -94,14 +96,14 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     async def run() -> dict[int, int]:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**client_options(bootstrap))
         await admin.start()
         try:
             meta = await admin.describe_topics([topic])
         finally:
             await admin.close()
         parts = sorted(p["partition"] for p in meta[0]["partitions"])
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None,
                                     enable_auto_commit=False)
         await consumer.start()
         try:

@@ -39,8 +39,13 @@ def replay_rows(kcat_lines: list[bytes], tmp: Path) -> dict[str, dict[str, Any]]
     trace = tmp / "dump.jsonl"
     trace.write_bytes(b"\n".join(kcat_lines) + b"\n")
     run_replay(ReplayOptions(inputs=[str(trace)], output=tmp / "replay"))
+    return dataset_rows(tmp / "replay")
+
+
+def dataset_rows(directory: Path) -> dict[str, dict[str, Any]]:
+    """A Parquet dataset's rows by interval_id, timestamps as epoch ms (like the topic)."""
     rows = {}
-    for row in read_dataset(tmp / "replay").to_pylist():
+    for row in read_dataset(directory).to_pylist():
         row.pop("usage_date")
         for k in ("start", "end", "period_start"):
             value: dt.datetime = row[k]
