@@ -220,8 +220,9 @@ def register_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("root", type=Path, metavar="DIR", help="dataset directory")
     p.add_argument("--by", action="append", choices=GROUP_BY,
-                   metavar="{account,usage_type,day}",
-                   help="group by this key; repeat for several (in that order; default account)")
+                   metavar="{account,usage_type,day,region}",
+                   help="group by this key; repeat for several (in that order; default account: "
+                   "an account's usage in every region summed; add region to split it)")
     p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD",
                    help="first usage_date included (inclusive)")
     p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD",
