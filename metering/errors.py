@@ -18,6 +18,7 @@ class MeteringError(Exception):
         ├── StateDecodeError (ValueError)              metering.codec
         ├── WireError (ValueError)                     metering.wire
         ├── IntervalDecodeError (ValueError)           metering.intervals
+        ├── RegionError (ValueError)                   metering.regions
         ├── StorageError                               storage.errors
         │   ├── InputError                             storage.errors
         │   ├── OutputError                            storage.errors

@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from metering.errors import MeteringError
 from metering.events import AccountCreated, AccountDeleted, Enrichment, Meterable, UsageEvent
 from metering.intervals import UsageInterval
 from metering.usage_schema import REGION_PATTERN
@@ -66,8 +67,9 @@ def qualify(value: Meterable, region: str) -> Meterable:
     raise TypeError(f"not a meterable value: {value!r}")
 
 
-class RegionError(ValueError):
-    """A row of a regional engine whose ids are not qualified (a bug, never input)."""
+class RegionError(MeteringError, ValueError):
+    """A row of a regional engine whose ids are not qualified (a bug, never input), or a
+    record of a topic that is not an input of a regional worker (a configuration change)."""
 
 
 def label(row: UsageInterval) -> UsageInterval:
@@ -113,11 +115,16 @@ class TopicRegions:
     def qualify(self, value: Meterable, topic: str) -> Meterable:
         """``value`` read from ``topic``, ready for the engine (qualified if regional).
 
-        Raises KeyError for a topic that is not an input of a regional run."""
+        Raises :class:`RegionError` for a topic that is not an input of a regional run."""
         if not self.regional:
             return value
-        region = self.by_topic[topic]
-        assert region is not None  # regional: every input has one
+        region = self.by_topic.get(topic)
+        if region is None:
+            raise RegionError(
+                f"a record of {topic!r}, which is not an input topic of this regional worker "
+                f"({', '.join(self.topics)}): the internal topic holds records of an earlier "
+                "input configuration. Changing the regions of input_topics needs a new app id "
+                "and events topic (the state and the interval ids depend on them)")
         return qualify(value, region)
 
     def label(self, row: UsageInterval) -> UsageInterval:

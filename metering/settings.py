@@ -100,6 +100,10 @@ class Settings:
     sasl_password_file: str = field(default="", metadata={
         "help": "file holding the SASL password (e.g. a mounted Kubernetes Secret); "
         "read at start-up, trailing newline dropped"})
+    input_topics: str = field(default="", metadata={
+        "help": "several input topics, each with its region: TOPIC=REGION[,TOPIC=REGION...] "
+        "(e.g. cs.region-a=a,cs.region-b=b); replaces input_topic when set. Either every "
+        "topic has a region or none"})
 
     @property
     def lateness_ms(self) -> int:
@@ -154,6 +158,7 @@ class Settings:
         topics = [self.input_topic, self.usage_topic, self.rejects_topic, self.events_topic]
         if len(set(topics)) != len(topics):
             problems.append("topics: input, usage, rejects and events topics must differ")
+        problems += self._input_topics_problems()
         if not 1 <= self.partitions <= 1024:
             problems.append(f"partitions: {self.partitions} not in 1..1024")
         if self.period not in PERIODS:
@@ -190,6 +195,21 @@ class Settings:
             problems.append("standby_replicas: must be >= 0")
         if problems:
             raise SettingsError(problems)
+
+
+    def _input_topics_problems(self) -> list[str]:
+        """Problems of ``input_topics`` (regions, issue 19): its syntax, and outputs reused."""
+        if not self.input_topics.strip():
+            return []
+        from metering.regions import parse_input_topics
+
+        try:
+            pairs = parse_input_topics(self.input_topics)
+        except ValueError as exc:
+            return [f"input_topics: {exc}"]
+        outputs = {self.usage_topic, self.rejects_topic, self.events_topic}
+        return [f"input_topics: {topic!r} is also an output or internal topic"
+                for topic, _ in pairs if topic in outputs]
 
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})

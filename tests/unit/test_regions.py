@@ -269,3 +269,23 @@ def test_replay_refuses_regions_for_some_inputs_or_one_lane_in_two_regions(
                  "--region", "us", "-o", out, "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert "(topic/partition) come from inputs of regions eu and us" in err, err
+
+
+# -- the worker's settings ---------------------------------------------------------------------
+
+
+def test_input_topics_setting_is_validated_with_every_problem_named() -> None:
+    from metering.settings import SettingsError, load_settings
+
+    ok = load_settings(env={"METERING_INPUT_TOPICS": "cs.region-a=a,cs.region-b=b"})
+    assert input_topic_regions(ok.input_topic, ok.input_topics).topics == (
+        "cs.region-a", "cs.region-b")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={"METERING_INPUT_TOPICS": "cs.a=a,cs.b,usage=u"})
+    assert caught.value.problems == [
+        "input_topics: some inputs have a region and cs.b has none: give every input a "
+        "region, or none"]
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={"METERING_INPUT_TOPICS": "cs.a=a,usage=u"})
+    assert caught.value.problems == [
+        "input_topics: 'usage' is also an output or internal topic"]
