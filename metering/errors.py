@@ -31,6 +31,7 @@ class MeteringError(Exception):
             │   └── BrokerStartError                   agents.errors (also agents.localkafka)
             ├── KafkaFailed                            agents.errors (also agents.simulate)
             ├── DemoError                              agents.errors (also agents.demo)
+            ├── RouteError                             agents.errors (also agents.route)
             └── PreflightError                         agents.errors (also agents.preflight)
     """
 

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
+from metering.decode import classify, parse_json
 from metering.events import Category
 
 CATEGORY_NAMES: Final = {
@@ -169,3 +170,14 @@ def targets(routes: Sequence[Route], key: str | None) -> list[str]:
         if route.topic not in out and matches(route.pattern, key):
             out.append(route.topic)
     return out
+
+
+def record_key(raw: bytes | None, max_bytes: int) -> str | None:
+    """The route key of one input record value (None: empty, larger than ``max_bytes``,
+    not a JSON object, or of no routable category). Never raises."""
+    if not raw or len(raw) > max_bytes:
+        return None
+    obj = parse_json(raw)
+    if type(obj) is not dict:
+        return None
+    return route_key(obj, classify(obj))

@@ -104,6 +104,10 @@ class Settings:
         "help": "several input topics, each with its region: TOPIC=REGION[,TOPIC=REGION...] "
         "(e.g. cs.region-a=a,cs.region-b=b); replaces input_topic when set. Either every "
         "topic has a region or none"})
+    routes: str = field(default="", metadata={
+        "help": "event routes of `metering route`: PATTERN=TOPIC[,PATTERN=TOPIC...]; a "
+        "record whose key category.type.resourceType.resourceUUID matches PATTERN (* one "
+        "word, # zero or more) is forwarded to TOPIC, e.g. ActionEvent.*.Account.*=accounts"})
 
     @property
     def lateness_ms(self) -> int:
@@ -159,6 +163,7 @@ class Settings:
         if len(set(topics)) != len(topics):
             problems.append("topics: input, usage, rejects and events topics must differ")
         problems += self._input_topics_problems()
+        problems += self._routes_problems()
         if not 1 <= self.partitions <= 1024:
             problems.append(f"partitions: {self.partitions} not in 1..1024")
         if self.period not in PERIODS:
@@ -210,6 +215,28 @@ class Settings:
         outputs = {self.usage_topic, self.rejects_topic, self.events_topic}
         return [f"input_topics: {topic!r} is also an output or internal topic"
                 for topic, _ in pairs if topic in outputs]
+
+
+    def _routes_problems(self) -> list[str]:
+        """Problems of ``routes`` (issue 19): its syntax, and a target that is an input
+        (a loop) or one of the worker's own topics."""
+        if not self.routes.strip():
+            return []
+        from metering.regions import input_topic_regions
+        from metering.routes import parse_routes
+
+        try:
+            routes = parse_routes(self.routes)
+        except ValueError as exc:
+            return [f"routes: {exc}"]
+        if self._input_topics_problems():
+            return []  # the inputs are unknown; their problems are reported
+        inputs = set(input_topic_regions(self.input_topic, self.input_topics).topics)
+        own = {self.usage_topic, self.rejects_topic, self.events_topic}
+        return [f"routes: target {r.topic!r} is an input topic (records would loop)"
+                if r.topic in inputs else
+                f"routes: target {r.topic!r} is one of the worker's own topics"
+                for r in routes if r.topic in inputs | own]
 
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})

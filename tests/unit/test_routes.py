@@ -114,3 +114,20 @@ def test_routes_parse_and_every_problem_is_named() -> None:
     assert pattern_problem("UsageEvent.VM.#") is None
     with pytest.raises(ValueError, match="no route given"):
         parse_routes("")
+
+
+def test_routes_setting_refuses_loops_and_the_workers_topics() -> None:
+    from metering.settings import SettingsError, load_settings
+
+    ok = load_settings(env={"METERING_ROUTES": "AlertEvent.#=alerts"})
+    assert parse_routes(ok.routes) == [Route("AlertEvent.#", "alerts")]
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={"METERING_ROUTES": "AlertEvent.#=cs.b,UsageEvent.#=usage",
+                           "METERING_INPUT_TOPICS": "cs.a=a,cs.b=b"})
+    assert caught.value.problems == [
+        "routes: target 'cs.b' is an input topic (records would loop)",
+        "routes: target 'usage' is one of the worker's own topics"]
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={"METERING_ROUTES": "UsageEvent.VM.START=vm"})
+    assert caught.value.problems[0].startswith(
+        "routes: pattern 'UsageEvent.VM.START' has 3 words; route keys have 4")
