@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Final
 
 from metering.errors import MeteringError
@@ -72,19 +73,26 @@ class RegionError(MeteringError, ValueError):
     record of a topic that is not an input of a regional worker (a configuration change)."""
 
 
+@lru_cache(maxsize=1 << 16)
+def _split(ident: str) -> tuple[str, str]:
+    """``<region>|<id>`` -> (region, id); ("", ident) if not qualified. Cached: an open
+    resource gives a row every period, and shared strings keep rows small in memory."""
+    region, sep, plain = ident.partition(SEP)
+    return (region, plain) if sep else ("", ident)
+
+
 def label(row: UsageInterval) -> UsageInterval:
     """A regional engine's row as published: plain account and resource ids, ``region`` set.
 
     Raises :class:`RegionError` if the row's ids are not qualified by one region.
     """
-    region, sep, account = row.account_id.partition(SEP)
-    prefix = f"{region}{SEP}"
-    resource = row.resource_id
-    if not sep or not resource.startswith(prefix):
+    region, account = _split(row.account_id)
+    of_resource, resource = _split(row.resource_id)
+    if not region or of_resource != region:
         raise RegionError(f"row {row.interval_id} of a regional engine is not qualified "
-                          f"(account {row.account_id!r}, resource {resource!r})")
+                          f"(account {row.account_id!r}, resource {row.resource_id!r})")
     return _new_row(UsageInterval, (
-        row[0], account, *row[2:6], resource[len(prefix):], *row[7:20], region))
+        row[0], account, *row[2:6], resource, *row[7:20], region))
 
 
 class TopicRegions:
