@@ -4,23 +4,24 @@ region-labelled intervals equal to ``replay`` of the two topics' dumps with thei
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from storage.dataset import read_dataset
 from storage.replay import ReplayOptions, run_replay
-from tests.integration.kafkautil import consume, dump_kcat, produce, usage_rows
-from tests.integration.test_worker import HOURS, sentinel
+from tests.integration.kafkautil import dump_kcat, produce
+from tests.integration.test_worker import HOURS, sentinel, worker_equals
+from tests.integration.test_worker import worker_factory as worker_factory  # the fixture
 from tests.integration.workerproc import WorkerProc
 from tests.tracegen import build_trace
 
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 2
+"""Partitions of each region's input topic."""
 
 
 def replay_regions(dumps: list[tuple[list[bytes], str]], tmp: Path) -> dict[str, dict[str, Any]]:
@@ -43,26 +44,9 @@ def replay_regions(dumps: list[tuple[list[bytes], str]], tmp: Path) -> dict[str,
     return rows
 
 
-@pytest.fixture
-def worker(kafka_bootstrap: str, tmp_path: Path,
-           unique_name: Callable[[str], str]) -> Iterator[Callable[..., WorkerProc]]:
-    started: list[WorkerProc] = []
-
-    def make(**extra: str) -> WorkerProc:
-        app = unique_name("reg")
-        w = WorkerProc(kafka_bootstrap, app, "unused-input-topic", tmp_path / app / "data",
-                       partitions=PARTITIONS, extra=extra)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.kill()
-
-
 def test_two_regions_give_labelled_intervals_equal_to_replay_with_regions(
     kafka_bootstrap: str, topic_factory: Callable[..., str],
-    worker: Callable[..., WorkerProc], tmp_path: Path,
+    worker_factory: Callable[..., WorkerProc], tmp_path: Path,
 ) -> None:
     """The same accounts in two regions (CloudStack syncs accounts between regions): two
     topics, one worker; each account's usage in each region is its own set of intervals."""
@@ -82,21 +66,10 @@ def test_two_regions_give_labelled_intervals_equal_to_replay_with_regions(
     accounts = {r: {expected[i]["account_id"] for i in ids} for r, ids in by_region.items()}
     assert accounts["region-a"] & accounts["region-b"], "an account with usage in both"
 
-    w = worker(METERING_INPUT_TOPICS=",".join(f"{t}={r}" for r, t in topics.items()),
-               METERING_IDLE_ADVANCE="100000")
-    w.start().wait_ready()
-    got = consume(
-        kafka_bootstrap, w.usage_topic,
-        lambda msgs: {orjson.loads(m.value)["interval_id"] for m in msgs} >= set(expected),
-        deadline_s=180,
-    )
-    rows = usage_rows(got)
-    missing = set(expected) - set(rows)
-    assert not missing, (f"{len(missing)} of {len(expected)} intervals missing, got {len(rows)}"
-                         f"; worker log:\n{w.tail()}")
-    assert set(rows) == set(expected)
-    for interval_id, row in rows.items():
-        assert row == expected[interval_id]
+    w = worker_factory("unused-input-topic",
+                       METERING_INPUT_TOPICS=",".join(f"{t}={r}" for r, t in topics.items()),
+                       METERING_IDLE_ADVANCE="100000")
+    rows = worker_equals(kafka_bootstrap, w, expected)
     assert {row["region"] for row in rows.values()} == set(topics)
     assert all(row["source_topic"] == topics[row["region"]] for row in rows.values())
     assert w.stop() == 0, w.tail()

@@ -20,26 +20,14 @@ import pytest
 from metering.simulate.cloud import DAY, Cloud, SimConfig
 from metering.simulate.run import stream
 from tests.integration.kafkautil import consume, end_offsets, produce
-
-pytestmark = pytest.mark.kafka
+from tests.refinterp import category as contract_category
 
 
 def category(obj: Any) -> str | None:
-    """The contract's classification (section 1), written out independently of the code."""
-    if not isinstance(obj, dict):
-        return None
-    if "old-state" in obj:
-        return "state"
-    if "jobId" in obj:
-        return "job"
-    event = obj.get("event")
-    if "subject" in obj or (isinstance(event, str) and event.startswith("ALERT.")):
-        return "alert"
-    if "user" in obj and "status" in obj:
-        return "action"
-    if "account" in obj and "event" in obj:
-        return "usage"
-    return None
+    """The contract's category of a payload (the reference interpreter's reading)."""
+    return contract_category(obj) if isinstance(obj, dict) else None
+
+pytestmark = pytest.mark.kafka
 
 
 def payload(value: bytes) -> Any:
