@@ -67,13 +67,18 @@ async def _committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
 
 
+Starter = Callable[..., subprocess.Popen[bytes]]
+
+
 @pytest.fixture
-def route_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], subprocess.Popen[bytes]]]:
+def route_process(tmp_path: Path) -> Iterator[Starter]:
+    """``start(env, fault=None)``: a ``metering route`` process (its log: route.log)."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (tmp_path / "route.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "agents", "route", "--loglevel", "info"],
+    def start(env: dict[str, str], fault: str | None = None) -> subprocess.Popen[bytes]:
+        log = (tmp_path / "route.log").open("ab")
+        entry = ["agents"] if fault is None else ["tests.integration.faults", fault]
+        proc = subprocess.Popen([sys.executable, "-m", *entry, "route", "--loglevel", "info"],
                                 env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -87,11 +92,12 @@ def route_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], subproc
             proc.wait(timeout=30)
 
 
-def test_a_route_delivers_exactly_the_matching_records(
-    kafka_bootstrap: str, topic_factory: Callable[..., str],
-    unique_name: Callable[[str], str], tmp_path: Path,
-    route_process: Callable[[dict[str, str]], subprocess.Popen[bytes]],
-) -> None:
+def _setup(kafka_bootstrap: str, topic_factory: Callable[..., str],
+           unique_name: Callable[[str], str]
+           ) -> tuple[str, dict[str, str], dict[str, Counter[tuple[bytes | None, bytes]]],
+                      dict[str, str]]:
+    """A simulated cloud on a new topic: (topic, target topic per route, the records each
+    route must deliver, the route process's environment)."""
     source = topic_factory(partitions=3, prefix="cs-route")
     cfg = SimConfig(seed=4, accounts=10, until_ms=SimConfig().start_ms + DAY)
     records = [(e.key.encode() if e.key else None, e.value) for e in stream(Cloud(cfg))]
@@ -101,30 +107,68 @@ def test_a_route_delivers_exactly_the_matching_records(
                 for name, (_pattern, pick) in ROUTES.items()}
     sizes = {name: sum(c.values()) for name, c in expected.items()}
     assert min(sizes.values()) >= 3, sizes
-    app = unique_name("route")
-    proc = route_process({
-        "METERING_BROKER": kafka_bootstrap, "METERING_APP_ID": app,
-        "METERING_INPUT_TOPIC": source, "METERING_SESSION_TIMEOUT": "6",
-        "METERING_ROUTES": ",".join(f"{pattern}={targets[name]}"
-                                    for name, (pattern, _pick) in ROUTES.items())})
+    env = {"METERING_BROKER": kafka_bootstrap, "METERING_APP_ID": unique_name("route"),
+           "METERING_INPUT_TOPIC": source, "METERING_SESSION_TIMEOUT": "6",
+           "METERING_ROUTES": ",".join(f"{pattern}={targets[name]}"
+                                       for name, (pattern, _pick) in ROUTES.items())}
+    return source, targets, expected, env
 
-    # everything read and committed: the sends of every batch were acknowledged before
+
+def _wait_all_committed(kafka_bootstrap: str, source: str, env: dict[str, str],
+                        proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the route group has committed every input record (each batch's sends were
+    acknowledged before its commit)."""
     ends = {(source, p): n for p, n in end_offsets(kafka_bootstrap, source).items()}
     deadline = time.monotonic() + 120
     committed: dict[tuple[str, int], int] = {}
     while time.monotonic() < deadline and committed != ends:
-        assert proc.poll() is None, (tmp_path / "route.log").read_text()
-        committed = asyncio.run(_committed(kafka_bootstrap, f"{app}-route"))
+        assert proc.poll() is None, log.read_text()
+        committed = asyncio.run(_committed(kafka_bootstrap, f"{env['METERING_APP_ID']}-route"))
         time.sleep(0.25)  # poll with a deadline
-    assert committed == ends, (committed, ends, (tmp_path / "route.log").read_text())
+    assert committed == ends, (committed, ends, log.read_text())
 
+
+def _delivered(kafka_bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` (up to its end offsets now)."""
+    total = sum(end_offsets(kafka_bootstrap, topic).values())
+    return consume(kafka_bootstrap, topic, lambda m: len(m) >= total, 60)
+
+
+def test_a_route_delivers_exactly_the_matching_records(
+    kafka_bootstrap: str, topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str], tmp_path: Path, route_process: Starter,
+) -> None:
+    source, targets, expected, env = _setup(kafka_bootstrap, topic_factory, unique_name)
+    proc = route_process(env)
+    _wait_all_committed(kafka_bootstrap, source, env, proc, tmp_path / "route.log")
     for name, want in expected.items():
-        total = sum(end_offsets(kafka_bootstrap, targets[name]).values())
-        got = consume(kafka_bootstrap, targets[name], lambda m, n=total: len(m) >= n, 60)
+        got = _delivered(kafka_bootstrap, targets[name])
         assert Counter((m.key, m.value) for m in got) == want, name
         sources = {dict(m.headers)["metering-source"].decode() for m in got}
         assert len(sources) == len(got)  # each forwarded once, naming its source record
         assert all(s.startswith(f"{source}/") for s in sources)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, (tmp_path / "route.log").read_text()
 
+
+def test_a_crash_before_the_commit_forwards_again_and_loses_nothing(
+    kafka_bootstrap: str, topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str], tmp_path: Path, route_process: Starter,
+) -> None:
+    """kill -9 after a batch's sends were acknowledged, before its commit: the restarted
+    route forwards that batch again (at least once), and every other record once."""
+    source, targets, expected, env = _setup(kafka_bootstrap, topic_factory, unique_name)
+    env["METERING_BATCH_SIZE"] = "50"
+    crashed = route_process(env, fault="route_before_commit")
+    assert crashed.wait(timeout=120) == -signal.SIGKILL, (tmp_path / "route.log").read_text()
+    assert asyncio.run(_committed(kafka_bootstrap, f"{env['METERING_APP_ID']}-route")) == {}
+    before = {name: Counter((m.key, m.value) for m in _delivered(kafka_bootstrap, t))
+              for name, t in targets.items()}
+    assert sum(sum(c.values()) for c in before.values()) > 0, "the first batch was forwarded"
+    proc = route_process(env)
+    _wait_all_committed(kafka_bootstrap, source, env, proc, tmp_path / "route.log")
+    for name, want in expected.items():
+        got = Counter((m.key, m.value) for m in _delivered(kafka_bootstrap, targets[name]))
+        assert got == want + before[name], name  # the batch in flight twice, nothing lost
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, (tmp_path / "route.log").read_text()
