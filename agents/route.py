@@ -81,6 +81,17 @@ async def ensure_topics(settings: Settings, topics: set[str]) -> None:
         await admin.close()
 
 
+async def _send(producer: Any, topic: str, value: bytes, **kwargs: Any) -> Any:
+    """``producer.send`` (the delivery future); :class:`RouteError` if it cannot even be
+    queued (e.g. no metadata for ``topic`` within the request timeout)."""
+    try:
+        return await producer.send(topic, value, **kwargs)
+    except Exception as exc:
+        raise RouteError(f"forwarding to {topic!r} failed: {exc!r}; check that the topic "
+                         "exists and metering may write to it; nothing past the last "
+                         "committed batch is committed (restart to resume)") from None
+
+
 async def forward(settings: Settings, routes: list[Route], stop: asyncio.Event,
                   counts: RouteCounts) -> None:
     """Forward matching records until ``stop`` is set; raise :class:`RouteError` if a send
@@ -113,8 +124,8 @@ async def forward(settings: Settings, routes: list[Route], stop: asyncio.Event,
                 for m in messages:
                     source = f"{m.topic}/{m.partition}/{m.offset}".encode()
                     for topic in targets(routes, record_key(m.value, max_bytes)):
-                        futures.append((topic, await producer.send(
-                            topic, m.value, key=m.key, timestamp_ms=m.timestamp,
+                        futures.append((topic, await _send(
+                            producer, topic, m.value, key=m.key, timestamp_ms=m.timestamp,
                             headers=[("metering-source", source)])))
                 offsets[tp] = messages[-1].offset + 1
                 counts.read += len(messages)
