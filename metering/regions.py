@@ -25,7 +25,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Final
 
@@ -181,7 +181,3 @@ def input_topic_regions(input_topic: str, input_topics: str) -> TopicRegions:
         return TopicRegions(parse_input_topics(input_topics))
     return TopicRegions([(input_topic, None)])
 
-
-def regions_of(mapping: Mapping[str, str | None]) -> list[str]:
-    """The distinct regions of ``mapping``'s values, sorted (None left out)."""
-    return sorted({r for r in mapping.values() if r is not None})
