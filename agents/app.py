@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from agents.faustapi import use_batch_fetches
 from agents.faustapp import make_app
+from metering.regions import input_topic_regions
 from metering.settings import Settings, load_settings
 
 settings: Settings = load_settings()
 
 app = make_app(settings)
-use_batch_fetches(app, [settings.input_topic, settings.events_topic])
+use_batch_fetches(app, [input_topic_regions(settings.input_topic, settings.input_topics).topics,
+                        settings.events_topic])
 
 # Importing the pipeline registers topics, tables, agents and timers on ``app``.
 from agents import pipeline  # noqa: E402  (registration by import, after app exists)

@@ -33,6 +33,10 @@ class DemoError(AgentError):
     """A part of the demo failed; the message says which and what to do."""
 
 
+class RouteError(AgentError):
+    """``metering route`` cannot run or cannot make progress; the message says what to do."""
+
+
 class PreflightError(AgentError):
     """A refusal to start: ``code`` is the exit code, the message says what to do."""
 

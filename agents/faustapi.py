@@ -208,7 +208,7 @@ class BatchConsumer(AIOKafkaDriverConsumer):
         partitions are given away and at stop. Queued fetches are processed, not dropped:
         dropping some while a later fetch of the same partition is processed would let
         the mark pass records never processed (crash-findings: Faust's own gap)."""
-        for channel in self.channels.values():
+        for channel in {id(c): c for c in self.channels.values()}.values():
             while (channel.busy or channel.queued) and not self.should_stop:
                 try:
                     await asyncio.wait_for(channel.wait_idle(), timeout=1.0)
@@ -299,10 +299,15 @@ class BatchTransport(AIOKafkaTransport):
         self.channels = channels
 
 
-def use_batch_fetches(app: faust.App, topics: Iterable[str]) -> None:
+def use_batch_fetches(app: faust.App, topics: Iterable[str | tuple[str, ...]]) -> None:
     """Make ``app`` consume ``topics`` as whole fetches (one :class:`FetchChannel` each,
-    :func:`fetch_channel`); call before the app starts."""
-    channels = {topic: FetchChannel(topic) for topic in topics}
+    :func:`fetch_channel`); a tuple of topics shares one channel (one reader for the input
+    topics of several regions). Call before the app starts."""
+    channels: dict[str, FetchChannel] = {}
+    for group in topics:
+        names = (group,) if isinstance(group, str) else group
+        channel = FetchChannel(",".join(names))
+        channels.update((name, channel) for name in names)
     app.transport = BatchTransport(app.conf.broker_consumer, app, channels)
 
 

@@ -63,9 +63,10 @@ from agents.sender import BatchSender
 from agents.state import CUT_CHUNK, Changes, PartitionMeter, PartitionMeters, snapshot, store
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
-from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of
+from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of, topic_of
 from metering.intervals import encode_interval
 from metering.observe import caught_up, event_time_lag_seconds
+from metering.regions import input_topic_regions, label
 from metering.rejects import reject_key, reject_record
 from metering.usage_types import NAMES
 from metering.watermarks import LaneReader
@@ -83,7 +84,11 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                        "key_serializer": "raw", "value_serializer": "raw"}
 
-input_topic = app.topic(settings.input_topic, allow_empty=True, **RAW)
+input_regions = input_topic_regions(settings.input_topic, settings.input_topics)
+"""The input topics and the region of each (``input_topics``, else ``input_topic`` without
+one; :mod:`metering.regions`). A regional worker qualifies each record's ids by its topic's
+region before the engine (``meter``) and labels the rows after it (``_send_rows``)."""
+input_topic = app.topic(*input_regions.topics, allow_empty=True, **RAW)
 events_topic = app.topic(settings.events_topic, partitions=settings.partitions, internal=True,
                          allow_empty=True, **RAW)
 usage_topic = app.topic(settings.usage_topic, partitions=settings.partitions, **RAW)
@@ -193,7 +198,7 @@ async def ingest() -> None:
     jump = settings.max_watermark_jump_ms
     events_out = _sender(events_topic.get_topic_name(), n_partitions)
     rejects_out = _sender(rejects_topic.get_topic_name())
-    async for fetches in _fetches(settings.input_topic):
+    async for fetches in _fetches(input_regions.topics[0]):
         try:
             wall = int(time.time() * 1000)
             progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
@@ -238,12 +243,14 @@ async def ingest() -> None:
                 lane = lane_of(fetch.tp.topic, fetch.tp.partition)
                 offset = fetch.next_offset
                 read_to[lane] = max(offset, read_to.get(lane, offset))
-            _done(settings.input_topic, fetches)
+            _done(input_regions.topics[0], fetches)
         except Exception:
             _die("ingest batch failed")
 
 
 async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
+    if input_regions.regional:  # the one place rows get their region
+        rows = [label(row) for row in rows]
     for row in rows:
         stats.intervals[row.usage_type_name] += 1
         stats.usage_ms[row.usage_type_name] += row.duration_ms
@@ -295,8 +302,9 @@ async def meter() -> None:
                                   partition, msg.offset)
                         continue
                     if not isinstance(item, Tick):
-                        run.append(Record(item.value, item.source, item.wall_ms,
-                                          item.record_ms))
+                        run.append(Record(input_regions.qualify(item.value,
+                                                                item.source.topic),
+                                          item.source, item.wall_ms, item.record_ms))
                         continue
                     if run:
                         await _send_rows(usage_out, pm.take(engine.apply(run)))
@@ -327,25 +335,37 @@ async def meter() -> None:
             _die("meter batch failed")
 
 
-_input_partitions: list[float] = []
-"""[partition count of the input topic, monotonic time it was read] (refreshed every 60 s)."""
+_input_partitions: dict[str, tuple[int, float]] = {}
+"""Input topic -> (its partition count, monotonic time it was read) (refreshed every 60 s)."""
 
 
-async def input_partitions() -> int | None:
-    """Partition count of the input topic from the producer's metadata (None if unknown)."""
+async def _topic_partitions(topic: str) -> int | None:
+    """Partition count of one input topic from the producer's metadata (None if unknown)."""
     now = time.monotonic()
-    if _input_partitions and now - _input_partitions[1] < 60:
-        return int(_input_partitions[0])
+    known = _input_partitions.get(topic)
+    if known and now - known[1] < 60:
+        return known[0]
     producer = kafka_producer(app)
     try:
-        await asyncio.wait_for(producer.client._wait_on_metadata(settings.input_topic), 5)
+        await asyncio.wait_for(producer.client._wait_on_metadata(topic), 5)
     except Exception:  # no metadata yet (topic missing, broker away): no tick this time
-        return int(_input_partitions[0]) if _input_partitions else None
-    parts = producer.client.cluster.partitions_for_topic(settings.input_topic)
+        return known[0] if known else None
+    parts = producer.client.cluster.partitions_for_topic(topic)
     if not parts:
         return None
-    _input_partitions[:] = [len(parts), now]
+    _input_partitions[topic] = (len(parts), now)
     return len(parts)
+
+
+async def input_partitions() -> dict[str, int] | None:
+    """Partition count of every input topic (None unless all are known)."""
+    counts = {}
+    for topic in input_regions.topics:
+        count = await _topic_partitions(topic)
+        if not count:
+            return None
+        counts[topic] = count
+    return counts
 
 
 async def _end_offsets(lanes: list[Lane]) -> dict[Lane, int] | None:
@@ -354,8 +374,7 @@ async def _end_offsets(lanes: list[Lane]) -> dict[Lane, int] | None:
 
     if not lanes:
         return {}
-    tps = {lane: TopicPartition(settings.input_topic, partition_of(lane))
-           for lane in lanes}
+    tps = {lane: TopicPartition(topic_of(lane), partition_of(lane)) for lane in lanes}
     ends = await observability.monitor.end_offsets(list(tps.values()))
     if ends is None:
         return None
@@ -372,10 +391,9 @@ async def tick() -> None:
     restarting). Each tick also names every input partition, so a partition that nobody
     has reported yet holds period closing back instead of being overlooked.
     """
-    count = await input_partitions()
-    if not count:
+    inputs = await input_partitions()
+    if not inputs:
         return  # without the full set of lanes a tick could close periods too early
-    inputs = {settings.input_topic: count}
     lanes = sorted(owned_lanes)
     ends = await _end_offsets(lanes)
     wall, mono = int(time.time() * 1000), _mono_ms()
@@ -392,7 +410,7 @@ async def tick() -> None:
 async def _on_revoked(revoked: set[TP]) -> None:
     meters.forget({tp.partition for tp in revoked if tp.topic == settings.events_topic})
     for tp in revoked:
-        if tp.topic == settings.input_topic:  # its next reader reports it from now on
+        if tp.topic in input_regions.by_topic:  # its next reader reports it from now on
             lane = lane_of(tp.topic, tp.partition)
             owned_lanes.discard(lane)
             read_to.pop(lane, None)
@@ -401,10 +419,11 @@ async def _on_revoked(revoked: set[TP]) -> None:
 @on_partitions_assigned(app)
 async def _on_assigned(assigned: set[TP]) -> None:
     meters.forget({tp.partition for tp in assigned if tp.topic == settings.events_topic})
-    inputs = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+    inputs = sorted((tp.topic, tp.partition) for tp in assigned
+                    if tp.topic in input_regions.by_topic)
     mono = _mono_ms()
-    for partition in inputs:  # reported from now on; not idle until seen caught up
-        lane = lane_of(settings.input_topic, partition)
+    for topic, partition in inputs:  # reported from now on; not idle until seen caught up
+        lane = lane_of(topic, partition)
         owned_lanes.add(lane)
         _reader(lane).idle_since_mono_ms = mono
     if inputs:
@@ -417,7 +436,7 @@ RECOVER_WINDOW = 500
 """Records read back before the committed offset to find a lane's progress."""
 
 
-async def recover_lane_progress(partitions: list[int]) -> None:
+async def recover_lane_progress(partitions: list[tuple[str, int]]) -> None:
     """Rebuild ``lane_progress`` and ``read_to`` of newly assigned input partitions.
 
     Everything before the group's committed offset was forwarded and delivered by an
@@ -428,26 +447,24 @@ async def recover_lane_progress(partitions: list[int]) -> None:
     would hold period closing back. Retried with backoff (up to 30 s apart) while the
     partitions are still ours.
     """
-    topic = settings.input_topic
     for attempt in range(1_000_000):
-        if not any(lane_of(topic, p) in owned_lanes for p in partitions):
+        if not any(lane_of(t, p) in owned_lanes for t, p in partitions):
             return  # revoked meanwhile: the next owner recovers them
         try:
             await _recover_once(partitions)
             return
         except Exception as exc:
             delay = min(30.0, 2.0 ** attempt)
-            log.warning("lane progress of %s%s not recovered (%r); retrying in %.0f s",
-                        topic, partitions, exc, delay)
+            log.warning("lane progress of %s not recovered (%r); retrying in %.0f s",
+                        partitions, exc, delay)
             await asyncio.sleep(delay)
 
 
-async def _recover_once(partitions: list[int]) -> None:
+async def _recover_once(partitions: list[tuple[str, int]]) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    topic = settings.input_topic
-    tps = [TopicPartition(topic, p) for p in partitions]
+    tps = [TopicPartition(t, p) for t, p in partitions]
     admin = AIOKafkaAdminClient(**aiokafka_options(settings), request_timeout_ms=10_000)
     reader = AIOKafkaConsumer(**aiokafka_options(settings), group_id=None,
                               enable_auto_commit=False, request_timeout_ms=10_000)
@@ -461,7 +478,7 @@ async def _recover_once(partitions: list[int]) -> None:
         for tp in tps:
             meta = committed.get(tp)
             end = -1 if meta is None else meta.offset
-            lane = lane_of(topic, tp.partition)
+            lane = lane_of(tp.topic, tp.partition)
             if lane in owned_lanes and lane not in read_to:
                 read_to[lane] = max(0, end)  # no commit yet: reading starts at the beginning
             if end <= 0:
@@ -483,7 +500,7 @@ async def _recover_once(partitions: list[int]) -> None:
             progress = _reader(lane)
             progress.recovered(times, settings.max_watermark_jump_ms)
             log.info("lane progress of %s/%d: committed %d, newest confirmed event %d",
-                     topic, tp.partition, end, progress.newest_ms)
+                     tp.topic, tp.partition, end, progress.newest_ms)
     finally:
         await reader.stop()
         await admin.close()
@@ -539,7 +556,7 @@ liveness = Liveness({settings.usage_topic, settings.rejects_topic, settings.even
 """Output topics, broker and pending sends, reported in the log and ``/readyz``."""
 
 observability = Observability(app, settings, "worker", settings.app_id,
-                              {settings.input_topic, settings.events_topic}, _worker_families,
+                              {*input_regions.topics, settings.events_topic}, _worker_families,
                               problems=liveness.problems)
 """``/metrics``, ``/healthz`` and ``/readyz`` on the worker's web port."""
 

@@ -18,6 +18,7 @@ class MeteringError(Exception):
         ├── StateDecodeError (ValueError)              metering.codec
         ├── WireError (ValueError)                     metering.wire
         ├── IntervalDecodeError (ValueError)           metering.intervals
+        ├── RegionError (ValueError)                   metering.regions
         ├── StorageError                               storage.errors
         │   ├── InputError                             storage.errors
         │   ├── OutputError                            storage.errors
@@ -31,6 +32,7 @@ class MeteringError(Exception):
             ├── KafkaFailed                            agents.errors (also agents.simulate)
             ├── DemoError                              agents.errors (also agents.demo)
             ├── BrokerUnreachable                      agents.errors (also agents.kafkacheck)
+            ├── RouteError                             agents.errors (also agents.route)
             └── PreflightError                         agents.errors (also agents.preflight)
                 └── HandshakeClosed                    agents.errors (also agents.kafkacheck)
     """

@@ -56,7 +56,8 @@ class RejectReason(StrEnum):
 Lane = NewType("Lane", str)
 """One ordered input sub-stream, ``topic/partition``: its records arrive in offset order. The
 text form is the one persisted in state offsets and carried in ticks; build it with
-:func:`lane_of` and read its partition with :func:`partition_of`, nowhere else."""
+:func:`lane_of` and read its partition with :func:`partition_of` (its topic with
+:func:`topic_of`), nowhere else."""
 
 
 def lane_of(topic: str, partition: int) -> Lane:
@@ -67,6 +68,11 @@ def lane_of(topic: str, partition: int) -> Lane:
 def partition_of(lane: Lane) -> int:
     """The partition number of ``lane`` (the text after the last ``/``)."""
     return int(lane.rpartition("/")[2])
+
+
+def topic_of(lane: Lane) -> str:
+    """The topic of ``lane`` (the text before the last ``/``; topic names hold no ``/``)."""
+    return lane.rpartition("/")[0]
 
 
 class Source(NamedTuple):

@@ -126,6 +126,14 @@ class Settings:
         "help": "tenant prefix put before app_id and every topic name (so before every "
         "changelog, internal topic and consumer group), e.g. 'tenant-a.'; names are given "
         "without it"})
+    input_topics: str = field(default="", metadata={
+        "help": "several input topics, each with its region: TOPIC=REGION[,TOPIC=REGION...] "
+        "(e.g. cs.region-a=a,cs.region-b=b); replaces input_topic when set. Either every "
+        "topic has a region or none"})
+    routes: str = field(default="", metadata={
+        "help": "event routes of `metering route`: PATTERN=TOPIC[,PATTERN=TOPIC...]; a "
+        "record whose key category.type.resourceType.resourceUUID matches PATTERN (* one "
+        "word, # zero or more) is forwarded to TOPIC, e.g. ActionEvent.*.Account.*=accounts"})
 
     @property
     def lateness_ms(self) -> int:
@@ -180,6 +188,8 @@ class Settings:
         topics = [self.input_topic, self.usage_topic, self.rejects_topic, self.events_topic]
         if len(set(topics)) != len(topics):
             problems.append("topics: input, usage, rejects and events topics must differ")
+        problems += self._input_topics_problems()
+        problems += self._routes_problems()
         if not 1 <= self.partitions <= 1024:
             problems.append(f"partitions: {self.partitions} not in 1..1024")
         if self.period not in PERIODS:
@@ -220,6 +230,43 @@ class Settings:
         problems += security_problems(self)
         if problems:
             raise SettingsError(problems)
+
+
+    def _input_topics_problems(self) -> list[str]:
+        """Problems of ``input_topics`` (regions, issue 19): its syntax, and outputs reused."""
+        if not self.input_topics.strip():
+            return []
+        from metering.regions import parse_input_topics
+
+        try:
+            pairs = parse_input_topics(self.input_topics)
+        except ValueError as exc:
+            return [f"input_topics: {exc}"]
+        outputs = {self.usage_topic, self.rejects_topic, self.events_topic}
+        return [f"input_topics: {topic!r} is also an output or internal topic"
+                for topic, _ in pairs if topic in outputs]
+
+
+    def _routes_problems(self) -> list[str]:
+        """Problems of ``routes`` (issue 19): its syntax, and a target that is an input
+        (a loop) or one of the worker's own topics."""
+        if not self.routes.strip():
+            return []
+        from metering.regions import input_topic_regions
+        from metering.routes import parse_routes
+
+        try:
+            routes = parse_routes(self.routes)
+        except ValueError as exc:
+            return [f"routes: {exc}"]
+        if self._input_topics_problems():
+            return []  # the inputs are unknown; their problems are reported
+        inputs = set(input_topic_regions(self.input_topic, self.input_topics).topics)
+        own = {self.usage_topic, self.rejects_topic, self.events_topic}
+        return [f"routes: target {r.topic!r} is an input topic (records would loop)"
+                if r.topic in inputs else
+                f"routes: target {r.topic!r} is one of the worker's own topics"
+                for r in routes if r.topic in inputs | own]
 
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -368,5 +415,16 @@ def with_topic_prefix(s: Settings) -> Settings:
     if not _TOPIC.match(s.topic_prefix):
         raise SettingsError([f"topic_prefix: {s.topic_prefix!r} is not valid in a Kafka name "
                              "(letters, digits, '.', '_', '-')"])
-    return dataclasses.replace(s, **{name: s.topic_prefix + getattr(s, name)
-                                     for name in PREFIXED_FIELDS})
+    prefix = s.topic_prefix
+    names: dict[str, Any] = {name: prefix + getattr(s, name) for name in PREFIXED_FIELDS}
+    # Lists of names: each input topic (``TOPIC[=REGION]``) and each route's target
+    # (``PATTERN=TOPIC``) carry the prefix too.
+    names["input_topics"] = ",".join(
+        prefix + item.strip() for item in s.input_topics.split(",") if item.strip())
+    routes = []
+    for item in (part.strip() for part in s.routes.split(",")):
+        pattern, eq, topic = item.rpartition("=")
+        if item:  # without "=" the route stays as given: validation names it
+            routes.append(f"{pattern.strip()}={prefix}{topic.strip()}" if eq else item)
+    names["routes"] = ",".join(routes)
+    return dataclasses.replace(s, **names)

@@ -30,7 +30,15 @@ from metering.usage_types import NAMES
 
 SCHEMA_VERSION: Final = 2
 """``schema_version`` of every row written: 2 since contract revision 2 (the interval id
-includes the account, so ids differ from those version 1 gave the same input)."""
+includes the account, so ids differ from those version 1 gave the same input; version 2 also
+adds the nullable ``region``, the last column). Rows of version 1 (no ``region``) still read:
+the JSON codec and the Parquet readers take a missing ``region`` as null."""
+
+REGION_PATTERN: Final = "^[A-Za-z0-9._-]{1,64}$"
+"""What a region name may be (settings and ``replay --region`` check it): 1 to 64 ASCII
+letters, digits, ``.``, ``_`` or ``-``; so it never holds the separators of
+``input_topics`` (``=``, ``,``) nor the ``|`` that qualifies ids in a regional engine
+(:mod:`metering.regions`)."""
 
 MIN_INSTANT_MS: Final = 0
 """1970-01-01T00:00:00Z: the earliest instant of a row (contract rule 4b; schema minimum)."""
@@ -148,8 +156,16 @@ INTERVAL_FIELDS: Final[tuple[FieldSpec, ...]] = (
        "Offset of that record (lineage; replay of a plain file: its line index).",
        minimum=0),
     _f("schema_version", _I32,
-       f"{SCHEMA_VERSION} since contract revision 2 (interval_id includes the account)",
+       f"{SCHEMA_VERSION} since contract revision 2 (interval_id includes the account; "
+       "region added)",
        const=SCHEMA_VERSION),
+    _f("region", _S,
+       "Region of the input source: the name configured for the input topic (worker "
+       "`input_topics`) or the replay file (`replay --input FILE --region NAME`); null when "
+       "the source has none. A label, not a rule: usage of one account in two regions is two "
+       "sets of intervals with distinct interval_ids (summed per account by `metering "
+       "report`). Absent from version 1 rows (read as null).",
+       nullable=True, pattern=REGION_PATTERN),
 )
 """Every field of a usage interval, in column order (the output contract, section 5)."""
 

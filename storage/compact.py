@@ -63,7 +63,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.dataset import ARROW_SCHEMA, PARTITION_COLUMN, SORT_COLUMNS, DirectoryLock
+from storage.dataset import (
+    ARROW_SCHEMA,
+    PARTITION_COLUMN,
+    SORT_COLUMNS,
+    DirectoryLock,
+    with_missing_columns,
+)
 from storage.errors import InputError, LockedError, LockHeldError, OpenDayError, OutputError
 from storage.layout import COMPACTED_NAME
 from storage.parts import fsync_dir, list_days, part_files, write_atomic
@@ -219,6 +225,7 @@ def read_part(path: Path) -> pa.Table:
             table = pf.read()
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
+    table = with_missing_columns(table)  # version 1 files: no region
     missing = [n for n in ARROW_SCHEMA.names if n not in table.column_names]
     if missing:
         raise InputError(f"{path} is not a usage-interval file (missing {', '.join(missing)})")

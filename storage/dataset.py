@@ -66,12 +66,29 @@ def sorted_table(rows: Sequence[UsageInterval]) -> pa.Table:
     return sort_table(to_table(rows))
 
 
+DATASET_SCHEMA: Final = ARROW_SCHEMA.append(pa.field(PARTITION_COLUMN, pa.string()))
+"""Schema of a whole dataset as read: the columns, then the partition column. Given to
+readers explicitly, so files written before a nullable column existed (version 1 files have
+no ``region``) read with nulls there, whichever file a reader opens first."""
+
+
+def with_missing_columns(table: pa.Table, schema: pa.Schema = ARROW_SCHEMA) -> pa.Table:
+    """``table`` with each *nullable* column of ``schema`` it lacks added as nulls (older
+    files: ``region`` is new in version 2); other columns are left as they are."""
+    for f in schema:
+        if f.nullable and f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table
+
+
 def read_dataset(root: Path | str) -> pa.Table:
-    """Read a whole dataset (all ``usage_date=`` partitions) as one Arrow table."""
+    """Read a whole dataset (all ``usage_date=`` partitions) as one Arrow table; files of an
+    earlier schema version read with nulls in the columns they lack."""
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(
-        str(root), format="parquet", partitioning="hive", exclude_invalid_files=True
+        str(root), format="parquet", partitioning="hive", exclude_invalid_files=True,
+        schema=DATASET_SCHEMA,
     )
     return dataset.to_table()
 

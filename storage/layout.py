@@ -16,7 +16,7 @@ COMPACTED_NAME: Final = "part-compacted.parquet"
 """The one file of a compacted day."""
 ON_CONFLICT: Final = ("fail", "keep-latest")
 """What ``compact`` does with versions of one ``interval_id`` that differ."""
-GROUP_BY: Final = ("account", "usage_type", "day")
+GROUP_BY: Final = ("account", "usage_type", "day", "region")
 """Keys ``report`` can group by."""
 FORMATS: Final = ("table", "csv", "json")
 """Output formats of ``report``."""

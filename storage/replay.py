@@ -39,6 +39,8 @@ from metering.engine import Engine, Policy, Record
 from metering.events import Category, Ignored, Meterable, Rejected, Source
 from metering.intervals import UsageInterval
 from metering.periods import PeriodGrid, as_period
+from metering.regions import label as label_row
+from metering.regions import qualified, qualify, region_problem
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
 from storage.dataset import ARROW_SCHEMA, sort_table, to_batch
@@ -70,6 +72,10 @@ class ReplayOptions:
     now_ms: int | None = None
     """The wall clock (UTC ms) for the event-time bound of rule 4b; None: read at start."""
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+    regions: list[str | None] | None = None
+    """The region of each input (same order as ``inputs``; None: no regions). Either every
+    input has one or none (:class:`metering.regions.TopicRegions`); rows then carry it and
+    each region's state is kept apart."""
 
 
 @dataclass
@@ -161,6 +167,8 @@ class Block(NamedTuple):
     plain: bool
     """No line is blank, ends in ``\\r`` or is a kcat envelope: each line is a record value
     (the common case, decided for the whole block at once). See :func:`block_records`."""
+    input_no: int = 0
+    """Position of the block's file in the list of inputs."""
 
 
 class _Hasher:
@@ -230,7 +238,7 @@ def read_blocks(
     """
     hasher = _Hasher(digest)
     try:
-        for name in names:
+        for index, name in enumerate(names):
             label = "stdin" if name == "-" else os.path.basename(name)
             stream = _open_input(name)
             hasher.update(f"\0{label}\0".encode())
@@ -250,11 +258,11 @@ def read_blocks(
                     lines = block.split(b"\n")
                     tail = lines.pop()
                     partial = [tail] if tail else []
-                    yield Block(label, first, lines, _plain(block, lines))
+                    yield Block(label, first, lines, _plain(block, lines), index)
                     first += len(lines)
                 if partial:
                     lines = [b"".join(partial)]
-                    yield Block(label, first, lines, _plain(lines[0], lines))
+                    yield Block(label, first, lines, _plain(lines[0], lines), index)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 raise InputError(f"error reading {name}: {exc}") from exc
             finally:
@@ -297,9 +305,12 @@ class DatasetWriter:
         grid: PeriodGrid,
         run_key: Callable[[], str],
         domain_of: Callable[[str], str | None] = lambda _a: None,
+        regional: bool = False,
     ) -> None:
         self.root = root
         self.domain_of = domain_of
+        self.regional = regional
+        """Rows carry a region: the engine knows their accounts as ``<region>|<account>``."""
         self.grid = grid
         self.run_key = run_key
         self.buffers: dict[str, list[UsageInterval]] = defaultdict(list)
@@ -350,6 +361,9 @@ class DatasetWriter:
         missing = pc.is_null(domains)
         accounts: list[str] = (  # account_id is not nullable
             table.column("account_id").filter(missing).to_pylist())  # type: ignore[assignment]
+        if self.regional:  # every row has a region (all inputs or none)
+            in_region = table.column("region").filter(missing).to_pylist()
+            accounts = [qualified(str(r), a) for r, a in zip(in_region, accounts, strict=True)]
         found = [self.domain_of(a) for a in accounts]
         if not any(d is not None for d in found):
             return table
@@ -470,6 +484,8 @@ def _run_key(options: ReplayOptions) -> Any:
         digest.update(f"|orphan_close_ttl={options.orphan_close_ttl_ms}".encode())
     if options.max_watermark_jump_ms != ReplayOptions.max_watermark_jump_ms:
         digest.update(f"|jump={options.max_watermark_jump_ms}".encode())
+    if options.regions and any(options.regions):  # no regions: names kept
+        digest.update(f"|regions={options.regions}".encode())
     return digest
 
 
@@ -484,8 +500,26 @@ def _check_inputs(inputs: list[str]) -> int | None:
     return sum(os.path.getsize(n) for n in inputs)
 
 
+def _input_regions(options: ReplayOptions) -> list[str | None]:
+    """The region of each input (all None without regions); InputError if inconsistent."""
+    regions = options.regions or [None] * len(options.inputs)
+    if len(regions) != len(options.inputs):
+        raise InputError(f"{len(regions)} regions for {len(options.inputs)} inputs")
+    for region in regions:
+        why = None if region is None else region_problem(region)
+        if why:
+            raise InputError(f"--region {why}")
+    if any(regions) and not all(regions):
+        missing = ", ".join(n for n, r in zip(options.inputs, regions, strict=True) if not r)
+        raise InputError(f"some inputs have a region and {missing} has none: give every "
+                         "input a region (--input FILE --region NAME), or none")
+    return regions
+
+
 def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) -> ReplaySummary:
     grid = PeriodGrid(as_period(options.period), options.timezone)
+    regions = _input_regions(options)
+    regional = any(regions)
     meter = Engine(Policy(grid=grid, lateness_ms=options.lateness_ms,
                           orphan_close_ttl_ms=options.orphan_close_ttl_ms,
                           max_watermark_jump_ms=options.max_watermark_jump_ms))
@@ -499,7 +533,7 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
     writer = DatasetWriter(options.output, grid, lambda: digest.hexdigest()[:20],
-                           meter.accounts.domain_of)
+                           meter.accounts.domain_of, regional)
     read = _ByteCount()
 
     def report(done: bool = False) -> None:
@@ -507,6 +541,8 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
             on_progress(ReplayProgress(summary.records, read.n, total, done))
 
     def emit(rows: list[UsageInterval]) -> None:
+        if regional:
+            rows = [label_row(row) for row in rows]
         writer.add(rows)
         if writer.pending:
             writer.spill(tmpdir)
@@ -524,8 +560,10 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
         # Ignored values are few distinct objects: counted by identity (cheap), folded into
         # kinds and categories at the end
         ignored_seen: dict[int, _Seen] = {}
+        lane_region: dict[str, str] = {}  # lane -> the region of its first record
         for block in read_blocks(options.inputs, digest, read.add):
-            label, first = block.label, block.first
+            name, first = block.label, block.first
+            region = regions[block.input_no]
             raws, where = block_records(block, summary)
             count += len(raws)
             for i, value in enumerate(decode_batch(raws, max_bytes, now_ms, max_skew_ms)):
@@ -538,7 +576,7 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
                     continue
                 by_category[value.category] += 1
                 topic, partition, offset, key = (
-                    (label, 0, first + i, None) if where is None else where[i])
+                    (name, 0, first + i, None) if where is None else where[i])
                 if isinstance(value, Rejected):
                     summary.rejects[value.reason.value] += 1
                     if rejects_fh is not None:
@@ -548,7 +586,16 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
                 if until is not None and value.time_ms >= until:
                     summary.after_until += 1
                     continue
-                yield value, Source(topic, partition, offset)
+                src = Source(topic, partition, offset)
+                if region is not None:  # a regional run: every input has a region
+                    if lane_region.setdefault(src.lane, region) != region:
+                        raise InputError(
+                            f"records of {src.lane} (topic/partition) come from inputs of "
+                            f"regions {lane_region[src.lane]} and {region}: each region "
+                            "needs its own topic names (kcat -J dumps) or file names (bare "
+                            "lines)")
+                    value = qualify(value, region)
+                yield value, src
             summary.records = count
             report()
         for seen in ignored_seen.values():

@@ -5,6 +5,10 @@ contract section 5) with :mod:`pyarrow.dataset`, keeps only the ``usage_date`` p
 ``[from, to]`` (both **inclusive**; a date names a whole day in the period time zone the
 dataset was written with), and for each group reports:
 
+Usage of one account in several regions (``region``, schema version 2) is summed per
+account unless ``region`` is one of the groups: each region's intervals have their own
+``interval_id``, so nothing is counted twice.
+
 * ``intervals``: the number of distinct ``interval_id``;
 * ``hours``: the sum of ``raw_usage_hours`` over them, computed exactly as
   ``sum(duration_ms) / 3 600 000`` (the contract defines ``raw_usage_hours`` as
@@ -36,7 +40,7 @@ import pyarrow.dataset as ds
 
 from metering.intervals import MS_PER_HOUR
 from storage.compact import PREFERENCE, dedupe
-from storage.dataset import PARTITION_COLUMN
+from storage.dataset import DATASET_SCHEMA, PARTITION_COLUMN
 from storage.errors import InputError
 from storage.layout import GROUP_BY
 from storage.parts import list_days, part_files
@@ -45,6 +49,7 @@ GROUP_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "account": ("account_id",),
     "usage_type": ("usage_type", "usage_type_name"),
     "day": (PARTITION_COLUMN,),
+    "region": ("region",),
 }
 """Output columns of each ``--by`` key (the name follows the usage type id)."""
 
@@ -56,6 +61,7 @@ _READ: Final = tuple(
             "account_id",
             "usage_type",
             "usage_type_name",
+            "region",
             *(name for name, _ in PREFERENCE),
         )
     )
@@ -151,7 +157,8 @@ def usage_report(
     partitioning = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
     try:
         dataset = ds.dataset(
-            files, format="parquet", partitioning=partitioning, partition_base_dir=str(root)
+            files, format="parquet", partitioning=partitioning, partition_base_dir=str(root),
+            schema=DATASET_SCHEMA,  # version 1 files (no region) read with nulls there
         )
         expr = None
         if date_from is not None:

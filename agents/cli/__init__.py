@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("agents.cli.workers", "run the streaming worker (Faust agents: cs -> usage)"),
     "archive": ("agents.cli.workers",
                 "run the archive worker (usage topic -> Parquet dataset)"),
+    "route": ("agents.cli.workers",
+              "forward input records matching event routes to their topics"),
     "check-config": ("agents.cli.workers",
                      "print the effective settings (secrets masked); exit 2 if invalid"),
     "demo": ("agents.cli.demo",

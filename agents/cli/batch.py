@@ -58,7 +58,13 @@ def register_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "dataset. Exit codes: 0 ok, 2 bad options, 3 unreadable input, 4 unwritable output."
         ),
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s), .gz, or -")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="input file(s), .gz, or -")
+    p.add_argument("--input", action=_InputAction, dest="tagged", default=[], metavar="FILE",
+                   help="one more input file (repeatable); may be followed by --region")
+    p.add_argument("--region", action=_RegionAction, dest="tagged", metavar="NAME",
+                   help="region of the --input just before it (1 to 64 letters, digits, "
+                   "'.', '_', '-'): its intervals carry it, and each region's state is kept "
+                   "apart. Either every input has a region or none")
     p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR",
                    help="dataset directory (created if missing)")
     p.add_argument("--until", metavar="T",
@@ -94,6 +100,33 @@ def register_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run_replay_command, _parser=p)
 
 
+class _InputAction(argparse.Action):
+    """``--input FILE``: appends ``[FILE, None]`` (the region, set by a following --region)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        tagged = list(getattr(namespace, self.dest) or [])
+        tagged.append([values, None])
+        setattr(namespace, self.dest, tagged)
+
+
+class _RegionAction(argparse.Action):
+    """``--region NAME``: the region of the ``--input`` just before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from metering.regions import region_problem
+
+        tagged = list(getattr(namespace, self.dest) or [])
+        if not tagged or tagged[-1][1] is not None:
+            parser.error(f"--region {values} must follow an --input FILE without a region")
+        why = region_problem(str(values))
+        if why:
+            parser.error(f"--region: {why}")
+        tagged[-1] = [tagged[-1][0], str(values)]
+        setattr(namespace, self.dest, tagged)
+
+
 def run_replay_command(args: argparse.Namespace) -> int:
     """Run ``metering replay`` from parsed arguments; return the exit code."""
     from metering.eventtime import iso, parse_iso_instant
@@ -116,8 +149,18 @@ def run_replay_command(args: argparse.Namespace) -> int:
         parser.error("--max-clock-skew must be >= 0 seconds")
     if not args.max_watermark_jump > 0:
         parser.error("--max-watermark-jump must be > 0 seconds")
+    inputs = [*args.inputs, *(name for name, _ in args.tagged)]
+    regions: list[str | None] = [*(None for _ in args.inputs),
+                                 *(region for _, region in args.tagged)]
+    if not inputs:
+        parser.error("no input: give INPUT files or --input FILE")
+    if any(regions) and not all(regions):
+        missing = ", ".join(n for n, r in zip(inputs, regions, strict=True) if not r)
+        parser.error(f"some inputs have a region and {missing} has none: give every input "
+                     "a region (--input FILE --region NAME), or none")
     options = ReplayOptions(
-        inputs=list(args.inputs), output=args.output, until_ms=until, period=args.period,
+        inputs=inputs, output=args.output, regions=regions if any(regions) else None,
+        until_ms=until, period=args.period,
         timezone=args.timezone,
         lateness_ms=None if args.lateness is None else int(args.lateness * 1000),
         orphan_close_ttl_ms=int(args.orphan_close_ttl * 1000),
@@ -220,8 +263,9 @@ def register_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("root", type=Path, metavar="DIR", help="dataset directory")
     p.add_argument("--by", action="append", choices=GROUP_BY,
-                   metavar="{account,usage_type,day}",
-                   help="group by this key; repeat for several (in that order; default account)")
+                   metavar="{account,usage_type,day,region}",
+                   help="group by this key; repeat for several (in that order; default account: "
+                   "an account's usage in every region summed; add region to split it)")
     p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD",
                    help="first usage_date included (inclusive)")
     p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD",

@@ -1,4 +1,5 @@
-"""``metering worker``, ``archive`` and ``check-config``: the commands of the Faust apps."""
+"""``metering worker``, ``archive``, ``route`` and ``check-config``: the commands of the Kafka
+apps."""
 
 from __future__ import annotations
 
@@ -89,6 +90,31 @@ def _archive(args: argparse.Namespace) -> int:
     return _run_app(args, "archive", "agents.archive")
 
 
+def _route(args: argparse.Namespace) -> int:
+    import logging
+
+    from agents import preflight
+    from metering.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(overrides=_overrides(args))
+        if not settings.routes.strip():
+            raise SettingsError(["routes: no route given: set --routes / METERING_ROUTES "
+                                 "(PATTERN=TOPIC[,PATTERN=TOPIC...], e.g. "
+                                 "ActionEvent.*.Account.*=accounts)"])
+    except SettingsError as exc:
+        return fail("route", exc)
+    code = preflight.run(settings, None, args.loglevel)  # waits for the broker (exit 1)
+    if code is not None:
+        return code
+    logging.basicConfig(level={"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper()),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: "
+                        "%(message)s")
+    from agents.route import run
+
+    return run(settings)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the Kafka-side subcommands to the ``metering`` parser."""
     w = sub.add_parser(
@@ -113,6 +139,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    choices=["debug", "info", "warn", "error"])
     _add_settings_flags(a)
     a.set_defaults(func=_archive)
+    r = sub.add_parser(
+        "route", help="forward input records matching event routes to their topics",
+        description="Forward each record of the input topic(s) whose route key "
+        "category.type.resourceType.resourceUUID (CloudStack's event-bus key: missing parts "
+        "*, dots inside a part -) matches a pattern of --routes to that route's topic, "
+        "unchanged (key, value, timestamp; header metering-source). Patterns: * one word, "
+        "# zero or more. Own consumer group <app_id>-route; offsets are committed after the "
+        "sends are acknowledged (at least once). Exit 0 after SIGTERM, 1 if the broker is "
+        "unreachable or a send fails, 2 for bad settings.")
+    r.add_argument("--loglevel", "-l", default="info",
+                   choices=["debug", "info", "warn", "error"])
+    _add_settings_flags(r)
+    r.set_defaults(func=_route)
     c = sub.add_parser(
         "check-config", help="print the effective settings (secrets masked); exit 2 if invalid",
         description="Validate the worker settings from METERING_* and flags; every problem "

@@ -124,14 +124,19 @@ def test_avro_schema_matches_the_json_schema() -> None:
 @pytest.mark.parametrize("path", sorted((SCHEMAS / "examples").glob("valid-*.json")),
                          ids=lambda p: p.name)
 def test_example_ids_are_the_ids_the_code_computes(path: Path) -> None:
-    """Schema version 2: the id hashes (usage type, account, resource key) and the start."""
+    """Schema version 2: the id hashes (usage type, account, resource key) and the start;
+    with a region, the account and resource qualified by it (``metering.regions``)."""
     from metering.intervals import SCHEMA_VERSION, interval_id, resource_key
+    from metering.regions import qualified
 
     row = json.loads(path.read_text())
     assert row["schema_version"] == SCHEMA_VERSION == 2
-    key = resource_key(row["usage_type"], row["resource_id"], row["zone_id"])
+    account, resource = row["account_id"], row["resource_id"]
+    if row["region"] is not None:
+        account, resource = qualified(row["region"], account), qualified(row["region"], resource)
+    key = resource_key(row["usage_type"], resource, row["zone_id"])
     assert row["interval_id"] == interval_id(
-        row["usage_type"], row["account_id"], key, row["start"], row["duration_ms"] == 0)
+        row["usage_type"], account, key, row["start"], row["duration_ms"] == 0)
 
 
 # -- one definition, four descriptions --------------------------------------------------------
@@ -188,9 +193,11 @@ PARQUET_LAYOUT = pa.schema([
     pa.field("source_partition", pa.int32(), nullable=False),
     pa.field("source_offset", pa.int64(), nullable=False),
     pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("region", pa.string()),  # schema version 2 (files without it read as null)
 ])
 """The Parquet files' schema as written before the definition existed (archives on disk have
-it): changing it is a format change, never a side effect."""
+it, without ``region``), plus ``region``: changing it is a format change, never a side
+effect."""
 
 
 def test_the_arrow_schema_is_the_definitions_and_the_parquet_layout() -> None:

@@ -31,9 +31,10 @@ GOLDEN_BYTES = (
     b'"start":1740787200000,"end":1740787560000,"duration_ms":360000,'
     b'"raw_usage_hours":0.1,"period_start":1740787200000,"final":false,'
     b'"close_reason":"period","source_topic":"cs","source_partition":2,"source_offset":41,'
-    b'"schema_version":2}'
+    b'"schema_version":2,"region":null}'
 )
-"""What the worker sent for this row before the codec existed (``orjson.dumps(row.to_dict())``)."""
+"""What the worker sent for this row before the codec existed (``orjson.dumps(row.to_dict())``),
+plus ``region`` (schema version 2)."""
 
 
 def test_encoding_is_byte_for_byte_the_earlier_one() -> None:

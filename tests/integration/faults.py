@@ -6,7 +6,9 @@ the process kills itself with SIGKILL at the named point:
 
 * ``archive_after_files``: a batch's files are durable, its checkpoint is not written;
 * ``archive_after_checkpoint``: a batch with rows is checkpointed, but not yet acked or
-  committed.
+  committed;
+* ``route_before_commit``: ``metering route`` had its first batch's sends acknowledged, and
+  dies as it is about to commit the batch's offsets.
 
 The patches are made on the class, before the command imports its app module, so the
 running worker is the real one with one method wrapped. :class:`WorkerProc` starts this
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 
 from storage.archive import ArchiveWriter, BatchResult
 
-FAULTS = ("archive_after_files", "archive_after_checkpoint")
+FAULTS = ("archive_after_files", "archive_after_checkpoint", "route_before_commit")
 
 
 def _crash(fault: str) -> None:
@@ -57,6 +59,14 @@ def install(fault: str) -> None:
             return result
 
         ArchiveWriter.write_batch = crash_after_checkpoint  # type: ignore[method-assign]
+    elif fault == "route_before_commit":
+        from aiokafka import AIOKafkaConsumer
+
+        async def crash_at_commit(self: AIOKafkaConsumer, *args: object,
+                                  **kwargs: object) -> None:
+            _crash(fault)  # agents.route commits only after every send was acknowledged
+
+        AIOKafkaConsumer.commit = crash_at_commit  # type: ignore[method-assign]
     else:
         raise ValueError(f"unknown fault {fault!r} (one of {', '.join(FAULTS)})")
 

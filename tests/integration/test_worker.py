@@ -77,6 +77,12 @@ def _run_and_compare(
 ) -> dict[str, dict[str, Any]]:
     expected = replay_rows(dump_kcat(kafka_bootstrap, topic), tmp_path)
     assert expected, "the trace must produce usage"
+    return worker_equals(kafka_bootstrap, worker, expected)
+
+
+def worker_equals(kafka_bootstrap: str, worker: WorkerProc,
+                  expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Start ``worker``; its usage rows (by interval_id) once they are exactly ``expected``."""
     worker.start().wait_ready()
     got = consume(
         kafka_bootstrap, worker.usage_topic,

@@ -192,6 +192,18 @@ def test_topic_prefix_goes_before_every_topic_and_group_once() -> None:
     assert '"input_topic": "t.cs"' in out.stdout  # once, though the CLI loads twice
 
 
+def test_topic_prefix_goes_before_each_regional_input_and_route_target() -> None:
+    s = load_settings(env={"METERING_TOPIC_PREFIX": "ta.",
+                           "METERING_INPUT_TOPICS": "cs.a=a, cs.b=b",
+                           "METERING_ROUTES": "ActionEvent.*.Account.*=accounts,"
+                                              "UsageEvent.VM-START.#=vm"})
+    assert s.input_topics == "ta.cs.a=a,ta.cs.b=b"
+    assert s.routes == "ActionEvent.*.Account.*=ta.accounts,UsageEvent.VM-START.#=ta.vm"
+    assert "routes: target" in problems({"METERING_TOPIC_PREFIX": "ta.",
+                                         "METERING_INPUT_TOPICS": "cs.a=a",
+                                         "METERING_ROUTES": "UsageEvent.#=cs.a"})
+
+
 def test_faust_derives_changelogs_and_group_from_the_prefixed_app_id() -> None:
     from agents.faustapp import make_app
 
