@@ -362,9 +362,9 @@ def explain_loss(bootstrap: str, app_id: str, rows: list[dict[str, Any]],
     its open slots), and a verdict:
 
     * ``ingest``: the record that opened the lost interval never reached the events topic;
-    * ``meter-state``: the events offset of the open was committed, but no changelog record
-      of the resource holds that slot before the committing worker died (the state write
-      was lost while its input was committed);
+    * ``meter``: the open is on the events topic and its offset was committed, but no
+      changelog state of the resource ever held the slot: committed without being applied
+      (issue 18: Faust counted it as acked after a restore), or its state write was lost;
     * ``restore``: the changelog held the open state, yet the next worker did not cut it.
     """
     from metering.codec import decode_entity
@@ -417,8 +417,9 @@ def explain_loss(bootstrap: str, app_id: str, rows: list[dict[str, Any]],
         if not opens:
             verdict = "ingest: no record at or before the interval reached the events topic"
         elif not holding:
-            verdict = ("meter-state: the events topic has the records, the changelog never "
-                       "held the open slot")
+            verdict = ("meter: the open is on the events topic (committed past, see above) "
+                       "but no changelog state ever held its slot: committed without being "
+                       "applied, or its state write lost")
         else:
             verdict = ("restore: the changelog held the open slot (see above); the worker "
                        "after it did not cut it")
