@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: help install test test-unit test-integration test-reliability lint fmt demo kafka-up kafka-down kafka-status bench promtool clean helm chart-rules
+.PHONY: help install test test-unit test-integration test-reliability lint fmt demo kafka-up kafka-down kafka-status bench promtool stress-ng clean helm chart-rules
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,8 +37,12 @@ test: install lint ## Lint, then the whole suite (unit, property, contract, real
 	@$(MAKE) --no-print-directory helm || echo "helm unavailable: the chart checks will be skipped"
 	$(BIN)/python -m pytest -q
 
-test-reliability: install ## Reliability suite at full size (300k-record crash loop, 10k fuzzed records, ...)
-	METERING_RELIABILITY=full METERING_FUZZ_RECORDS=10000 $(BIN)/python -m pytest -q -s -m reliability --timeout 3600
+# CPU_LOAD: CPU hogs during the reliability suite (default one per core; 0: none). stress-ng
+# when `make stress-ng` can fetch it, else busy-loop processes (tests/integration/cpuload.py).
+CPU_LOAD ?= nproc
+test-reliability: install ## Reliability suite at full size (300k-record crash loop, 10k fuzzed records, ...), every core saturated
+	@$(MAKE) --no-print-directory stress-ng || echo "stress-ng unavailable: busy-loop processes will load the CPU instead"
+	METERING_CPU_LOAD=$(CPU_LOAD) METERING_RELIABILITY=full METERING_FUZZ_RECORDS=10000 $(BIN)/python -m pytest -q -s -m reliability --timeout 3600
 
 test-unit: install ## Only the tests that need no broker
 	$(BIN)/python -m pytest -q -m "not kafka"
@@ -105,6 +109,27 @@ helm: ## Build helm $(HELM_VERSION) into ~/.cache/metering/helm/ (go install; pr
 
 chart-rules: ## Copy compose/prometheus/rules.yml into the Helm chart (one source of alerts)
 	cp compose/prometheus/rules.yml deploy/helm/metering/files/rules.yml
+
+# stress-ng saturates the CPU during `make test-reliability`. Debian's package and the three
+# libraries it needs beyond a base system (apt-get download + dpkg -x, no root), cached next to
+# promtool; a wrapper sets LD_LIBRARY_PATH. A stress-ng on PATH is used as it is.
+stress-ng: ## Fetch stress-ng into ~/.cache/metering/stress-ng/ (Debian packages; prints its path)
+	@set -euo pipefail; dest="$(PROMTOOL_CACHE)/stress-ng/stress-ng"; \
+	if command -v stress-ng >/dev/null; then dest="$$(command -v stress-ng)"; \
+	elif [ ! -x "$$dest" ]; then \
+	  command -v apt-get >/dev/null && command -v dpkg >/dev/null \
+	    || { echo "stress-ng: needs apt-get and dpkg (Debian/Ubuntu); or put stress-ng on PATH" >&2; exit 1; }; \
+	  work="$$(mktemp -d)"; trap 'rm -rf "$$work"' EXIT; \
+	  (cd "$$work" && apt-get download -q stress-ng libipsec-mb1 libjudydebian1 libsctp1 >/dev/null 2>&1) \
+	    || { echo "stress-ng: 'apt-get download stress-ng ...' failed (run apt-get update?)" >&2; exit 1; }; \
+	  for deb in "$$work"/*.deb; do dpkg -x "$$deb" "$$work/root"; done; \
+	  dir="$$(dirname "$$dest")"; mkdir -p "$$dir/lib"; \
+	  cp -a "$$work"/root/usr/lib/*/*.so* "$$dir/lib/"; \
+	  install -m 0755 "$$work/root/usr/bin/stress-ng" "$$dir/stress-ng.bin"; \
+	  printf '#!/bin/sh\nd="$$(dirname "$$0")"\nLD_LIBRARY_PATH="$$d/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" exec "$$d/stress-ng.bin" "$$@"\n' > "$$dest.tmp"; \
+	  chmod 0755 "$$dest.tmp" && mv "$$dest.tmp" "$$dest"; \
+	fi; \
+	"$$dest" --version 2>&1 | head -n 1; echo "stress-ng: $$dest"
 
 clean: ## Remove the venv and caches (keeps the Maven/Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

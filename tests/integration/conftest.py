@@ -16,12 +16,23 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from agents.localkafka import LocalKafka
+from tests.integration.cpuload import cpu_load, requested
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def saturated_cpu() -> Iterator[str]:
+    """``METERING_CPU_LOAD=N`` (``make test-reliability``: one per core): N CPU hogs run
+    for the whole session (:mod:`tests.integration.cpuload`); unset: none."""
+    with cpu_load(requested()) as what:
+        if what != "none":
+            print(f"\nCPU load for this session: {what}")
+        yield what
 
 
 @pytest.fixture(scope="session")
