@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from metering.eventtime import format_event_time
-from tests.integration.kafkautil import _wait_topic, dump_kcat, produce
+from tests.integration.kafkautil import _wait_topic, consume, dump_kcat, produce
 
 FULL = os.environ.get("METERING_RELIABILITY") == "full"
 PARTITIONS = 4
@@ -110,6 +110,23 @@ class Settled:
     """The worker had processed everything: the output can no longer change."""
     how: str
     """A sentence for failure messages (what was waited for, how long)."""
+
+
+def read_usage(bootstrap: str, usage_topic: str, expected: set[str],
+               deadline_s: float) -> Output:
+    """Consume the usage topic until it holds every expected id; check repeats are equal
+    (for tests whose worker is known to be caught up; the crash loop uses
+    :func:`read_usage_settled`)."""
+    remaining = set(expected)
+    read = [0]
+
+    def done(msgs: list[Any]) -> bool:  # looks only at new messages
+        for m in msgs[read[0]:]:
+            remaining.discard(orjson.loads(m.value)["interval_id"])
+        read[0] = len(msgs)
+        return not remaining
+
+    return _output(consume(bootstrap, usage_topic, done, deadline_s=deadline_s))
 
 
 def read_usage_settled(bootstrap: str, app_id: str, input_topic: str, usage_topic: str,
