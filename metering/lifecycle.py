@@ -319,15 +319,11 @@ def is_duplicate(state: EntityState, src: Source) -> bool:
 
 
 def _mark_applied(state: EntityState, src: Source) -> bool:
-    """Record ``src`` as applied; False if it was applied already (rule 6, as
-    :func:`is_duplicate`)."""
-    lane = src.lane
-    offsets = state.offsets
-    last = offsets.get(lane)
-    if last is not None and src.offset <= last:
+    """Record ``src`` as applied; False if it was applied already (rule 6)."""
+    if is_duplicate(state, src):
         return False
-    state.lane = lane
-    offsets[lane] = src.offset
+    state.lane = lane = src.lane
+    state.offsets[lane] = src.offset
     return True
 
 
