@@ -65,6 +65,20 @@ def lane_of(topic: str, partition: int) -> Lane:
     return Lane(f"{topic}/{partition}")
 
 
+_LANES: dict[tuple[str, int], Lane] = {}
+"""(topic, partition) -> lane text, so that a record's lane is looked up, not formatted."""
+
+
+def _lane(topic: str, partition: int) -> Lane:
+    """The lane of ``(topic, partition)``, remembered (a few thousand at most)."""
+    lane = _LANES.get((topic, partition))
+    if lane is None:
+        if len(_LANES) >= 4096:
+            _LANES.clear()
+        lane = _LANES[(topic, partition)] = lane_of(topic, partition)
+    return lane
+
+
 def partition_of(lane: Lane) -> int:
     """The partition number of ``lane`` (the text after the last ``/``)."""
     return int(lane.rpartition("/")[2])
@@ -85,7 +99,8 @@ class Source(NamedTuple):
     @property
     def lane(self) -> Lane:
         """The ordered sub-stream this record belongs to (``topic/partition``)."""
-        return Lane(f"{self.topic}/{self.partition}")
+        lane = _LANES.get(self[:2])  # (topic, partition)
+        return _lane(self[0], self[1]) if lane is None else lane
 
 
 class UsageEvent(NamedTuple):

@@ -124,31 +124,31 @@ def _deletion(accounts: Mapping[str, AccountState], account_id: str
     return account.deleted_at, account.deleted_by
 
 
-def _attr(changes: list[tuple[int, int, str]], kind: int, cutoff: int) -> str | None:
-    value: str | None = None
+_OFFERING_KINDS: Final[dict[int, tuple[int, int]]] = {
+    UsageType.RUNNING_VM: (SERVICE_OFFERING, TEMPLATE),
+    UsageType.ALLOCATED_VM: (SERVICE_OFFERING, TEMPLATE),
+    UsageType.VOLUME: (DISK_OFFERING, -1),
+}
+"""Usage type -> the attributes its rows carry as (offering_id, template_id); -1: none.
+Rows of other usage types carry neither."""
+
+
+def _attrs(changes: list[tuple[int, int, str]], kinds: tuple[int, int], a: int, b: int
+           ) -> tuple[str | None, str | None]:
+    """(offering_id, template_id) of piece ``[a, b)``: the latest ``changes`` of the two
+    ``kinds`` (:data:`_OFFERING_KINDS`) at or before the piece's last millisecond."""
+    cutoff = b - 1 if b > a else a
+    offering_kind, template_kind = kinds
+    offering: str | None = None
+    template: str | None = None
     for t, k, v in changes:
         if t > cutoff:
             break
-        if k == kind:
-            value = v
-    return value
-
-
-def _attrs(
-    state: EntityState, usage_type: int, a: int, b: int
-) -> tuple[str | None, str | None]:
-    """(offering_id, template_id) for piece ``[a, b)`` of ``usage_type``."""
-    if not state.changes:
-        return None, None
-    cutoff = b - 1 if b > a else a
-    if usage_type == UsageType.RUNNING_VM or usage_type == UsageType.ALLOCATED_VM:
-        return (
-            _attr(state.changes, SERVICE_OFFERING, cutoff),
-            _attr(state.changes, TEMPLATE, cutoff),
-        )
-    if usage_type == UsageType.VOLUME:
-        return _attr(state.changes, DISK_OFFERING, cutoff), None
-    return None, None
+        if k == offering_kind:
+            offering = v
+        elif k == template_kind:
+            template = v
+    return offering, template
 
 
 def _emit(
@@ -180,10 +180,12 @@ def _emit(
     zone = slot.zone_id
     opened = slot.opened_by
     changes = state.changes
+    kinds = _OFFERING_KINDS.get(usage_type) if changes else None
     grid = ctx.grid
-    step = grid.fixed_step
+    step = grid.step_ms
     a = start
     period_start, boundary = grid.bounds(a)
+    append = out.append
     while True:
         b = boundary if boundary < end else end
         last = b == end
@@ -194,9 +196,9 @@ def _emit(
         else:
             final, reason, src = False, CloseReason.PERIOD, opened
         offering = template = None
-        if changes:
-            offering, template = _attrs(state, usage_type, a, b)
-        out.append(build_row(
+        if kinds is not None:
+            offering, template = _attrs(changes, kinds, a, b)
+        append(build_row(
             f"{prefix}{a:016x}" if b > a else interval_id(usage_type, account, rkey, a, True),
             account, domain, zone, usage_type, resource_id, offering, template, a, b,
             period_start, final, reason, src))
@@ -372,6 +374,9 @@ def _claim(state: EntityState, key: SlotKey, at: int) -> Orphan | None:
     return orphan
 
 
+_new: Final = tuple.__new__
+"""Builds a NamedTuple from a tuple of all its fields without the generated ``__new__``'s
+Python frame (the per-record path)."""
 _DUPLICATE: Final = (Note.DUPLICATE,)
 _ENRICHED: Final = (Note.ENRICHED,)
 
@@ -463,7 +468,7 @@ def apply_usage(
             if action != CLOSE:  # SPLIT: reopen with the event's attributes
                 start = max(t, state.ends.get(k, t))
                 slots[k] = Slot(account, event.zone_id, start, src)
-    return Transition(state, tuple(out), tuple(notes) if notes else (), tuple(held))
+    return _new(Transition, (state, tuple(out), tuple(notes) if notes else (), tuple(held)))
 
 
 def apply_enrichment(

@@ -49,6 +49,8 @@ class PeriodGrid:
     _cache: dict[int, tuple[int, int]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    step_ms: int = field(init=False, repr=False, compare=False, default=0)
+    """:attr:`fixed_step`, kept as a plain attribute (read once per emitted interval)."""
 
     def __post_init__(self) -> None:
         if self.period not in PERIODS:
@@ -60,13 +62,13 @@ class PeriodGrid:
         if tz is dt.UTC:
             fixed = 0
         object.__setattr__(self, "_fixed", fixed)
+        object.__setattr__(self, "step_ms", 0 if fixed is None else
+                           _HOUR if self.period == "hour" else _DAY)
 
     @property
     def fixed_step(self) -> int:
         """Period length in ms when every period has the same length (UTC), else 0."""
-        if self._fixed is None:
-            return 0
-        return _HOUR if self.period == "hour" else _DAY
+        return self.step_ms
 
     def _is_boundary_slow(self, ms: int) -> bool:
         """True if the local calendar day (or hour) starts at ``ms``, a UTC quarter-hour."""

@@ -45,11 +45,13 @@ from metering.rejects import reject_record
 from metering.usage_types import NAMES
 from storage.dataset import ARROW_SCHEMA, sort_table, to_batch
 from storage.errors import InputError, OutputError
-from storage.gctune import bulk_gc
+from storage.gctune import bulk_gc, settle
 from storage.parts import partition_dir, publish, replay_part_name, staging_dir, write_atomic
 
 FLUSH_ROWS: Final = 250_000
 """Rows buffered per ``usage_date`` before a part file is written (bounds memory)."""
+CLOSE_WRITERS: Final = 2
+"""Parts sorted and written at once at the end of a replay (threads)."""
 BATCH_ROWS: Final = 4096
 """Rows of a ``usage_date`` collected before they are converted to an Arrow batch."""
 
@@ -371,14 +373,29 @@ class DatasetWriter:
         return table.set_column(table.schema.get_field_index("domain_id"),
                                 table.schema.field("domain_id"), filled)
 
-    def spill(self, tmpdir: Path) -> None:
+    def spill(self, tmpdir: Path, workers: int = 1) -> None:
         """Write full parts to staged files (final names need the whole input's digest,
-        known only at the end)."""
-        for date, part, batches in self.pending:
-            table = pa.Table.from_batches(batches, ARROW_SCHEMA).combine_chunks()
-            table = sort_table(self._fill_domains(table))
-            write_atomic(table, tmpdir / f"{date}-{part:05d}.parquet")
-        self.pending.clear()
+        known only at the end). With ``workers`` > 1, that many parts are sorted and
+        written at once (Arrow and the file system release the GIL): only once no more
+        rows come, as a part's missing domains are filled from the accounts known when it
+        is written."""
+        pending, self.pending = self.pending, []
+        if workers <= 1 or len(pending) <= 1:
+            for date, part, batches in pending:
+                self._write_part(tmpdir, date, part, batches)
+            return
+        with ThreadPoolExecutor(max_workers=workers,
+                                thread_name_prefix="replay-write") as pool:
+            futures = [pool.submit(self._write_part, tmpdir, date, part, batches)
+                       for date, part, batches in pending]
+            for future in futures:
+                future.result()  # raises what the write raised
+
+    def _write_part(self, tmpdir: Path, date: str, part: int,
+                    batches: list[pa.RecordBatch]) -> None:
+        table = pa.Table.from_batches(batches, ARROW_SCHEMA).combine_chunks()
+        table = sort_table(self._fill_domains(table))
+        write_atomic(table, tmpdir / f"{date}-{part:05d}.parquet")
 
     def close(self, tmpdir: Path, summary: ReplaySummary) -> None:
         """Move spilled parts and write the remaining buffers under their final names."""
@@ -386,7 +403,7 @@ class DatasetWriter:
         for date in list(self.buffers):
             self._batch(date, end_part=True)
         self.buffers.clear()
-        self.spill(tmpdir)
+        self.spill(tmpdir, workers=CLOSE_WRITERS)
         for spilled in sorted(tmpdir.glob("*.parquet")):
             date, part = spilled.stem.rsplit("-", 1)
             final = partition_dir(self.root, date) / replay_part_name(key, int(part))
@@ -449,11 +466,13 @@ def drive(
     """The engine loop: apply the events in order, :data:`ENGINE_BATCH` at a time, then cut
     what is open at the horizon; the completed intervals of each batch go to ``emit``."""
     batch: list[Record] = []
+    append, new = batch.append, tuple.__new__  # a Record without its __new__'s Python frame
     for value, source in events:
-        batch.append(Record(value, source))
+        append(new(Record, (value, source, None, None)))
         if len(batch) == ENGINE_BATCH:
             rows = engine.apply(batch).rows
             batch = []
+            append = batch.append
             if rows:
                 emit(rows)
     if batch:
@@ -561,6 +580,7 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
         # kinds and categories at the end
         ignored_seen: dict[int, _Seen] = {}
         lane_region: dict[str, str] = {}  # lane -> the region of its first record
+        new_source = tuple.__new__  # Source(...) without its __new__'s Python frame
         for block in read_blocks(options.inputs, digest, read.add):
             name, first = block.label, block.first
             region = regions[block.input_no]
@@ -586,7 +606,7 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
                 if until is not None and value.time_ms >= until:
                     summary.after_until += 1
                     continue
-                src = Source(topic, partition, offset)
+                src = new_source(Source, (topic, partition, offset))
                 if region is not None:  # a regional run: every input has a region
                     if lane_region.setdefault(src.lane, region) != region:
                         raise InputError(
@@ -597,6 +617,7 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
                     value = qualify(value, region)
                 yield value, src
             summary.records = count
+            settle()
             report()
         for seen in ignored_seen.values():
             by_category[seen.value.category] += seen.n

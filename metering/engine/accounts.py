@@ -18,6 +18,14 @@ from metering.events import AccountCreated, AccountDeleted, Source
 from metering.states import AccountState, SlotKey
 
 
+def _all_of(keys: tuple[SlotKey, ...], account: str) -> bool:
+    """True if every key in ``keys`` is of ``account``."""
+    for key in keys:  # noqa: SIM110 (all() over a generator costs a frame per call)
+        if key[2] != account:
+            return False
+    return True
+
+
 class Accounts:
     """The account store of one engine and the open-interval index.
 
@@ -89,7 +97,7 @@ class Accounts:
             self.open.pop(entity_id, None)
         if old and keys:
             account = old[0][2]
-            if all(k[2] == account for k in old) and all(k[2] == account for k in keys):
+            if _all_of(old, account) and _all_of(keys, account):
                 return  # one and the same account before and after: its index stays
         before = {k[2] for k in old}
         after = {k[2] for k in keys}

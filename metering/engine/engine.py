@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, MutableMapping
+from typing import Final
 
 from metering.engine.accounts import Accounts
 from metering.engine.lanes import Lanes
@@ -42,6 +43,10 @@ from metering.intervals import CloseReason, UsageInterval
 from metering.lifecycle import Context, Note, cut, is_duplicate, prune_changes, release, step
 from metering.states import FOREVER, AccountState, EntityState
 from metering.watermarks import NEVER
+
+_new: Final = tuple.__new__
+"""Builds a NamedTuple (:class:`Context`, :class:`Applied`) from all its fields without the
+generated ``__new__``'s Python frame: the settled instant moves with almost every record."""
 
 
 class Engine:
@@ -79,15 +84,17 @@ class Engine:
         if ctx is not None and ctx.settled == settled and ctx.record_ms == record_ms:
             return ctx
         horizon = NEVER if settled <= NEVER else settled - self.policy.orphan_close_ttl_ms
-        ctx = self._last_ctx = Context(self.policy.grid, self.accounts.store, settled, horizon,
-                                       record_ms)
+        ctx = self._last_ctx = _new(Context, (self.policy.grid, self.accounts.store, settled,
+                                              horizon, record_ms))
         return ctx
 
     def _store(self, entity_id: str, state: EntityState, slots_changed: bool = True) -> None:
         """Keep ``state`` (pruned of attribute changes nothing can see any more) and index
         its open slots unless ``slots_changed`` is False."""
         changes = state.changes
-        if len(changes) > 1:
+        # two changes can only be pruned if they are of one attribute (the usual two, a VM's
+        # offering and template, are not): prune_changes would find nothing to drop
+        if len(changes) > 1 and (len(changes) > 2 or changes[0][1] == changes[1][1]):
             bound = self.lanes.settled
             if self.policy.lateness_ms is not None and bound > NEVER:
                 bound -= self.policy.lateness_ms  # a record this late may still open a piece
