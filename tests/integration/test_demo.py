@@ -54,6 +54,8 @@ def test_demo_shows_hours_and_period_cuts_and_a_chart_and_stops_cleanly_on_ctrl_
         while not list(data_dir.glob("archive/usage_date=*/*.parquet")):
             assert time.monotonic() < deadline, "nothing archived:\n" + "".join(lines[-60:])
             time.sleep(0.5)  # poll with a deadline
+        children = _descendants(proc.pid)  # the worker, archive and simulator it started
+        assert children, "the demo started no processes?"
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(timeout=90) == 0, "".join(lines[-60:])
     finally:
@@ -81,9 +83,27 @@ def test_demo_shows_hours_and_period_cuts_and_a_chart_and_stops_cleanly_on_ctrl_
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the worker and simulator are gone too
-        left = subprocess.run(["pgrep", "-f", "agents (worker|archive|simulate) "],
-                              capture_output=True, text=True, check=False).stdout
-        if not left.strip():
+        left = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        if not left:
             break
-        time.sleep(0.5)
-    assert not left.strip()
+        time.sleep(0.5)  # poll with a deadline
+    assert not left, f"processes the demo started outlived it: {left}"
+
+
+
+def _descendants(root: int) -> set[int]:
+    """Pids of every live descendant of ``root`` (Linux /proc), not other processes of
+    the machine (other tests or workers may run beside this one)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
