@@ -53,3 +53,36 @@ def test_batches_are_delivered_when_the_metadata_narrows_to_another_topic(
     topic = topic_factory(partitions=2, prefix="narrow")
     acked = asyncio.run(_narrowed_while_lingering(kafka_bootstrap, topic))
     assert acked == {0: 0, 1: 0}
+
+
+async def _topic_partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+        return {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+    finally:
+        await admin.close()
+
+
+def test_preflight_creates_the_output_topics_before_the_worker_starts(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Any,
+) -> None:
+    """The agents send to the usage and rejects topics from their first batch: they exist
+    (``partitions`` partitions, every one with a leader) before Faust starts, instead of
+    being created by a task that races those sends."""
+    from agents import preflight
+    from metering.settings import Settings
+
+    app_id = unique_name("pre")
+    settings = Settings(broker=kafka_bootstrap, app_id=app_id, partitions=3,
+                        usage_topic=f"{app_id}-usage", rejects_topic=f"{app_id}-rejected",
+                        events_topic=f"{app_id}-events", data_dir=tmp_path / "data")
+    outputs = [settings.usage_topic, settings.rejects_topic]
+    assert asyncio.run(_topic_partitions(kafka_bootstrap, outputs)) == {}
+    asyncio.run(preflight.check(settings, {settings.events_topic: {}}))
+    assert asyncio.run(_topic_partitions(kafka_bootstrap, outputs)) == dict.fromkeys(outputs, 3)
+    asyncio.run(preflight.check(settings, {settings.events_topic: {}}))  # again: kept
+    assert asyncio.run(_topic_partitions(kafka_bootstrap, outputs)) == dict.fromkeys(outputs, 3)
