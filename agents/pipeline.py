@@ -160,9 +160,13 @@ def _die(what: str) -> None:
 
 @task(app)
 async def declare_output_topics() -> None:
-    """Create the usage and rejects topics if missing (brokers may disable auto-creation)."""
+    """Create the usage, rejects and internal topics if missing (preflight created them
+    before the worker started; brokers may disable auto-creation); the producer then tracks
+    the internal topic the ticks go to (an untracked topic can drop out of its metadata with
+    a batch of it waiting: :mod:`agents.sender`)."""
     for topic in (usage_topic, rejects_topic, events_topic):
         await topic.maybe_declare()
+    await kafka_producer(app).client.add_topic(events_topic.get_topic_name())
 
 
 async def _fetches(topic: str) -> AsyncIterator[list[Fetch]]:

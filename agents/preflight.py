@@ -5,7 +5,9 @@
 2. Compare ``partitions`` with the real partition counts of the existing internal events
    topic and the tables' changelog topics (:func:`metering.guards.partition_problems`);
    refuse (exit 2) on a mismatch. Missing ones are created here, as Faust would, and
-   waited for until every partition has a leader (see :func:`_create_state_topics`).
+   waited for until every partition has a leader (see :func:`_create_state_topics`); so
+   are the usage and rejects topics (``partitions`` partitions, not checked), which the
+   agents send to from their first batch.
 3. Compare the period grid the state was built with (the last record of the compacted
    grid topic ``<app_id>-grid``) with ``period``/``timezone``
    (:func:`metering.guards.grid_decision`); refuse (exit 2) on a change unless
@@ -210,8 +212,10 @@ async def check(settings: Settings,
         if state_topics is None:
             return
         gtopic = grid_topic(settings)
-        counts = await _partition_counts(admin, [*state_topics, gtopic])
+        outputs = {settings.usage_topic, settings.rejects_topic} - set(state_topics)
+        counts = await _partition_counts(admin, [*state_topics, gtopic, *outputs])
         grid_exists = counts.pop(gtopic, None) is not None
+        existing_outputs = {name for name in outputs if counts.pop(name, None) is not None}
         if any(n != settings.partitions for n in counts.values()):
             raise PreflightError(EXIT_REFUSED, partition_refusal(settings.partitions, counts))
         configured = Grid(settings.period, settings.timezone)
@@ -227,8 +231,11 @@ async def check(settings: Settings,
             log.info("grid: %s", decision.message)
         if decision.action is not GridAction.KEEP:
             await _write_grid(settings, admin, gtopic, grid_exists, configured)
+        # The output topics too: the agents send to them from their first batch, and Faust
+        # would create them only concurrently with those sends (the rejects topic raced).
         await _create_state_topics(admin, settings, {
-            name: config for name, config in state_topics.items() if name not in counts})
+            **{name: config for name, config in state_topics.items() if name not in counts},
+            **{name: {} for name in outputs - existing_outputs}})
         log.info("preflight passed: partitions=%d (%s), %s", settings.partitions,
                  ", ".join(f"{t}: {n}" for t, n in sorted(counts.items())) or "new state",
                  configured)

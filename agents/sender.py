@@ -43,6 +43,7 @@ class BatchSender:
         self.futures: list[tuple[Any, int]] = []  # (delivery future, records in the batch)
         self._cache: dict[bytes, int] = {}
         self._next = -1
+        self._tracked_by: Any = None  # the producer client that tracks ``topic``
 
     async def _n_partitions(self) -> int:
         if self._partitions is None:
@@ -75,8 +76,16 @@ class BatchSender:
             batch = self.batches[p] = self._get_producer().create_batch()
             batch.append(key=key, value=value, timestamp=None)
 
+    async def _track(self, producer: Any) -> None:
+        """Make ``producer`` track this topic in its metadata refreshes (see module doc)."""
+        if self._tracked_by is not producer.client:
+            await producer.client.add_topic(self.topic)  # new: waits for a refresh with it
+            self._tracked_by = producer.client
+
     async def _submit(self, partition: int, batch: Any) -> None:
-        fut = await self._get_producer().send_batch(batch, self.topic, partition=partition)
+        producer = self._get_producer()
+        await self._track(producer)
+        fut = await producer.send_batch(batch, self.topic, partition=partition)
         self.futures.append((fut, batch.record_count()))
 
     async def submit(self) -> list[tuple[Any, int]]:
