@@ -4,15 +4,20 @@ Scenarios (issue 8), each next to a ceiling measured in the same run on the same
 
 * ``replay``: ``metering replay`` over a cached ~1-million-record simulated trace, next to
   a bare "read lines + orjson.loads" loop over the same file (:mod:`bench.replay`).
-* ``streaming``: a slice of the trace preloaded in a 4-partition topic; the worker from
-  process start to caught up, next to a raw aiokafka consumer and a naive one-event-at-a-
-  time Faust agent on the same topic (:mod:`bench.streaming`).
+* ``streaming``: a slice of the trace preloaded in a 4-partition topic; the worker with
+  hourly (output-heavy) and daily (input-heavy) periods, driven only through its command
+  line and settings, next to the ceiling of the same run: a raw confluent-kafka consumer
+  reading the input plus a raw confluent-kafka producer writing as many records of the
+  same sizes as the worker's usage output (aiokafka as a second reference), and a naive
+  one-event-at-a-time Faust agent (:mod:`bench.streaming`, :mod:`bench.ceiling`).
 * ``latency``: the worker at steady live rates; p50/p99 from record timestamp to the
   interval on the usage topic, from the worker's own histogram (:mod:`bench.latency`).
-* ``scale``: the core engine over RocksDB with 10 000 to 1 000 000 open resources: events/s,
-  peak RSS, RocksDB size (:mod:`bench.scale`).
+* ``scale``: two worker processes in one group against one (scale-out, on the streaming
+  slice), and the core engine over RocksDB with 10 000 to 1 000 000 open resources:
+  events/s, peak RSS, RocksDB size (:mod:`bench.scale`).
 
-Then the issue's targets, each met or missed; for a missed one a py-spy profile of the
+Then the targets of issues 8 and 18, each with the ceiling or reference of the same run,
+the ratio, the goal, met or missed; for a missed one a py-spy profile of the
 process that missed it (:mod:`bench.profile`). Rates are records/s (events/s for scale),
 times seconds of wall clock, instants UTC. The trace is generated once with ``metering
 simulate`` and cached under ``~/.cache/metering/bench/``; the Kafka broker is
@@ -58,9 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="simulated accounts of the trace (3000 x 30 days ~ 1 million records)")
     p.add_argument("--days", type=int, default=30, help="simulated days of the trace")
     p.add_argument("--stream-records", type=int, default=200_000,
-                   help="records preloaded for the streaming scenario (first N of the trace; "
-                        "default 200 000: the worker at ~2 000 records/s would need ~8 min "
-                        "for 1 million)")
+                   help="records preloaded for the streaming and scale-out scenarios (first "
+                        "N of the trace; default 200 000: the worker at ~2 000 records/s "
+                        "would need ~8 min for 1 million; a faster worker is run repeatedly "
+                        "until 45 s, so its figure still has a spread)")
     p.add_argument("--rates", default="1000,2000,10000",
                    help="live rates, records/s, in this order on one worker (the issue's "
                         "targets are 2000 and 10000; 1000 shows the latency floor below "
