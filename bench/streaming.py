@@ -126,14 +126,19 @@ class CatchUp:
     """The usage topic's records and bytes (read back after the run when asked for)."""
 
     @property
-    def rate(self) -> float:
-        """Input records/s from the first commit to caught up (start to caught up if the
-        first commit came after 80 % of the input)."""
+    def window(self) -> tuple[int, float]:
+        """(input records, seconds) from the first commit to caught up; from the start
+        when the first commit came after 80 % of the input."""
         if (self.startup_s is not None and self.seconds > self.startup_s
                 and self.committed_at_startup < 0.8 * self.records):
-            return ((self.records - self.committed_at_startup)
-                    / (self.seconds - self.startup_s))
-        return self.records / self.seconds
+            return (self.records - self.committed_at_startup, self.seconds - self.startup_s)
+        return self.records, self.seconds
+
+    @property
+    def rate(self) -> float:
+        """Input records/s over :attr:`window` (the throughput figure)."""
+        records, seconds = self.window
+        return records / seconds
 
     @property
     def start_rate(self) -> float:
@@ -364,7 +369,7 @@ def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results:
                 notes=_ceiling_notes(ref, out)))
         results.rows.append(Row(
             "streaming", f"`metering worker --period {period}` ({kind}), first commit to "
-            f"caught up", med.records, rate=med.rate,
+            f"caught up", *med.window,
             ratio=f"{100 * med.rate / best.rate:.1f} %",
             notes=(f"{spread(runs)}; start to caught up {med.seconds:.1f} s = "
                    f"{med.start_rate:,.0f}/s (first commit at {med.startup_s or 0:.1f} s); "
@@ -395,7 +400,7 @@ def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results:
         hourly = results.metrics.get("worker_hour_rate", 0.0)
         results.rows.append(Row(
             "streaming", "naive faust agent (`async for`, orjson.loads, count), first commit "
-            "to caught up", prep.records, rate=ncaught.rate,
+            "to caught up", *ncaught.window,
             ratio=f"{100 * ncaught.rate / read_rate:.1f} % of the read" if read_rate else "",
             notes=(f"one stock Faust hop, no output; vs the confluent read alone "
                    f"({read_rate:,.0f}/s); hourly worker = {hourly / ncaught.rate:.2f}x naive")))
@@ -440,10 +445,10 @@ def scale_out(prep: Prepared, results: Results, period: str = "day") -> None:
     ratio = m2.rate / m1.rate
     results.rows.append(Row(
         "scale-out", f"1 worker process, --period {period}, first commit to caught up",
-        m1.records, rate=m1.rate, ratio="1.00x", notes=f"reference; {spread(one)}"))
+        *m1.window, ratio="1.00x", notes=f"reference; {spread(one)}"))
     results.rows.append(Row(
-        "scale-out", f"2 worker processes in one group, --period {period}", m2.records,
-        rate=m2.rate, ratio=f"{ratio:.2f}x",
+        "scale-out", f"2 worker processes in one group, --period {period}", *m2.window,
+        ratio=f"{ratio:.2f}x",
         notes=(f"{spread(two)}; start to caught up {m2.seconds:.1f} s = "
                f"{m2.start_rate:,.0f}/s (one worker {m1.start_rate:,.0f}/s); "
                f"{m2.intervals:,} intervals (one worker {m1.intervals:,})")))

@@ -14,12 +14,14 @@ from bench.streaming import CatchUp, median_run, spread
 
 def test_rate_runs_from_the_first_commit_to_caught_up() -> None:
     run = CatchUp(seconds=25.0, startup_s=5.0, committed_at_startup=10_000, records=210_000)
+    assert run.window == (200_000, 20.0)
     assert run.rate == 200_000 / 20.0
     assert run.start_rate == 210_000 / 25.0
 
 
 def test_rate_falls_back_to_start_when_the_first_commit_came_late() -> None:
     late = CatchUp(seconds=10.0, startup_s=9.5, committed_at_startup=190_000, records=200_000)
+    assert late.window == (200_000, 10.0)
     assert late.rate == 200_000 / 10.0
     never = CatchUp(seconds=10.0, startup_s=None, committed_at_startup=0, records=200_000)
     assert never.rate == 20_000.0
