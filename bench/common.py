@@ -67,12 +67,20 @@ class Row:
 
 @dataclass
 class Target:
-    """A target of issue 8: ``met`` is None when the scenario did not run or is undecided."""
+    """A target (issues 8 and 18): ``met`` is None when not measured or not a target.
+
+    ``reference`` is the ceiling or reference measured in the same run, ``ratio`` the
+    figure against it.
+    """
 
     name: str
     goal: str
     measured: str
     met: bool | None
+    reference: str = ""
+    ratio: str = ""
+    status: str = ""
+    """Shown instead of met/missed/not measured when set (e.g. "reported")."""
 
 
 @dataclass
@@ -103,10 +111,13 @@ class Results:
         return "\n".join(lines)
 
     def target_table(self) -> str:
-        lines = ["| target | goal | measured | status |", "|---|---|---|---|"]
+        lines = ["| target | measured | ceiling / reference (same run) | ratio | goal | status |",
+                 "|---|---|---|---:|---|---|"]
         for t in self.targets:
-            status = {True: "**met**", False: "**missed**", None: "not measured"}[t.met]
-            lines.append(f"| {t.name} | {t.goal} | {t.measured} | {status} |")
+            status = t.status or {True: "**met**", False: "**missed**",
+                                  None: "not measured"}[t.met]
+            lines.append(f"| {t.name} | {t.measured} | {t.reference} | {t.ratio} | {t.goal} "
+                         f"| {status} |")
         return "\n".join(lines)
 
 
@@ -177,7 +188,8 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in
-                         ("orjson", "pyarrow", "faust-streaming", "aiokafka", "rocksdict"))
+                         ("orjson", "pyarrow", "faust-streaming", "aiokafka", "confluent-kafka",
+                          "rocksdict"))
     return (f"{os.cpu_count()} cores ({cpu}){mem}; {platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}; {versions}")
 
@@ -292,6 +304,10 @@ class Kafka:
         from aiokafka.admin import NewTopic
 
         await self._admin.create_topics([NewTopic(topic, partitions, 1)])
+
+    async def exists(self, topic: str) -> bool:
+        """Whether ``topic`` exists on the broker (a worker may not use every topic)."""
+        return topic in set(await self._admin.list_topics())
 
     async def partitions(self, topic: str, deadline_s: float = 60.0) -> list[Any]:
         """The partitions of ``topic`` (waits for the topic to appear, with a deadline)."""

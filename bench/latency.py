@@ -137,8 +137,10 @@ async def lineage_latencies(bootstrap: str, usage_topic: str, input_topic: str,
     from metering.wire import Routed, WireError, decode_wire
 
     async with Kafka(bootstrap) as kafka:
-        ends = {t: await kafka.end_offsets(t) for t in (usage_topic, input_topic,
-                                                        events_topic)}
+        ends = {t: await kafka.end_offsets(t) for t in (usage_topic, input_topic)}
+        # A one-hop worker may have no internal events topic at all.
+        ends[events_topic] = (await kafka.end_offsets(events_topic)
+                              if await kafka.exists(events_topic) else {})
     wanted: dict[str, dict[tuple[int, int], list[int]]] = {input_topic: {}, events_topic: {}}
 
     def on_usage(msg: Any) -> None:
@@ -283,6 +285,7 @@ def run(bootstrap: str, work: Path, results: Results, rates: list[float], step_s
             results.metrics[f"latency_{s.rate:.0f}_p50"] = p50
             results.metrics[f"latency_{s.rate:.0f}_p99"] = p99
         results.metrics[f"latency_{s.rate:.0f}_processed_rate"] = s.committed / s.produce_s
+        results.metrics[f"latency_{s.rate:.0f}_offered"] = offered
     results.notes.append(
         f"Latency steps: {', '.join(f'{r:,.0f}' for r in rates)} records/s for {step_s:.0f} s "
         f"each, one worker, producer `metering simulate --accounts {accounts} --days {days} "

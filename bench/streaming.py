@@ -1,22 +1,41 @@
-"""Streaming scenario: the worker against a raw consumer and a naive Faust agent.
+"""Streaming scenario: the worker against the raw Kafka ceiling, hourly and daily periods.
+
+The worker is driven only through its command line and ``METERING_*`` settings (``python
+-m agents worker``), never through ``agents/`` internals, so the scenario measures today's
+worker and any rewrite of it that keeps the command and the settings.
 
 1. **Preload** (not timed): the first ``records`` lines of the cached trace are produced as
    raw bytes to a fresh ``partitions``-partition topic, keyed and timestamped as ``metering
    simulate --to-kafka`` does (see :func:`bench.common.keyed_records`).
-2. **Raw consumer** (the ceiling): aiokafka, ``group_id=None``, all partitions assigned,
-   from the beginning, ``getmany`` until every partition reaches its end offset; no
-   processing. Timed from ``start()`` to the last record, best of two runs.
-3. **Worker**: ``python -m agents worker`` in a subprocess (its own app id, data dir and
-   topics, default settings otherwise), timed from process start until *caught up*: the
-   group's committed offsets on the input topic reach its end offsets, and then its
-   committed offsets on the internal events topic reach the end offsets that topic had at
-   that moment (every forwarded event metered and its intervals acknowledged on the usage
-   topic; later ticks do not count). Polled every 0.5 s with the admin client
-   (``list_consumer_group_offsets``), so the time is up to ~0.5 s + one commit interval
-   (1 s) late; start-up (interpreter, Faust, group join, ~5-10 s) is included, and also
-   reported separately.
+2. **Worker**, once with ``METERING_PERIOD=hour`` (output-heavy: every open resource is cut
+   every simulated hour) and once with ``day`` (input-heavy): ``python -m agents worker``
+   in a subprocess with its own app id (group), data dir and topics, default settings
+   otherwise, timed until *caught up*: the group's committed offsets on the input topic
+   reach its end offsets, and then, if the worker commits on its internal events topic
+   (today's two-hop worker does; a one-hop rewrite may not have that topic), its committed
+   offsets there reach the end offsets that topic had at that moment (every forwarded
+   event metered and its intervals acknowledged on the usage topic). Polled every 0.25 s
+   with the admin client (``list_consumer_group_offsets``); the worker commits every
+   second. Two figures per run: *start to caught up* (process start included: interpreter,
+   Faust, group join) and the **throughput**, *first commit to caught up*: input records
+   committed after the first poll that saw a commit, divided by the time from that poll to
+   caught up (both ends are commit observations, so start-up drops out). The worker is run
+   again until its runs add up to at least ``MIN_TOTAL_S`` seconds (at most ``MAX_RUNS``
+   runs; a fresh group and data dir each time): the figure is the median run, the spread
+   (min-max) is printed beside it.
+3. **Ceiling** per period (:mod:`bench.ceiling`), after that period's worker run: a raw
+   confluent-kafka consumer reads the input topic, then a raw confluent-kafka producer writes
+   as many records, of the same key and value sizes, as the worker wrote to its usage
+   topic (counted by reading it back, not timed), ``acks=all``, all acknowledged; best of
+   two. The same with aiokafka (the worker's client; ``getmany`` and ``send_batch``) once, as
+   a second reference.
 4. **Naive agent** (:mod:`bench.naive_app`): ``python -m faust -A bench.naive_app worker``,
-   timed the same way on its own group (Faust's default commit interval is 2.8 s).
+   one Faust agent that parses and counts each record, timed the same way on its own group
+   (Faust's default commit interval is 2.8 s): what one stock Faust hop costs.
+
+Scale-out (:func:`scale_out`, run by the ``scale`` scenario): two worker processes in one
+group (each its own data dir and web port) on the same preloaded topic with daily periods,
+against one worker measured the same way in the same run.
 """
 
 from __future__ import annotations
@@ -24,12 +43,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.kafkaclient import client_options
+from bench import ceiling
 from bench.common import (
     PYTHON,
     Child,
@@ -40,13 +60,18 @@ from bench.common import (
     children,
     keyed_records,
     log,
-    pct,
     produce,
 )
 from bench.profile import record
 
-POLL_S = 0.5
+POLL_S = 0.25
 """Seconds between offset polls."""
+MIN_TOTAL_S = 45.0
+"""A worker variant is run again until its runs add up to this many seconds ..."""
+MAX_RUNS = 3
+"""... or it ran this many times."""
+PERIODS = (("hour", "hourly", "output-heavy"), ("day", "daily", "input-heavy"))
+"""``METERING_PERIOD`` values measured, with their names in the table."""
 
 
 class BenchError(RuntimeError):
@@ -58,7 +83,7 @@ def worker_env(bootstrap: str, app_id: str, input_topic: str, data_dir: Path, we
     """Environment of ``python -m agents worker`` with its own group, topics and data dir.
 
     Everything else keeps the worker's defaults (hourly periods, batches of 2 000 records
-    within 0.5 s, 1 s ticks and commits).
+    within 0.5 s, 1 s ticks and commits); ``extra`` adds ``METERING_*`` settings.
     """
     from agents.localkafka import free_port
 
@@ -86,68 +111,80 @@ def worker(env: dict[str, str], log_path: Path) -> Child:
 
 @dataclass
 class CatchUp:
-    """When a consumer group caught up, in seconds since its process started."""
+    """When a consumer group caught up, in seconds since its (first) process started."""
 
     seconds: float
     startup_s: float | None
     """Seconds until the first committed input offset was seen (start-up and group join)."""
     committed_at_startup: int
     """Input records already committed at ``startup_s``."""
+    records: int = 0
+    """Input records (the topic's end offsets)."""
+    intervals: int = 0
+    """Records on the usage topic once caught up."""
+    output: ceiling.Output | None = None
+    """The usage topic's records and bytes (read back after the run when asked for)."""
+
+    @property
+    def window(self) -> tuple[int, float]:
+        """(input records, seconds) from the first commit to caught up; from the start
+        when the first commit came after 80 % of the input."""
+        if (self.startup_s is not None and self.seconds > self.startup_s
+                and self.committed_at_startup < 0.8 * self.records):
+            return (self.records - self.committed_at_startup, self.seconds - self.startup_s)
+        return self.records, self.seconds
+
+    @property
+    def rate(self) -> float:
+        """Input records/s over :attr:`window` (the throughput figure)."""
+        records, seconds = self.window
+        return records / seconds
+
+    @property
+    def start_rate(self) -> float:
+        """Input records/s from process start to caught up."""
+        return self.records / self.seconds
 
 
-async def wait_caught_up(kafka: Kafka, child: Child, group: str, input_topic: str,
+async def wait_caught_up(kafka: Kafka, procs: list[Child], group: str, input_topic: str,
                          input_ends: dict[int, int], events_topic: str | None,
                          deadline_s: float) -> CatchUp:
-    """Poll committed offsets every 0.5 s until caught up (see the module docstring)."""
-    deadline = child.started + deadline_s
+    """Poll committed offsets until caught up (see the module docstring).
+
+    ``events_topic`` None: the input topic alone decides (the naive agent). Otherwise the
+    events topic counts only if it exists and ``group`` commits on it.
+    """
+    started = min(c.started for c in procs)
+    deadline = started + deadline_s
     startup: float | None = None
     at_startup = 0
     events_target: dict[int, int] | None = None
+    input_done: float | None = None
     while True:
         now = time.monotonic()
-        if not child.alive():
-            raise BenchError(f"{child.argv[2:4]} exited early:\n{child.tail()}")
+        for child in procs:
+            if not child.alive():
+                raise BenchError(f"{child.argv[2:4]} exited early:\n{child.tail()}")
         if now > deadline:
             raise BenchError(f"{group} not caught up within {deadline_s:.0f} s "
-                             f"(deadline); log tail:\n{child.tail()}")
+                             f"(deadline); log tail:\n{procs[0].tail()}")
         committed = await kafka.committed(group, input_topic)
         if startup is None and sum(committed.values()) > 0:
-            startup, at_startup = now - child.started, sum(committed.values())
+            startup, at_startup = now - started, sum(committed.values())
         if behind(input_ends, committed) == 0:
+            input_done = input_done or now
             if events_topic is None:
-                return CatchUp(time.monotonic() - child.started, startup, at_startup)
+                return CatchUp(now - started, startup, at_startup)
             if events_target is None:  # every input record was forwarded before this
+                if not await kafka.exists(events_topic):
+                    return CatchUp(now - started, startup, at_startup)
                 events_target = await kafka.end_offsets(events_topic)
-            if behind(events_target, await kafka.committed(group, events_topic)) == 0:
-                return CatchUp(time.monotonic() - child.started, startup, at_startup)
+            done = await kafka.committed(group, events_topic)
+            if not done and now - input_done > 5.0:  # the worker does not use that topic
+                return CatchUp(input_done - started, startup, at_startup)
+            if done and behind(events_target, done) == 0:
+                return CatchUp(now - started, startup, at_startup)
         await asyncio.sleep(POLL_S)  # poll with a deadline
-
-
-async def raw_consume(bootstrap: str, topic: str, ends: dict[int, int]) -> tuple[int, float]:
-    """Read ``topic`` from the beginning to ``ends`` with ``getmany``: (records, seconds)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    t0 = time.perf_counter()
-    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(ends)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        left = {tp: ends[tp.partition] for tp in tps if ends[tp.partition] > 0}
-        n = 0
-        while left:
-            batch = await consumer.getmany(*left, timeout_ms=1000, max_records=10_000)
-            for tp, msgs in batch.items():
-                n += len(msgs)
-                if msgs and msgs[-1].offset + 1 >= left.get(tp, 0):
-                    left.pop(tp, None)
-            if time.perf_counter() - t0 > 600:
-                raise BenchError("raw consumer did not finish within 600 s")
-        return n, time.perf_counter() - t0
-    finally:
-        await consumer.stop()
 
 
 def naive(bootstrap: str, topic: str, app_id: str, work: Path, web_port: int) -> Child:
@@ -159,112 +196,228 @@ def naive(bootstrap: str, topic: str, app_id: str, work: Path, web_port: int) ->
                   "--web-port", str(web_port)], env, work / "naive.log")
 
 
-def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results: Results,
-        *, partitions: int = 4, deadline_s: float = 900.0, profile_s: float = 0.0,
-        target_rate: float = 50_000.0) -> None:
-    """Run the streaming scenario; append its rows (and a worker profile) to ``results``.
+@dataclass
+class Prepared:
+    """The preloaded input topic and what was measured on it so far in this run."""
 
-    ``profile_s`` > 0: when the worker misses ``target_rate`` records/s, a second worker
-    (fresh group) is sampled with py-spy for that many seconds while it processes.
-    """
-    from agents.localkafka import free_port
+    bootstrap: str
+    topic: str
+    ends: dict[int, int]
+    partitions: int
+    work: Path
+    deadline_s: float = 900.0
+    runs: dict[str, list[CatchUp]] = field(default_factory=dict)
+    """``METERING_PERIOD`` -> one-worker runs."""
+    serial: int = 0
 
-    stamp = time.strftime("%H%M%S")
-    topic = f"bench-cs-{stamp}"
+    @property
+    def records(self) -> int:
+        return sum(self.ends.values())
+
+    def app_id(self, label: str) -> str:
+        self.serial += 1
+        return f"{self.topic}-{label}-{self.serial}"
+
+
+def preload(bootstrap: str, path: Path, cfg: Any, records: int, work: Path,
+            results: Results, partitions: int = 4) -> Prepared:
+    """Produce the first ``records`` records of the trace to a fresh topic (not timed)."""
+    topic = f"bench-cs-{time.strftime('%H%M%S')}"
     log(f"streaming: preparing {records:,} records (keys from the simulator) ...")
     data, keyed = keyed_records(path, cfg, records)
 
-    async def preload(records: list[tuple[bytes | None, bytes, int]]) -> dict[int, int]:
+    async def load(data: list[tuple[bytes | None, bytes, int]]) -> dict[int, int]:
         async with Kafka(bootstrap) as kafka:
             await kafka.create_topic(topic, partitions)
-        return await produce(bootstrap, topic, records)
+        return await produce(bootstrap, topic, data)
 
     t0 = time.perf_counter()
-    ends = asyncio.run(preload(data))
-    n_input = sum(ends.values())
+    ends = asyncio.run(load(data))
     del data
-    log(f"streaming: preloaded {n_input:,} records to {topic} in "
+    prep = Prepared(bootstrap, topic, ends, partitions, work)
+    log(f"streaming: preloaded {prep.records:,} records to {topic} in "
         f"{time.perf_counter() - t0:.1f} s (not timed)")
     how = "keyed as `metering simulate --to-kafka` keys them" if keyed else "key None"
-    results.notes.append(f"Streaming input: the first {n_input:,} records of the trace in a "
-                         f"{partitions}-partition topic, {how}.")
+    results.notes.append(f"Streaming input: the first {prep.records:,} records of the trace "
+                         f"in a {partitions}-partition topic, {how}.")
+    return prep
 
-    runs = [asyncio.run(raw_consume(bootstrap, topic, ends)) for _ in range(2)]
-    n_raw, t_raw = min(runs, key=lambda r: r[1])
-    if n_raw != n_input:
-        raise BenchError(f"raw consumer read {n_raw:,} records, expected {n_input:,}")
-    raw_rate = n_raw / t_raw
-    results.rows.append(Row("streaming", "raw aiokafka consumer (getmany, no processing)",
-                            n_raw, t_raw, ratio="100.0 %", notes="ceiling; best of 2"))
-    results.metrics["raw_consumer_rate"] = raw_rate
-    log(f"streaming: raw consumer {raw_rate:,.0f} records/s")
+
+def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False) -> CatchUp:
+    """``n`` worker processes in one fresh group on the preloaded topic, to caught up.
+
+    ``output``: count the records and bytes of the usage topic afterwards (not timed). The
+    run's topics are deleted at the end (they hold up to ~1 GB each).
+    """
+    from agents.localkafka import free_port
+
+    app_id = prep.app_id(f"{period}{n}")
+    with children() as procs:
+        for i in range(n):
+            env = worker_env(prep.bootstrap, app_id, prep.topic, prep.work / f"{app_id}-{i}",
+                             free_port(), prep.partitions, METERING_PERIOD=period)
+            procs.append(worker(env, prep.work / f"{app_id}-{i}.log").start())
+        log(f"streaming: {n} worker(s) --period {period} started "
+            f"(pids {', '.join(str(c.pid) for c in procs)}) ...")
+
+        async def measure() -> CatchUp:
+            async with Kafka(prep.bootstrap) as kafka:
+                caught = await wait_caught_up(kafka, procs, app_id, prep.topic, prep.ends,
+                                              f"{app_id}-events", prep.deadline_s)
+                caught.records = prep.records
+                usage = await kafka.end_offsets(f"{app_id}-usage")
+            caught.intervals = sum(usage.values())
+            if output:
+                caught.output = ceiling.output_of(prep.bootstrap, f"{app_id}-usage", usage)
+            return caught
+
+        caught = asyncio.run(measure())
+    ceiling.delete_topics(prep.bootstrap, ceiling.topics_with_prefix(prep.bootstrap,
+                                                                       f"{app_id}-"))
+    log(f"streaming: {n} worker(s) --period {period}: {caught.rate:,.0f} records/s after the "
+        f"first commit, {caught.start_rate:,.0f}/s from start ({caught.seconds:.1f} s), "
+        f"{caught.intervals:,} intervals")
+    for i in range(n):
+        shutil.rmtree(prep.work / f"{app_id}-{i}", ignore_errors=True)
+    return caught
+
+
+def repeated(prep: Prepared, period: str, n: int = 1) -> list[CatchUp]:
+    """Runs of :func:`run_workers` until ``MIN_TOTAL_S`` seconds or ``MAX_RUNS`` runs."""
+    runs = [run_workers(prep, period, n, output=n == 1)]
+    while len(runs) < MAX_RUNS and sum(r.seconds for r in runs) < MIN_TOTAL_S:
+        runs.append(run_workers(prep, period, n))
+    return runs
+
+
+def median_run(runs: list[CatchUp]) -> CatchUp:
+    return sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
+
+
+def spread(runs: list[CatchUp]) -> str:
+    """"1 run" or "3 runs: 3,400-3,700/s (±4 %)" (half the range over the median)."""
+    if len(runs) == 1:
+        return "1 run"
+    rates = sorted(r.rate for r in runs)
+    med = statistics.median(rates)
+    return (f"{len(runs)} runs: {rates[0]:,.0f}-{rates[-1]:,.0f}/s "
+            f"(±{50 * (rates[-1] - rates[0]) / med:.0f} %)")
+
+
+def ceilings(prep: Prepared, out: ceiling.Output, label: str) -> tuple[ceiling.Ceiling,
+                                                                        ceiling.Ceiling | None]:
+    """Best of two confluent-kafka ceilings and one aiokafka reference for ``out``."""
+    made: list[str] = []
+    try:
+        best: ceiling.Ceiling | None = None
+        for i in range(2):
+            made.append(f"{prep.topic}-ceiling-{label}-{i}")
+            c = ceiling.confluent(prep.bootstrap, prep.topic, prep.ends, out, made[-1])
+            log(f"streaming: ceiling ({label}, confluent-kafka): read {c.read_s:.1f} s, "
+                f"write {c.written:,} in {c.write_s:.1f} s: {c.rate:,.0f} records/s")
+            if best is None or c.seconds < best.seconds:
+                best = c
+            ceiling.delete_topics(prep.bootstrap, made[-1:])
+        assert best is not None
+        ref: ceiling.Ceiling | None = None
+        try:
+            made.append(f"{prep.topic}-ceiling-{label}-aio")
+            ref = ceiling.aiokafka(prep.bootstrap, prep.topic, prep.ends, out, made[-1])
+            log(f"streaming: reference ({label}, aiokafka): {ref.rate:,.0f} records/s")
+        except ceiling.CeilingError as exc:
+            log(f"streaming: aiokafka reference failed: {exc}")
+        return best, ref
+    finally:
+        ceiling.delete_topics(prep.bootstrap, made)
+
+
+def _ceiling_notes(c: ceiling.Ceiling, out: ceiling.Output) -> str:
+    return (f"read {c.records / c.read_s:,.0f}/s + write {c.written / c.write_s:,.0f}/s of "
+            f"{out.mean_value:,.0f} B (acks=all)")
+
+
+def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results: Results,
+        *, partitions: int = 4, deadline_s: float = 900.0, profile_s: float = 0.0,
+        target_rate: float = 50_000.0) -> Prepared:
+    """Run the streaming scenario; append its rows (and a worker profile) to ``results``.
+
+    Returns the preloaded topic with the one-worker runs (the scale-out reuses both).
+    ``profile_s`` > 0: when the hourly worker misses ``target_rate`` records/s, a second
+    worker (fresh group) is sampled with py-spy for that many seconds while it processes.
+    """
+    from agents.localkafka import free_port
+
+    prep = preload(bootstrap, path, cfg, records, work, results, partitions)
+    prep.deadline_s = deadline_s
+    read_only: float | None = None
+    for period, name, kind in PERIODS:
+        runs = repeated(prep, period)
+        prep.runs[period] = runs
+        med = median_run(runs)
+        out = runs[0].output
+        assert out is not None
+        best, ref = ceilings(prep, out, period)
+        read_only = min(read_only or best.read_s, best.read_s)
+        results.rows.append(Row(
+            "streaming", f"**ceiling, {name} output**: confluent-kafka read + write "
+            f"{out.records:,} records", best.records, best.seconds, ratio="100.0 %",
+            notes=f"{_ceiling_notes(best, out)}; best of 2"))
+        if ref is not None:
+            results.rows.append(Row(
+                "streaming", f"reference, {name} output: aiokafka read + write the same",
+                ref.records, ref.seconds, ratio=f"{100 * ref.rate / best.rate:.1f} %",
+                notes=_ceiling_notes(ref, out)))
+        results.rows.append(Row(
+            "streaming", f"`metering worker --period {period}` ({kind}), first commit to "
+            f"caught up", *med.window,
+            ratio=f"{100 * med.rate / best.rate:.1f} %",
+            notes=(f"{spread(runs)}; start to caught up {med.seconds:.1f} s = "
+                   f"{med.start_rate:,.0f}/s (first commit at {med.startup_s or 0:.1f} s); "
+                   f"{med.intervals:,} intervals on usage "
+                   f"({med.intervals / med.records:.1f} per record)")))
+        results.metrics[f"worker_{period}_rate"] = med.rate
+        results.metrics[f"worker_{period}_start_rate"] = med.start_rate
+        results.metrics[f"ceiling_{period}_rate"] = best.rate
+        if ref is not None:
+            results.metrics[f"aiokafka_{period}_rate"] = ref.rate
+        results.metrics[f"worker_{period}_intervals"] = med.intervals
 
     with children() as procs:
-        app_id = f"bench-worker-{stamp}"
-        env = worker_env(bootstrap, app_id, topic, work / "worker-data", free_port(),
-                         partitions)
-        child = worker(env, work / "worker.log")
-        procs.append(child.start())
-        log(f"streaming: worker started (pid {child.pid}); waiting until caught up ...")
-
-        async def measure_worker() -> tuple[CatchUp, int]:
-            async with Kafka(bootstrap) as kafka:
-                caught = await wait_caught_up(kafka, child, app_id, topic, ends,
-                                              f"{app_id}-events", deadline_s)
-                usage = await kafka.end_offsets(f"{app_id}-usage")
-            return caught, sum(usage.values())
-
-        caught, intervals = asyncio.run(measure_worker())
-        child.stop()
-        db_bytes = sum(f.stat().st_size for f in (work / "worker-data").rglob("*")
-                       if f.is_file())
-        rate = n_input / caught.seconds
-        steady = ""
-        if caught.startup_s is not None and caught.seconds > caught.startup_s:
-            steady_rate = ((n_input - caught.committed_at_startup)
-                           / (caught.seconds - caught.startup_s))
-            results.metrics["worker_rate_after_startup"] = steady_rate
-            steady = (f"; {steady_rate:,.0f}/s after start-up ({caught.startup_s:.1f} s to "
-                      f"the first commit)")
-        results.rows.append(Row(
-            "streaming", "`metering worker` (start to caught up)", n_input, caught.seconds,
-            ratio=pct(rate, raw_rate),
-            notes=f"{intervals:,} intervals on usage{steady}; RocksDB {db_bytes / 1e6:.0f} MB"))
-        results.metrics["worker_rate"] = rate
-        results.metrics["worker_intervals"] = intervals
-        log(f"streaming: worker {rate:,.0f} records/s ({intervals:,} intervals)")
-        shutil.rmtree(work / "worker-data", ignore_errors=True)
-
-        naive_id = f"bench-naive-{stamp}"
-        nchild = naive(bootstrap, topic, naive_id, work, free_port())
+        naive_id = prep.app_id("naive")
+        nchild = naive(bootstrap, prep.topic, naive_id, work, free_port())
         procs.append(nchild.start())
         log(f"streaming: naive faust agent started (pid {nchild.pid}) ...")
 
         async def measure_naive() -> CatchUp:
             async with Kafka(bootstrap) as kafka:
-                return await wait_caught_up(kafka, nchild, naive_id, topic, ends, None,
-                                            deadline_s)
+                return await wait_caught_up(kafka, [nchild], naive_id, prep.topic, prep.ends,
+                                            None, deadline_s)
 
         ncaught = asyncio.run(measure_naive())
+        ncaught.records = prep.records
         nchild.stop()
-        nrate = n_input / ncaught.seconds
+        read_rate = prep.records / read_only if read_only else 0.0
+        hourly = results.metrics.get("worker_hour_rate", 0.0)
         results.rows.append(Row(
-            "streaming", "naive faust agent (`async for`, orjson.loads, count)", n_input,
-            ncaught.seconds, ratio=pct(nrate, raw_rate),
-            notes=f"baseline; worker = {rate / nrate:.2f}x naive"))
-        results.metrics["naive_rate"] = nrate
-        log(f"streaming: naive agent {nrate:,.0f} records/s")
+            "streaming", "naive faust agent (`async for`, orjson.loads, count), first commit "
+            "to caught up", *ncaught.window,
+            ratio=f"{100 * ncaught.rate / read_rate:.1f} % of the read" if read_rate else "",
+            notes=(f"one stock Faust hop, no output; vs the confluent read alone "
+                   f"({read_rate:,.0f}/s); hourly worker = {hourly / ncaught.rate:.2f}x naive")))
+        results.metrics["naive_rate"] = ncaught.rate
+        log(f"streaming: naive agent {ncaught.rate:,.0f} records/s")
 
+        rate = results.metrics.get("worker_hour_rate", 0.0)
         if profile_s > 0 and rate < target_rate:
-            pid_env = worker_env(bootstrap, f"{app_id}-prof", topic, work / "prof-data",
-                                 free_port(), partitions)
-            pchild = worker(pid_env, work / "worker-prof.log")
+            prof_id = prep.app_id("prof")
+            pchild = worker(worker_env(bootstrap, prof_id, prep.topic, work / "prof-data",
+                                       free_port(), partitions), work / "worker-prof.log")
             procs.append(pchild.start())
 
             async def until_busy() -> None:
                 async with Kafka(bootstrap) as kafka:
                     deadline = pchild.started + 120
-                    while not sum((await kafka.committed(f"{app_id}-prof", topic)).values()):
+                    while not sum((await kafka.committed(prof_id, prep.topic)).values()):
                         if not pchild.alive() or time.monotonic() > deadline:
                             raise BenchError(f"profiled worker not processing:\n"
                                              f"{pchild.tail()}")
@@ -273,5 +426,32 @@ def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results:
             asyncio.run(until_busy())
             prof = record(pchild.pid, profile_s, work / "worker.pyspy.txt")
             pchild.stop()
-            results.hotspots["streaming worker (py-spy, while catching up on the same "
-                             "topic)"] = prof.markdown("metering worker")
+            results.hotspots["streaming worker, hourly periods (py-spy, while catching up on "
+                             "the same topic)"] = prof.markdown("metering worker")
+    results.notes.append(
+        f"Streaming: each worker run uses a fresh group, data dir and topics; the figure is "
+        f"the median of runs repeated until they add up to {MIN_TOTAL_S:.0f} s (at most "
+        f"{MAX_RUNS}); the ceiling of a period reads the same input and writes as many "
+        f"records of the same sizes as that period's worker wrote, in the same run.")
+    return prep
+
+
+def scale_out(prep: Prepared, results: Results, period: str = "day") -> None:
+    """Two worker processes in one group against one (reused from :func:`run` if there)."""
+    one = prep.runs.get(period) or repeated(prep, period)
+    prep.runs[period] = one
+    two = repeated(prep, period, n=2)
+    m1, m2 = median_run(one), median_run(two)
+    ratio = m2.rate / m1.rate
+    results.rows.append(Row(
+        "scale-out", f"1 worker process, --period {period}, first commit to caught up",
+        *m1.window, ratio="1.00x", notes=f"reference; {spread(one)}"))
+    results.rows.append(Row(
+        "scale-out", f"2 worker processes in one group, --period {period}", *m2.window,
+        ratio=f"{ratio:.2f}x",
+        notes=(f"{spread(two)}; start to caught up {m2.seconds:.1f} s = "
+               f"{m2.start_rate:,.0f}/s (one worker {m1.start_rate:,.0f}/s); "
+               f"{m2.intervals:,} intervals (one worker {m1.intervals:,})")))
+    results.metrics["scale_out_one_rate"] = m1.rate
+    results.metrics["scale_out_two_rate"] = m2.rate
+    results.metrics["scale_out_ratio"] = ratio
