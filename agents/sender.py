@@ -12,7 +12,7 @@ committed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from metering.partitioning import partition_for
@@ -57,23 +57,36 @@ class BatchSender:
     async def add(self, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         """Append one record; ``partition`` None: murmur2 of ``key`` (without a key: the
         partitions in turn, one record each)."""
+        await self.add_many(((key, value),), partition)
+
+    async def add_many(self, records: Iterable[tuple[bytes | None, bytes]],
+                       partition: int | None = None) -> None:
+        """Append ``records`` (key, value) in order, as :meth:`add` appends each; awaits only
+        to read the partition count once and to submit a batch that filled up (so a batch
+        of rows costs one await, not one per record)."""
+        n_partitions = 0 if partition is not None else (
+            self._partitions or await self._n_partitions())
+        cache, batches = self._cache, self.batches
+        create = self._get_producer().create_batch
         p = partition
-        if p is None and key is None:
-            self._next = p = (self._next + 1) % await self._n_partitions()
-        elif p is None and key is not None:
-            p = self._cache.get(key)
-            if p is None:
-                if len(self._cache) > PARTITION_CACHE_MAX:
-                    self._cache.clear()
-                p = self._cache[key] = partition_for(key, await self._n_partitions())
-        assert p is not None
-        batch = self.batches.get(p)
-        if batch is None:
-            batch = self.batches[p] = self._get_producer().create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full: submit it
-            await self._submit(p, batch)
-            batch = self.batches[p] = self._get_producer().create_batch()
-            batch.append(key=key, value=value, timestamp=None)
+        for key, value in records:
+            if partition is None:
+                if key is None:
+                    self._next = p = (self._next + 1) % n_partitions
+                else:
+                    p = cache.get(key)
+                    if p is None:
+                        if len(cache) > PARTITION_CACHE_MAX:
+                            cache.clear()
+                        p = cache[key] = partition_for(key, n_partitions)
+            assert p is not None
+            batch = batches.get(p)
+            if batch is None:
+                batch = batches[p] = create()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: submit it
+                await self._submit(p, batch)
+                batch = batches[p] = create()
+                batch.append(key=key, value=value, timestamp=None)
 
     async def _submit(self, partition: int, batch: Any) -> None:
         fut = await self._get_producer().send_batch(batch, self.topic, partition=partition)
