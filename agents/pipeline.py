@@ -207,6 +207,7 @@ async def ingest() -> None:
         try:
             wall = int(time.time() * 1000)
             progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
+            forward: list[tuple[bytes, bytes]] = []  # keyed records, sent a run at a time
             for fetch in fetches:
                 partition = fetch.tp.partition
                 topic = fetch.tp.topic
@@ -232,11 +233,14 @@ async def ingest() -> None:
                     data = encode_routed(value, Source(topic, partition, msg.offset), wall,
                                          stamp)
                     target = routing_key(value)
-                    if target == BROADCAST:
+                    if target == BROADCAST:  # in order with the keyed records before it
+                        await events_out.add_many(forward)
+                        forward.clear()
                         for p in range(n_partitions):
                             await events_out.add(None, data, p)
                     elif target is not None:
-                        await events_out.add(target.encode(), data)
+                        forward.append((target.encode(), data))
+            await events_out.add_many(forward)
             folded = {lane: _reader(lane).fold(times, jump)  # rule 4b, record by record
                       for lane, times in progress.items() if times}
             # Not pipelined (agents.commits): the next fold starts from this delivery.

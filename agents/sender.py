@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from agents.faustapi import append_records
 from metering.partitioning import partition_for
 
 PARTITION_CACHE_MAX = 100_000
@@ -66,27 +67,43 @@ class BatchSender:
         of rows costs one await, not one per record)."""
         n_partitions = 0 if partition is not None else (
             self._partitions or await self._n_partitions())
-        cache, batches = self._cache, self.batches
-        create = self._get_producer().create_batch
-        p = partition
-        for key, value in records:
-            if partition is None:
-                if key is None:
-                    self._next = p = (self._next + 1) % n_partitions
-                else:
-                    p = cache.get(key)
-                    if p is None:
-                        if len(cache) > PARTITION_CACHE_MAX:
-                            cache.clear()
-                        p = cache[key] = partition_for(key, n_partitions)
-            assert p is not None
+        if partition is not None:
+            runs = {partition: records if isinstance(records, list) else list(records)}
+        else:
+            runs = self._by_partition(records, n_partitions)
+        batches, create = self.batches, self._get_producer().create_batch
+        for p, run in runs.items():
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = create()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: submit it
+            done = append_records(batch, run)
+            while done < len(run):  # full: submit it (an empty batch takes any one record)
                 await self._submit(p, batch)
                 batch = batches[p] = create()
-                batch.append(key=key, value=value, timestamp=None)
+                done = append_records(batch, run, done)
+
+    def _by_partition(self, records: Iterable[tuple[bytes | None, bytes]],
+                      n_partitions: int) -> dict[int, list[tuple[bytes | None, bytes]]]:
+        """``records`` by partition, in order: murmur2 of the key (without a key: the
+        partitions in turn, one record each)."""
+        cache = self._cache
+        runs: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        for record in records:
+            key = record[0]
+            if key is None:
+                self._next = p = (self._next + 1) % n_partitions
+            else:
+                known = cache.get(key)
+                if known is None:
+                    if len(cache) > PARTITION_CACHE_MAX:
+                        cache.clear()
+                    known = cache[key] = partition_for(key, n_partitions)
+                p = known
+            run = runs.get(p)
+            if run is None:
+                run = runs[p] = []
+            run.append(record)
+        return runs
 
     async def _submit(self, partition: int, batch: Any) -> None:
         fut = await self._get_producer().send_batch(batch, self.topic, partition=partition)
