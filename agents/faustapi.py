@@ -334,10 +334,11 @@ def subscribe(app: faust.App, topic: faust.TopicT) -> None:
 _NO_HEADERS: list[tuple[str, bytes]] = []  # never mutated (aiokafka's own default is shared too)
 
 
-def append_records(batch: Any, records: Sequence[tuple[bytes | None, bytes]],
-                   start: int = 0) -> int:
-    """Append ``records[start:]`` to the aiokafka ``BatchBuilder`` ``batch`` until it is
-    full; the index of the first record not appended (``len(records)``: all were).
+def append_records(batch: Any, keys: Sequence[bytes | None], values: Sequence[bytes],
+                   order: Sequence[int], start: int = 0) -> int:
+    """Append the records ``keys[i]``, ``values[i]`` for ``i`` in ``order[start:]`` to the
+    aiokafka ``BatchBuilder`` ``batch`` until it is full; the position in ``order`` of the
+    first record not appended (``len(order)``: all were).
 
     What ``batch.append(key=..., value=..., timestamp=None)`` does record by record (no key
     or value serializer: Faust's producer has none), a third cheaper per record: the
@@ -346,16 +347,16 @@ def append_records(batch: Any, records: Sequence[tuple[bytes | None, bytes]],
     """
     if batch.closed():
         return start
-    append, offset, end = batch._builder.append, batch._relative_offset, len(records)
-    i = start
+    append, offset, end = batch._builder.append, batch._relative_offset, len(order)
+    n = start
     try:
-        while i < end:
-            key, value = records[i]
-            if append(offset, None, key, value, _NO_HEADERS) is None:
+        while n < end:
+            i = order[n]
+            if append(offset, None, keys[i], values[i], _NO_HEADERS) is None:
                 batch.close()
                 break
             offset += 1
-            i += 1
+            n += 1
     finally:
         batch._relative_offset = offset
-    return i
+    return n

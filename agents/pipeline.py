@@ -268,8 +268,8 @@ async def _send_rows(usage_out: BatchSender, rows: list[UsageInterval]) -> None:
     usage_ms = stats.usage_ms
     for name, duration in zip(names, map(_DURATION_MS, rows), strict=True):
         usage_ms[name] += duration
-    await usage_out.add_many(zip(map(str.encode, map(_ACCOUNT_ID, rows)),
-                                 encode_intervals(rows), strict=True))
+    await usage_out.add_columns(list(map(str.encode, map(_ACCOUNT_ID, rows))),
+                                encode_intervals(rows))
 
 
 def _meter_tail(usage_out: BatchSender, pending: list[Any], changes: Changes,

@@ -12,7 +12,7 @@ committed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from agents.faustapi import append_records
@@ -58,38 +58,46 @@ class BatchSender:
     async def add(self, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         """Append one record; ``partition`` None: murmur2 of ``key`` (without a key: the
         partitions in turn, one record each)."""
-        await self.add_many(((key, value),), partition)
+        await self.add_columns((key,), (value,), partition)
 
     async def add_many(self, records: Iterable[tuple[bytes | None, bytes]],
                        partition: int | None = None) -> None:
-        """Append ``records`` (key, value) in order, as :meth:`add` appends each; awaits only
-        to read the partition count once and to submit a batch that filled up (so a batch
-        of rows costs one await, not one per record)."""
-        n_partitions = 0 if partition is not None else (
-            self._partitions or await self._n_partitions())
+        """Append ``records`` (key, value) in order (:meth:`add_columns`)."""
+        pairs = records if isinstance(records, list) else list(records)
+        await self.add_columns([key for key, _ in pairs], [value for _, value in pairs],
+                               partition)
+
+    async def add_columns(self, keys: Sequence[bytes | None], values: Sequence[bytes],
+                          partition: int | None = None) -> None:
+        """Append the records ``keys[i]``, ``values[i]`` in order, as :meth:`add` appends
+        each; awaits only to read the partition count once and to submit a batch that
+        filled up (so a batch of rows costs one await, not one per record). Records are
+        grouped by partition as indices (no tuple per record: nothing for the cyclic
+        garbage collector to track)."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
         if partition is not None:
-            runs = {partition: records if isinstance(records, list) else list(records)}
+            runs: dict[int, Sequence[int]] = {partition: range(len(keys))}
         else:
-            runs = self._by_partition(records, n_partitions)
+            runs = self._by_partition(keys, self._partitions or await self._n_partitions())
         batches, create = self.batches, self._get_producer().create_batch
         for p, run in runs.items():
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = create()
-            done = append_records(batch, run)
+            done = append_records(batch, keys, values, run)
             while done < len(run):  # full: submit it (an empty batch takes any one record)
                 await self._submit(p, batch)
                 batch = batches[p] = create()
-                done = append_records(batch, run, done)
+                done = append_records(batch, keys, values, run, done)
 
-    def _by_partition(self, records: Iterable[tuple[bytes | None, bytes]],
-                      n_partitions: int) -> dict[int, list[tuple[bytes | None, bytes]]]:
-        """``records`` by partition, in order: murmur2 of the key (without a key: the
-        partitions in turn, one record each)."""
+    def _by_partition(self, keys: Sequence[bytes | None],
+                      n_partitions: int) -> dict[int, Sequence[int]]:
+        """Indices of ``keys`` by partition, in order: murmur2 of the key (without a key:
+        the partitions in turn, one record each)."""
         cache = self._cache
-        runs: dict[int, list[tuple[bytes | None, bytes]]] = {}
-        for record in records:
-            key = record[0]
+        runs: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
             if key is None:
                 self._next = p = (self._next + 1) % n_partitions
             else:
@@ -102,8 +110,8 @@ class BatchSender:
             run = runs.get(p)
             if run is None:
                 run = runs[p] = []
-            run.append(record)
-        return runs
+            run.append(i)
+        return dict(runs)
 
     async def _submit(self, partition: int, batch: Any) -> None:
         fut = await self._get_producer().send_batch(batch, self.topic, partition=partition)

@@ -122,9 +122,11 @@ def test_append_records_is_batchbuilder_append_pinned() -> None:
     public = BatchBuilder(4096, 0)
     stop = next(i for i, (k, v) in enumerate(records)
                 if public.append(key=k, value=v, timestamp=None) is None)
+    keys, values = [k for k, _ in records], [v for _, v in records]
+    order = range(len(records))
     private = BatchBuilder(4096, 0)
-    assert append_records(private, records) == stop
-    assert append_records(private, records, stop) == stop  # closed: takes nothing more
+    assert append_records(private, keys, values, order) == stop
+    assert append_records(private, keys, values, order, stop) == stop  # closed: no more
     assert private.closed()
     assert public.closed()
     assert private.record_count() == public.record_count() == stop
@@ -133,6 +135,6 @@ def test_append_records_is_batchbuilder_append_pinned() -> None:
     assert [[(r.offset, r.key, r.value, r.headers) for r in batch] for batch in read] == [
         [(i, k, v, []) for i, (k, v) in enumerate(records[:stop])]] * 2
     rest = BatchBuilder(1 << 20, 0)
-    assert append_records(rest, records, stop) == len(records)
+    assert append_records(rest, keys, values, order, stop) == len(records)
     assert rest.record_count() == len(records) - stop
     assert not rest.closed()
