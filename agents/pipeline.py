@@ -36,6 +36,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -64,7 +65,7 @@ from agents.state import CUT_CHUNK, Changes, PartitionMeter, PartitionMeters, sn
 from metering.decode import BROADCAST, decode, routing_key
 from metering.engine import Record
 from metering.events import Ignored, Lane, Rejected, Source, lane_of, partition_of, topic_of
-from metering.intervals import encode_interval
+from metering.intervals import UsageInterval, encode_intervals
 from metering.observe import caught_up, event_time_lag_seconds
 from metering.regions import input_topic_regions, label
 from metering.rejects import reject_key, reject_record
@@ -131,6 +132,10 @@ committed offset found after an assignment)."""
 
 stats = WorkerCounts()
 """Process-wide counters (records by category/outcome, intervals by type); read by the CLI."""
+
+_USAGE_TYPE_NAME = attrgetter("usage_type_name")
+_DURATION_MS = attrgetter("duration_ms")
+_ACCOUNT_ID = attrgetter("account_id")
 
 def _producer() -> Any:
     return kafka_producer(app)
@@ -206,6 +211,7 @@ async def ingest() -> None:
         try:
             wall = int(time.time() * 1000)
             progress: dict[Lane, list[tuple[int, int]]] = {}  # lane -> (offset, event time)
+            forward: list[tuple[bytes, bytes]] = []  # keyed records, sent a run at a time
             for fetch in fetches:
                 partition = fetch.tp.partition
                 topic = fetch.tp.topic
@@ -231,11 +237,14 @@ async def ingest() -> None:
                     data = encode_routed(value, Source(topic, partition, msg.offset), wall,
                                          stamp)
                     target = routing_key(value)
-                    if target == BROADCAST:
+                    if target == BROADCAST:  # in order with the keyed records before it
+                        await events_out.add_many(forward)
+                        forward.clear()
                         for p in range(n_partitions):
                             await events_out.add(None, data, p)
                     elif target is not None:
-                        await events_out.add(target.encode(), data)
+                        forward.append((target.encode(), data))
+            await events_out.add_many(forward)
             folded = {lane: _reader(lane).fold(times, jump)  # rule 4b, record by record
                       for lane, times in progress.items() if times}
             # Not pipelined (agents.commits): the next fold starts from this delivery.
@@ -252,13 +261,19 @@ async def ingest() -> None:
             _die("ingest batch failed")
 
 
-async def _send_rows(usage_out: BatchSender, rows: list[Any]) -> None:
+async def _send_rows(usage_out: BatchSender, rows: list[UsageInterval]) -> None:
+    """Count and send a batch of the engine's rows (keyed by account; no await per row)."""
+    if not rows:
+        return
     if input_regions.regional:  # the one place rows get their region
         rows = [label(row) for row in rows]
-    for row in rows:
-        stats.intervals[row.usage_type_name] += 1
-        stats.usage_ms[row.usage_type_name] += row.duration_ms
-        await usage_out.add(row.account_id.encode(), encode_interval(row))
+    names = list(map(_USAGE_TYPE_NAME, rows))
+    stats.intervals.update(names)
+    usage_ms = stats.usage_ms
+    for name, duration in zip(names, map(_DURATION_MS, rows), strict=True):
+        usage_ms[name] += duration
+    await usage_out.add_columns(list(map(str.encode, map(_ACCOUNT_ID, rows))),
+                                encode_intervals(rows))
 
 
 def _meter_tail(usage_out: BatchSender, pending: list[Any], changes: Changes,

@@ -12,9 +12,10 @@ committed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from agents.faustapi import append_records
 from metering.partitioning import partition_for
 
 PARTITION_CACHE_MAX = 100_000
@@ -58,23 +59,60 @@ class BatchSender:
     async def add(self, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         """Append one record; ``partition`` None: murmur2 of ``key`` (without a key: the
         partitions in turn, one record each)."""
-        p = partition
-        if p is None and key is None:
-            self._next = p = (self._next + 1) % await self._n_partitions()
-        elif p is None and key is not None:
-            p = self._cache.get(key)
-            if p is None:
-                if len(self._cache) > PARTITION_CACHE_MAX:
-                    self._cache.clear()
-                p = self._cache[key] = partition_for(key, await self._n_partitions())
-        assert p is not None
-        batch = self.batches.get(p)
-        if batch is None:
-            batch = self.batches[p] = self._get_producer().create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full: submit it
-            await self._submit(p, batch)
-            batch = self.batches[p] = self._get_producer().create_batch()
-            batch.append(key=key, value=value, timestamp=None)
+        await self.add_columns((key,), (value,), partition)
+
+    async def add_many(self, records: Iterable[tuple[bytes | None, bytes]],
+                       partition: int | None = None) -> None:
+        """Append ``records`` (key, value) in order (:meth:`add_columns`)."""
+        pairs = records if isinstance(records, list) else list(records)
+        await self.add_columns([key for key, _ in pairs], [value for _, value in pairs],
+                               partition)
+
+    async def add_columns(self, keys: Sequence[bytes | None], values: Sequence[bytes],
+                          partition: int | None = None) -> None:
+        """Append the records ``keys[i]``, ``values[i]`` in order, as :meth:`add` appends
+        each; awaits only to read the partition count once and to submit a batch that
+        filled up (so a batch of rows costs one await, not one per record). Records are
+        grouped by partition as indices (no tuple per record: nothing for the cyclic
+        garbage collector to track)."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
+        if partition is not None:
+            runs: dict[int, Sequence[int]] = {partition: range(len(keys))}
+        else:
+            runs = self._by_partition(keys, self._partitions or await self._n_partitions())
+        batches, create = self.batches, self._get_producer().create_batch
+        for p, run in runs.items():
+            batch = batches.get(p)
+            if batch is None:
+                batch = batches[p] = create()
+            done = append_records(batch, keys, values, run)
+            while done < len(run):  # full: submit it (an empty batch takes any one record)
+                await self._submit(p, batch)
+                batch = batches[p] = create()
+                done = append_records(batch, keys, values, run, done)
+
+    def _by_partition(self, keys: Sequence[bytes | None],
+                      n_partitions: int) -> dict[int, Sequence[int]]:
+        """Indices of ``keys`` by partition, in order: murmur2 of the key (without a key:
+        the partitions in turn, one record each)."""
+        cache = self._cache
+        runs: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key is None:
+                self._next = p = (self._next + 1) % n_partitions
+            else:
+                known = cache.get(key)
+                if known is None:
+                    if len(cache) > PARTITION_CACHE_MAX:
+                        cache.clear()
+                    known = cache[key] = partition_for(key, n_partitions)
+                p = known
+            run = runs.get(p)
+            if run is None:
+                run = runs[p] = []
+            run.append(i)
+        return dict(runs)
 
     async def _track(self, producer: Any) -> None:
         """Make ``producer`` track this topic in its metadata refreshes (see module doc)."""

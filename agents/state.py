@@ -215,8 +215,7 @@ async def store(changes: Changes) -> None:
         entities_out, accounts_out = pm.changelogs
         for out, items in ((entities_out, entities), (accounts_out, accounts)):
             senders[id(out)] = out
-            for key, value in items:
-                await out.add(key, value, pm.partition)
+            await out.add_many(items, pm.partition)
     results = await asyncio.gather(*(out.flush() for out in senders.values()))
     acked_by = dict(zip(senders, results, strict=True))
     for pm, entities, accounts in changes:  # acknowledged: now the local stores

@@ -16,9 +16,12 @@ at import. Rows are built by :func:`build_row` (the engine's hot path) or
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
+from itertools import starmap
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 
 from metering.errors import MeteringError
@@ -36,7 +39,8 @@ from metering.usage_types import NAMES, ZONE_KEYED
 
 __all__ = [
     "FIELDS", "MS_PER_HOUR", "SCHEMA_VERSION", "CloseReason", "IntervalDecodeError",
-    "UsageInterval", "build_row", "decode_interval", "encode_interval", "id_prefix",
+    "UsageInterval", "build_row", "decode_interval", "encode_interval", "encode_intervals",
+    "id_prefix",
     "interval_id", "make_interval", "resource_key",
 ]
 
@@ -214,6 +218,32 @@ def encode_interval(row: UsageInterval) -> bytes:
     order, instants as integer UTC epoch ms (UTF-8, no trailing newline). The Kafka key is
     ``row.account_id.encode()``."""
     return _dumps(dict(_zip(FIELDS, row)))
+
+
+_Wire: Final = msgspec.defstruct("_Wire", [(name, object) for name in FIELDS], gc=False)
+"""The row as a msgspec struct: msgspec encodes a struct as a JSON object, keys in field
+order (the column order), without building a dict."""
+_encode_wire: Final = msgspec.json.Encoder().encode
+
+
+def encode_intervals(rows: Sequence[UsageInterval]) -> list[bytes]:
+    """:func:`encode_interval` of every row of ``rows``, in order, byte for byte, ~3 times
+    faster (the worker's output path: one call per batch of rows).
+
+    msgspec writes what orjson writes for every value a row holds: UTF-8 strings with the
+    same escapes, ``null``, ``true``/``false``, integers, the engine's ``UsageType`` (an
+    ``IntEnum``) as its integer, and floats as the shortest round-trip text
+    (``raw_usage_hours``: the two differ only in the exponent of floats of 1e16 and more,
+    "1e+16" against "1e16", i.e. rows of more than 3.6e22 ms, far beyond
+    :data:`~metering.usage_schema.MAX_INSTANT_MS`; ``tests/contract/test_usage_codec.py``
+    compares both over the range a row can take). A value msgspec does not encode (e.g. a
+    subclass of ``str``, a lone surrogate) makes this fall back to :func:`encode_interval`
+    row by row, which encodes it as before or raises as before.
+    """
+    try:
+        return list(map(_encode_wire, starmap(_Wire, rows)))
+    except (TypeError, ValueError):  # e.g. UnicodeEncodeError: orjson's TypeError, as before
+        return [encode_interval(row) for row in rows]
 
 
 class IntervalDecodeError(MeteringError, ValueError):

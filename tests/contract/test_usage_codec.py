@@ -13,8 +13,10 @@ from metering.intervals import (
     build_row,
     decode_interval,
     encode_interval,
+    encode_intervals,
     make_interval,
 )
+from metering.regions import label, qualified
 from metering.usage_schema import INT32_MAX, INTERVAL_FIELDS, MAX_INSTANT_MS
 from storage.archive import parse_interval
 from tests.contract.test_schemas import engine_rows
@@ -41,6 +43,52 @@ def test_encoding_is_byte_for_byte_the_earlier_one() -> None:
     assert encode_interval(GOLDEN_ROW) == GOLDEN_BYTES
     rows = engine_rows()
     assert [encode_interval(r) for r in rows] == [orjson.dumps(r.to_dict()) for r in rows]
+
+
+def test_the_batch_encoding_is_byte_for_byte_the_row_encoding() -> None:
+    """``encode_intervals`` (the worker's output path) writes exactly what ``encode_interval``
+    writes: the golden row, the engine's rows, the same rows labelled with a region."""
+    assert encode_intervals([GOLDEN_ROW]) == [GOLDEN_BYTES]
+    assert encode_intervals([]) == []
+    rows = list(engine_rows())
+    labelled = [label(r._replace(account_id=qualified("eu-1", r.account_id),
+                                 resource_id=qualified("eu-1", r.resource_id)))
+                for r in rows[:200]]
+    for batch in (rows, labelled):
+        assert encode_intervals(batch) == [encode_interval(r) for r in batch]
+
+
+def _row(**change: object) -> UsageInterval:
+    return GOLDEN_ROW._replace(**change)
+
+
+def test_the_batch_encoding_matches_over_the_range_a_row_takes() -> None:
+    """Every duration up to 2 hours to the millisecond (the hours in plain and exponent
+    notation), then durations up to the whole instant range, the integer limits, and every
+    Unicode character but the surrogates in a string field."""
+    durations = [*range(0, 7_200_001, 7), *range(0, 400), 1 << 31, 10**12 + 1,
+                 MAX_INSTANT_MS, 2**63 - 1]
+    durations += [int(MAX_INSTANT_MS * (i / 9973) ** 3) for i in range(9974)]
+    rows = [_row(duration_ms=d, raw_usage_hours=d / 3_600_000, end=d, start=0)
+            for d in durations]
+    rows += [_row(source_offset=2**63 - 1, source_partition=INT32_MAX, start=-(2**63)),
+             _row(final=True, domain_id="", region="eu-1", usage_type=1)]
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    rows += [_row(resource_id="".join(chars[i:i + 512])) for i in range(0, len(chars), 512)]
+    assert encode_intervals(rows) == [encode_interval(r) for r in rows]
+
+
+def test_the_batch_encoding_falls_back_to_the_row_encoding() -> None:
+    """A value msgspec does not encode (a ``str`` subclass) is encoded as before, and a row
+    orjson cannot encode (a surrogate) raises as before."""
+
+    class Text(str):
+        pass
+
+    rows = [GOLDEN_ROW, _row(account_id=Text("acct-ü"))]
+    assert encode_intervals(rows) == [GOLDEN_BYTES, GOLDEN_BYTES]
+    with pytest.raises(TypeError, match="surrogates not allowed"):
+        encode_intervals([_row(resource_id="\ud800")])
 
 
 def test_decode_inverts_encode_on_the_engines_rows() -> None:

@@ -195,6 +195,10 @@ class _Sender:
     async def add(self, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         self.sent.append((key, value, partition))
 
+    async def add_many(self, records: list[tuple[bytes | None, bytes]],
+                       partition: int | None = None) -> None:
+        self.sent += [(key, value, partition) for key, value in records]
+
     async def flush(self) -> dict[int, int]:
         self.flushed += 1
         if self.fail:
