@@ -20,12 +20,23 @@ from metering.partitioning import partition_for
 PARTITIONS = 4
 
 
+class Client:
+    """``add_topic`` of aiokafka's client: the topics the producer tracks."""
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+
+    async def add_topic(self, topic: str) -> None:
+        self.topics.add(topic)
+
+
 class Producer:
     """``create_batch`` / ``send_batch`` of aiokafka's producer, keeping what is sent."""
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
         self.sent: list[tuple[int, list[tuple[bytes | None, bytes | None]]]] = []
+        self.client = Client()
 
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(self.batch_size, 0)
@@ -108,7 +119,9 @@ def test_add_many_to_a_given_partition() -> None:
         await sender.submit()
         return producer
 
-    assert asyncio.run(run()).sent == [(3, [(b"k", b"1"), (None, b"2")])]
+    producer = asyncio.run(run())
+    assert producer.sent == [(3, [(b"k", b"1"), (None, b"2")])]
+    assert producer.client.topics == {"events"}  # tracked before its first batch (metadata)
 
 
 def test_append_records_is_batchbuilder_append_pinned() -> None:
