@@ -92,8 +92,7 @@ class PartitionMeter:
         self.accounts_table = accounts
         self.stats = stats
         self.changelogs = changelogs
-        """Senders to the entity and account changelog topics (None: :meth:`flush` refuses;
-        :meth:`store_locally` only)."""
+        """Senders to the entity and account changelog topics (None: :func:`store` refuses)."""
         self.entity_view = _ReadThrough(entities, partition, decode_entity)
         self.account_view = _ReadThrough(accounts, partition, decode_account,
                                          prefix=f"{partition}:")
@@ -184,14 +183,6 @@ class PartitionMeter:
         Raises if a changelog send fails (nothing is then written locally)."""
         await flush_all([self])
 
-    def store_locally(self) -> None:
-        """Write every changed state once to RocksDB only, no changelog (benchmarks of
-        the engine over RocksDB, :mod:`bench.scale`)."""
-        entities, accounts = self._changed()
-        self._store(self.entities_table, entities, None)
-        self._store(self.accounts_table, accounts, None)
-        self.trim_caches()
-
 
 Changes = list[tuple[PartitionMeter, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]]
 """Encoded changed states per engine: (engine, entity items, account items)."""
@@ -211,7 +202,7 @@ async def store(changes: Changes) -> None:
     senders: dict[int, BatchSender] = {}
     for pm, entities, accounts in changes:
         if pm.changelogs is None:
-            raise RuntimeError("PartitionMeter without changelogs: use store_locally()")
+            raise RuntimeError("PartitionMeter without changelogs: nothing to store through")
         entities_out, accounts_out = pm.changelogs
         for out, items in ((entities_out, entities), (accounts_out, accounts)):
             senders[id(out)] = out
