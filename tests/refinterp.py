@@ -46,7 +46,13 @@ Semantics, as read from the contract (revision 2):
   account still lets them apply); an interval claimed from a remembered close ends at the
   deletion at the latest;
 * records at or after ``until_ms`` are not applied (``replay --until``); intervals still
-  open at the end are closed at ``until_ms``.
+  open at the end are closed at ``until_ms``;
+* regions (README "Regions"): with ``regions``, each record comes from the input of one
+  region, and everything above is keyed by the region as well: the same account and resource
+  ids in two regions are two accounts and two resources (two intervals, two deletions), and
+  keys gain the region in front: ``(region, account_id, usage_type, resource_key)``. Records
+  of all regions still form one stream in arrival order (the watermark of the remembered
+  closes is the newest event time over every region, as for one input of many partitions).
 """
 
 from __future__ import annotations
@@ -89,7 +95,9 @@ for _type, (_opens, _closes, _splits) in ROWS.items():
             ACTIONS.setdefault(_name, []).append((_type, _action))
 
 Key = tuple[str, int, str]
-Slot = tuple[int, str, str, str]  # (usage type, resource id, zone or "", account)
+RegionKey = tuple[str, str, int, str]
+Account = tuple[str | None, str]  # (region or None, account id)
+Slot = tuple[int, str, str, Account]  # (usage type, resource id, zone or "", account)
 ORPHAN_CLOSE_TTL_MS = 86_400_000
 """Default ``orphan_close_ttl``: 24 hours of event time (contract rule 3)."""
 MAX_ORPHANS = 16
@@ -147,12 +155,32 @@ def reference_usage(
 
     ``records`` are raw record values (CloudStack JSON) in arrival order.
     """
+    totals = _meter(((None, raw) for raw in records), until_ms, orphan_close_ttl_ms)
+    return {(account[1], usage_type, rkey): ms
+            for (account, usage_type, rkey), ms in totals.items()}
+
+
+def reference_usage_by_region(
+    records: Iterable[tuple[str, bytes | str]], until_ms: int,
+    orphan_close_ttl_ms: int = ORPHAN_CLOSE_TTL_MS,
+) -> dict[RegionKey, int]:
+    """Metered milliseconds per ``(region, account_id, usage_type, resource_key)``.
+
+    ``records`` are ``(region, raw record value)`` in arrival order over all regions.
+    """
+    totals = _meter(records, until_ms, orphan_close_ttl_ms)
+    return {(str(account[0]), account[1], usage_type, rkey): ms
+            for (account, usage_type, rkey), ms in totals.items()}
+
+
+def _meter(records: Iterable[tuple[str | None, bytes | str]], until_ms: int,
+           orphan_close_ttl_ms: int) -> dict[tuple[Account, int, str], int]:
     open_: dict[Slot, int] = {}  # -> start
     last_end: dict[Slot, int] = {}
     # (usage type, resource id, account) -> remembered closes [(time, zone or EVERY_ZONE)]
-    orphans: dict[tuple[int, str, str], list[tuple[int, str | None]]] = {}
-    deleted: dict[str, int] = {}  # account -> earliest deletion time
-    totals: dict[Key, int] = {}
+    orphans: dict[tuple[int, str, Account], list[tuple[int, str | None]]] = {}
+    deleted: dict[Account, int] = {}  # account -> earliest deletion time
+    totals: dict[tuple[Account, int, str], int] = {}
     watermark = -(2**62)
 
     def close(k: Slot, t: int, start: int) -> None:
@@ -187,7 +215,7 @@ def reference_usage(
             pending.remove(best)
         return best[0]
 
-    for raw in records:
+    for region, raw in records:
         d = _load(raw)
         if d is None:
             continue
@@ -199,21 +227,23 @@ def reference_usage(
             watermark = max(watermark, t)
             description = d.get("description")
             failed = isinstance(description, str) and description.startswith("Error")
-            victim = _nonempty(d.get("entityuuid"))
+            uuid = _nonempty(d.get("entityuuid"))
             completed = d.get("event") == "ACCOUNT.DELETE" and d.get("status") == "Completed"
-            if completed and not failed and victim is not None:
+            if completed and not failed and uuid is not None:
+                victim: Account = (region, uuid)
                 deleted[victim] = min(t, deleted.get(victim, t))
             continue
         if kind != "usage":
             continue
-        event, rid, account = d.get("event"), _nonempty(d.get("id")), _nonempty(d.get("account"))
+        event, rid, account_id = d.get("event"), _nonempty(d.get("id")), _nonempty(d.get("account"))
         zone = d.get("zone")
-        if not isinstance(event, str) or event not in ACTIONS or rid is None or account is None:
+        if not isinstance(event, str) or event not in ACTIONS or rid is None or account_id is None:
             continue
         if zone is not None and (not isinstance(zone, str) or len(zone) > MAX_ID):
             continue
-        if len(rid) > MAX_ID or len(account) > MAX_ID:
+        if len(rid) > MAX_ID or len(account_id) > MAX_ID:
             continue
+        account: Account = (region, account_id)
         now, watermark = watermark, max(watermark, t)  # now: before this record
         if account in deleted and t >= deleted[account]:
             continue

@@ -11,8 +11,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.events import AccountCreated, AccountDeleted, Enrichment, UsageEvent
-from metering.intervals import UsageInterval, decode_interval, encode_interval, make_interval
+from metering.decode import decode
+from metering.engine import Engine, Policy
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Enrichment,
+    Ignored,
+    Rejected,
+    Source,
+    UsageEvent,
+)
+from metering.intervals import (
+    UsageInterval,
+    decode_interval,
+    encode_interval,
+    make_interval,
+    resource_key,
+)
+from metering.periods import PeriodGrid
 from metering.regions import (
     SEP,
     RegionError,
@@ -28,6 +45,8 @@ from storage.compact import read_part
 from storage.dataset import ARROW_SCHEMA, read_dataset, to_table
 from storage.parts import partition_dir, write_atomic
 from storage.report import usage_report
+from tests.refinterp import reference_usage_by_region
+from tests.unit.test_properties import Trace, traces
 
 HOUR = 3_600_000
 T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
@@ -289,3 +308,39 @@ def test_input_topics_setting_is_validated_with_every_problem_named() -> None:
         load_settings(env={"METERING_INPUT_TOPICS": "cs.a=a,usage=u"})
     assert caught.value.problems == [
         "input_topics: 'usage' is also an output or internal topic"]
+
+
+# -- the rule against the reference interpreter ------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.sampled_from(["eu", "us"]), st.integers(0, 10**6)), max_size=60),
+       traces(), traces(), st.sampled_from(["hour", "day"]))
+def test_regional_totals_equal_the_reference_interpreter(
+        order: list[tuple[str, int]], eu: Trace, us: Trace, period: str) -> None:
+    """Two regions' records interleaved in one stream (the same account and resource ids in
+    both: the property traces share them) meter as the reference interpreter's regional
+    mode says: per (region, account, usage type, resource key), never mixed. As in
+    tests/unit/test_properties.py the comparison runs without rule 4b's watermark limit
+    (the interpreter has no watermarks)."""
+    queues = {"eu": list(eu.records), "us": list(us.records)}
+    stream: list[tuple[str, bytes]] = []
+    for region, _ in order:  # an interleaving drawn by Hypothesis, then the rest in order
+        if queues[region]:
+            stream.append((region, queues[region].pop(0)))
+    stream += [("eu", r) for r in queues["eu"]] + [("us", r) for r in queues["us"]]
+    until = max(eu.until, us.until)
+    meter = Engine(Policy(grid=PeriodGrid(period, "UTC"), lateness_ms=None,  # type: ignore[arg-type]
+                          max_watermark_jump_ms=None))
+    rows: list[UsageInterval] = []
+    for i, (region, raw) in enumerate(stream):
+        value = decode(raw)
+        if isinstance(value, Ignored | Rejected) or value.time_ms >= until:
+            continue
+        rows += meter.process(qualify(value, region), Source("cs", 0, i))
+    rows += meter.finish(until).rows
+    got: dict[tuple[str, str, int, str], int] = {}
+    for r in (label(row) for row in rows):
+        key = (str(r.region), r.account_id, r.usage_type,
+               resource_key(r.usage_type, r.resource_id, r.zone_id))
+        got[key] = got.get(key, 0) + r.duration_ms
+    assert {k: v for k, v in got.items() if v} == reference_usage_by_region(stream, until)
