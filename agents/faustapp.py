@@ -197,7 +197,7 @@ def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None
         store="rocksdb://",
         datadir=str(s.data_dir.resolve()),
         topic_partitions=s.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=s.replication_factor,
         topic_allow_declare=True,
         processing_guarantee="at_least_once",  # exactly_once has known bugs in faust 0.15
         table_standby_replicas=s.standby_replicas,

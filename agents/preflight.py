@@ -111,12 +111,14 @@ async def _create_state_topics(admin: Any, settings: Settings,
     if not missing:
         return
     response = await asyncio.wait_for(admin.create_topics([
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=1,
+        NewTopic(name, num_partitions=settings.partitions,
+                 replication_factor=settings.replication_factor,
                  topic_configs=dict(config)) for name, config in sorted(missing.items())]), 30)
     for name, code, *_ in response.topic_errors:
         if code == 29:  # TOPIC_AUTHORIZATION_FAILED
             raise kafkacheck.denied(settings, "worker", "topic", name, "Create",
                                     f"create topic {name!r}")
+        _refuse_replication(settings, name, code)
     deadline = time.monotonic() + 30
     while True:
         described = await asyncio.wait_for(admin.describe_topics(sorted(missing)), 10)
@@ -131,6 +133,17 @@ async def _create_state_topics(admin: Any, settings: Settings,
             raise PreflightError(EXIT_UNREACHABLE, "created topics "
                                  f"{sorted(set(missing) - ready)} have no leader after 30 s")
         await asyncio.sleep(0.2)  # poll with a deadline
+
+
+def _refuse_replication(settings: Settings, topic: str, code: int) -> None:
+    """PreflightError (exit 2) if creating ``topic`` failed with INVALID_REPLICATION_FACTOR
+    (error 38: more replicas than brokers)."""
+    if code == 38:
+        raise PreflightError(EXIT_REFUSED, (
+            f"cannot create topic {topic!r} with replication_factor="
+            f"{settings.replication_factor}: the cluster has fewer brokers than that. Set "
+            "METERING_REPLICATION_FACTOR (--replication-factor) to at most the number of "
+            "brokers (1 for a single-node broker such as `metering kafka up`)"))
 
 
 async def _read_grid(settings: Settings, topic: str) -> tuple[Grid | None, bool]:
@@ -171,11 +184,13 @@ async def _write_grid(settings: Settings, admin: Any, topic: str, exists: bool,
 
     if not exists:
         response = await admin.create_topics([NewTopic(
-            topic, num_partitions=1, replication_factor=1,
+            topic, num_partitions=1, replication_factor=settings.replication_factor,
             topic_configs={"cleanup.policy": "compact"})])
         if any(code == 29 for _name, code, *_ in response.topic_errors):
             raise kafkacheck.denied(settings, "worker", "topic", topic, "Create",
                                     f"create topic {topic!r}")
+        for _name, code, *_ in response.topic_errors:
+            _refuse_replication(settings, topic, code)
     producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all",
                                 request_timeout_ms=10_000)
     await producer.start()

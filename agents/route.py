@@ -71,7 +71,8 @@ async def ensure_topics(settings: Settings, topics: set[str]) -> None:
         if not missing:
             return
         try:
-            await admin.create_topics([NewTopic(t, settings.partitions, 1) for t in missing])
+            await admin.create_topics([NewTopic(t, settings.partitions, settings.replication_factor)
+                                        for t in missing])
         except Exception as exc:  # already created by another process is fine
             if "TopicAlreadyExists" not in type(exc).__name__ + str(exc):
                 raise RouteError(

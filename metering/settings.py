@@ -44,6 +44,9 @@ class Settings:
         "help": "internal topic: decoded events repartitioned by resource id, plus ticks"})
     partitions: int = field(default=4, metadata={
         "help": "partitions of the internal topic and the state tables"})
+    replication_factor: int = field(default=1, metadata={
+        "help": "replicas of every topic the worker creates (internal, usage, rejects, "
+                "changelogs, grid); 3 on a production cluster"})
     data_dir: Path = field(default=Path("metering-data"), metadata={
         "help": "directory of the RocksDB tables (one per worker)"})
     period: str = field(default="hour", metadata={"help": "aggregation period: hour or day"})
@@ -192,6 +195,8 @@ class Settings:
         problems += self._routes_problems()
         if not 1 <= self.partitions <= 1024:
             problems.append(f"partitions: {self.partitions} not in 1..1024")
+        if not 1 <= self.replication_factor <= 32:
+            problems.append(f"replication_factor: {self.replication_factor} not in 1..32")
         if self.period not in PERIODS:
             problems.append(f"period: {self.period!r} is not one of {', '.join(PERIODS)}")
         try:

@@ -254,3 +254,22 @@ def test_broker_gone_mid_run_is_reported_and_sigterm_stops(
         assert took <= SHUTDOWN_GRACE + 5, took
     finally:
         broker.stop()
+
+
+def test_more_replicas_than_brokers_is_refused_with_the_fix(
+    kafka_bootstrap: str, make_worker: Callable[..., WorkerProc],
+    unique_name: Callable[[str], str],
+) -> None:
+    """``replication_factor`` above the broker count (the local broker has one node): exit 2
+    naming the topic, the setting and the fix, instead of topics that never get a leader."""
+    app_id, topic = unique_name("rf"), unique_name("csrf")
+    asyncio.run(_create_topic(kafka_bootstrap, topic, 2, {}))
+    w = make_worker(kafka_bootstrap, app_id, topic, replication_factor="3")
+    w.start()
+    code, _ = wait_exit(w, 60)
+    text = log_text(w)
+    assert code == 2, text[-3000:]
+    assert "with replication_factor=3: the cluster has fewer brokers than that" in text, \
+        text[-3000:]
+    assert "METERING_REPLICATION_FACTOR" in text
+    assert "Traceback" not in text, text[-3000:]
