@@ -133,7 +133,7 @@ def test_the_side_effect_check_catches_planted_effects(tmp_path: Path) -> None:
     assert effects("planted.reads_env").returncode != 0
 
 
-def test_create_app_builds_what_import_did_not() -> None:
+def test_create_app_builds_what_import_did_not(tmp_path: Path) -> None:
     """The worker's app: ``create_app`` installs the patches, builds the app, registers the
     pipeline; ``agents.app.app`` is that app; a second call with other settings refuses."""
     code = (
@@ -155,13 +155,14 @@ def test_create_app_builds_what_import_did_not() -> None:
         "else:\n"
         "    raise AssertionError('a second worker app was built')\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
 
 
-def test_faust_cli_finds_both_apps_by_module() -> None:
+def test_faust_cli_finds_both_apps_by_module(tmp_path: Path) -> None:
     """``faust -A agents.app worker`` and ``faust -A agents.archive worker``: Faust's own
-    lookup (``find_app``) gets each module's ``app``, built from the environment."""
+    lookup (``find_app``) gets each module's ``app``, built from the environment (and runs
+    the worker-init handlers: the archive takes its directory's lock)."""
     code = (
         "import importlib\n"
         "from faust.cli.base import find_app\n"
@@ -171,8 +172,10 @@ def test_faust_cli_finds_both_apps_by_module() -> None:
         "assert archive.conf.id == 'from-env-archive', archive.conf.id\n"
         "assert list(archive.agents) == ['agents.archive.archive'], list(archive.agents)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120,
-                   env={**os.environ, "PYTHONPATH": str(ROOT), "METERING_APP_ID": "from-env"})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(ROOT), "METERING_APP_ID": "from-env",
+                        "METERING_ARCHIVE_DIR": str(tmp_path / "archive")})
+    assert (tmp_path / "archive" / ".metering-archive.lock").exists()
 
 
 def test_archive_create_app_builds_a_new_app_each_call(tmp_path: Path) -> None:

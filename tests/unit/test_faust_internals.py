@@ -347,7 +347,7 @@ def test_the_private_attributes_the_patches_read_exist() -> None:
     assert Store.offset_key == faustapi.OFFSET_KEY
 
 
-def test_patches_are_installed_only_by_install_patches() -> None:
+def test_patches_are_installed_only_by_install_patches(tmp_path: Path) -> None:
     """Importing agents.faustapi or agents.faustapp patches nothing (a fresh interpreter)."""
     code = (
         "import agents.faustapp, agents.faustapi as f\n"
@@ -360,5 +360,5 @@ def test_patches_are_installed_only_by_install_patches() -> None:
         "f.install_patches()\n"
         "assert f.patches_installed()\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
