@@ -108,6 +108,8 @@ async def grant(admin_options: dict[str, Any], principal: str, acls: Iterable[Ac
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.protocol.admin import CreateAclsRequest
 
+    from agents.faustapi import admin_request
+
     admin = AIOKafkaAdminClient(**admin_options, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -115,7 +117,7 @@ async def grant(admin_options: dict[str, Any], principal: str, acls: Iterable[Ac
             request = CreateAclsRequest(_RESOURCE[acl.resource], acl.name, _PATTERN[acl.pattern],
                                         f"User:{principal}", "*", _OPERATION[acl.operation],
                                         _ALLOW)
-            response = await admin._send_request(request)
+            response = await admin_request(admin, request)
             for error_code, message in response.creation_responses:
                 if error_code:
                     raise RuntimeError(f"CreateAcls {acl} failed: {error_code} {message}")

@@ -29,6 +29,19 @@ Private Faust internals (faust-streaming 0.15.3; each pinned by
   ``BatchBuilder`` (``_builder.append``, ``_relative_offset``; aiokafka 0.14, pinned by
   ``tests/unit/test_sender.py``), what ``BatchBuilder.append`` does without its per-record
   Python wrapper.
+* :func:`wait_on_metadata` and :func:`admin_request`: aiokafka's private
+  ``AIOKafkaClient._wait_on_metadata`` and ``AIOKafkaAdminClient._send_request``.
+* :func:`install_patches` (called by :func:`agents.faustapp.make_app`; nothing is patched
+  at import): ``ProducerBuffer.max_messages``, ``ProducerBuffer._send_pending`` and
+  ``flush`` (a commit waits for every buffered changelog record; an undelivered one exits
+  70), ``Worker._disable_spinner_if_level_below_WARN`` (no spinner),
+  ``Worker._schedule_shutdown`` (a stop bounded by :data:`SHUTDOWN_GRACE`) and
+  ``Recovery.on_recovery_completed`` (seek before resume).
+
+:data:`PRIVATE_INTERNALS` lists every private method of those libraries this module relies
+on; tests/unit/test_faust_internals.py pins each by the digest of its source, so an upgrade
+that changes one fails there, naming it. No other module of ``agents`` reaches into them
+(tests/unit/test_app_layout.py).
 
 Each narrowing (a ``cast``) sits here once, with its reason. Nothing here changes what Faust
 does: the same calls are made with the same arguments.
@@ -37,17 +50,27 @@ does: the same calls are made with the same arguments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import aiokafka
 import faust
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT
+from faust.worker import Worker as FaustWorker
+from mode.worker import Worker as ModeWorker
 
 from agents.fetches import Fetch, FetchChannel
 
@@ -86,6 +109,21 @@ def kafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:
     before the producer started). aiokafka has no type hints: the result is untyped."""
     # kafka:// brokers use the aiokafka driver, whose Producer holds the aiokafka producer.
     return cast(AIOKafkaDriverProducer, app.producer)._ensure_producer()
+
+
+async def wait_on_metadata(producer: aiokafka.AIOKafkaProducer, topic: str) -> Any:
+    """Wait until ``producer`` has metadata for ``topic`` (its partitions), as its ``send``
+    does first (aiokafka's private ``AIOKafkaClient._wait_on_metadata``; raises
+    ``UnknownTopicOrPartitionError`` after the producer's request timeout)."""
+    return await producer.client._wait_on_metadata(topic)
+
+
+async def admin_request(admin: Any, request: Any, node_id: int | None = None) -> Any:
+    """Send a protocol ``request`` (e.g. ``CreateAclsRequest``, ``ProduceRequest``) through
+    the aiokafka admin client ``admin`` to broker ``node_id`` (None: a random one), and
+    return the response (aiokafka's private ``AIOKafkaAdminClient._send_request``: the admin
+    client has no public call for requests it does not wrap)."""
+    return await admin._send_request(request, node_id=node_id)
 
 
 def on_partitions_assigned(app: faust.App) -> Callable[[PartitionsHandler], PartitionsHandler]:
@@ -360,3 +398,238 @@ def append_records(batch: Any, keys: Sequence[bytes | None], values: Sequence[by
     finally:
         batch._relative_offset = offset
     return n
+
+
+# --- Patches of Faust internals (installed by install_patches, from make_app) --------------
+#
+# Each replaces one method of a faust-streaming (or mode-streaming) class with a version of
+# the same signature; the method replaced is kept (``FAUST_*``) and pinned, by digest of its
+# source, in tests/unit/test_faust_internals.py: a faust-streaming upgrade that changes one
+# fails that test, naming the method to re-check. Nothing is patched at import:
+# :func:`install_patches` does it, once per process (``agents.faustapp.make_app`` calls it).
+
+PRODUCER_BUFFER_MAX_MESSAGES = 20_000
+"""``ProducerBuffer.max_messages`` (Faust's default 100). Table writes queue one changelog
+record each in Faust's ProducerBuffer; above ``max_messages`` every stream step waits for the
+buffer to drain one message at a time ("producer buffer full" warnings), which throttled the
+meter agent to a few thousand states per second. Each batch writes at most one record per
+changed key, so a larger bound is safe."""
+
+SHUTDOWN_GRACE = 20.0
+"""Seconds a worker or archive may take to stop after SIGTERM/SIGINT before it exits 70.
+
+A clean stop waits for the batch in progress, and a batch waiting for acknowledgements
+that never come (an output topic deleted, the broker gone) would wait for ever. After the
+grace the process exits at once without committing anything more: the batch in progress
+was not acknowledged, so its records are delivered again after the restart
+(at-least-once). 20 s fits inside Kubernetes' default termination grace (30 s)."""
+
+EXIT_STUCK = 70
+"""Exit code of a process that stops from inside Faust without committing more (a buffered
+changelog record not delivered; a stop not finished within :data:`SHUTDOWN_GRACE`)."""
+
+FAUST_SEND_PENDING = ProducerBuffer._send_pending
+"""faust-streaming's ``ProducerBuffer._send_pending`` (wrapped by :func:`_counted_send_pending`)."""
+FAUST_BUFFER_FLUSH = ProducerBuffer.flush
+"""faust-streaming's ``ProducerBuffer.flush`` (replaced by :func:`_flush_all`)."""
+FAUST_DISABLE_SPINNER = FaustWorker._disable_spinner_if_level_below_WARN
+"""faust-streaming's ``Worker._disable_spinner_if_level_below_WARN`` (replaced by
+:func:`_no_spinner`)."""
+FAUST_SCHEDULE_SHUTDOWN = FaustWorker._schedule_shutdown
+"""mode-streaming's ``Worker._schedule_shutdown``, inherited by Faust's (wrapped by
+:func:`_schedule_bounded_shutdown`)."""
+FAUST_ON_RECOVERY_COMPLETED = Recovery.on_recovery_completed
+"""faust-streaming's ``Recovery.on_recovery_completed`` (replaced by :func:`_seek_then_resume`)."""
+
+_in_flight: weakref.WeakKeyDictionary[ProducerBuffer, int] = weakref.WeakKeyDictionary()
+"""Buffer -> messages its sender took off the queue and has not yet handed to aiokafka."""
+
+
+async def _counted_send_pending(self: ProducerBuffer, fut: Any) -> None:
+    """Faust's ``_send_pending``, counting the message in flight until it reached aiokafka;
+    a message the broker refuses stops the process (:func:`_exit_if_failed`)."""
+    _in_flight[self] = _in_flight.get(self, 0) + 1
+    try:
+        await FAUST_SEND_PENDING(self, fut)
+    finally:
+        _in_flight[self] -= 1
+    fut.add_done_callback(_exit_if_failed)
+
+
+def _exit_if_failed(fut: Any) -> None:
+    """Exit 70 at once if a buffered message (a table's changelog record) was not delivered.
+
+    Faust's ``Topic._on_published`` only logs a failed send, and the offsets would then be
+    committed past the state change it carried: the state would be lost with the RocksDB
+    directory. Exiting without committing more re-delivers its input after the restart.
+    """
+    if fut.cancelled() or fut.exception() is None:
+        return
+    log = logging.getLogger("metering.worker")
+    log.critical("changelog record not delivered (%r): exiting %d without committing more "
+                 "(at-least-once: restart to resume)", fut.exception(), EXIT_STUCK)
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
+
+
+async def _flush_all(self: ProducerBuffer) -> None:
+    """Wait until every buffered message has been handed to aiokafka (no give-up).
+
+    Faust's ``ProducerBuffer.flush`` (``flush_atmost(None)``) gives up after 0.1 s without a
+    message sent, and does not wait for the message its sender task has taken off the queue
+    but not yet handed to aiokafka. The consumer's commit calls ``producer.flush()`` and then
+    commits the acknowledged offsets, so a changelog record still in the buffer (a batch
+    writes one per changed key: thousands at an hourly cut; a busy CPU slows the sender)
+    could be committed past and lost with the process (kill -9 with the RocksDB directory
+    lost: state missing, input committed; issue 18's intermittent loss). This waits for the
+    queue to be empty and nothing in flight; aiokafka's own ``flush`` (called next by the
+    driver) then waits for delivery. A producer that stops running with messages queued
+    raises as Faust's did (the commit fails; nothing is committed).
+    """
+    while self.size or _in_flight.get(self, 0):
+        if self.state != "running" and self.size:
+            raise RuntimeError("Cannot flush: Producer not Running")
+        self.message_sent.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+
+
+def _no_spinner(self: FaustWorker, level: int) -> None:
+    """No terminal spinner at any level. At ``--loglevel warn`` and above Faust's worker keeps
+    one and sets the *root* logger to DEBUG for it, so every ``log.debug`` call in
+    aiokafka/Faust builds a LogRecord (measured ~12 % of the worker's throughput,
+    BENCHMARKS.md); the root logger keeps the requested level."""
+    self.spinner = None
+
+
+def _force_exit(signum: int) -> None:
+    log = logging.getLogger("metering.worker")
+    log.critical("shutdown on signal %d not finished after %.0f s (a batch waits for sends "
+                 "the broker does not acknowledge?): exiting %d without committing more "
+                 "(at-least-once: the rest is delivered again after restart)",
+                 signum, SHUTDOWN_GRACE, EXIT_STUCK)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    os._exit(EXIT_STUCK)
+
+
+def _schedule_bounded_shutdown(self: ModeWorker, signal: signal.Signals) -> None:
+    """mode's ``_schedule_shutdown``; the first signal also starts a :data:`SHUTDOWN_GRACE`
+    timer that exits the process (:data:`EXIT_STUCK`) if the stop has not finished by then."""
+    if not self._signal_stop_time:  # the first signal starts the grace period
+        timer = threading.Timer(SHUTDOWN_GRACE, _force_exit, args=(int(signal),))
+        timer.daemon = True  # a clean stop in time exits without waiting for it
+        timer.start()
+    FAUST_SCHEDULE_SHUTDOWN(self, signal)
+
+
+async def _seek_then_resume(self: Recovery, generation_id: int = 0) -> None:
+    """Faust's ``Recovery.on_recovery_completed`` with one change: the stream partitions are
+    sought to their committed offsets *before* they are resumed (faust-streaming 0.15.3
+    resumes them first).
+
+    After a restore from the changelogs the Fetcher is already running, so Faust's order let
+    it deliver stream records from the committed offset C before ``perform_seek`` reset the
+    consumer's read offset to C; the next record of the fetch in progress (offset P > C + 1)
+    then looked like a hole in the log and ``Consumer._add_gap`` counted C+1..P as acked.
+    The offsets were committed up to P after the first batch, while the records after it were
+    still waiting to be processed: a crash then lost them (issue 18: a kill -9 with the RocksDB
+    directory lost, the opens of some resources never applied, their hourly pieces missing).
+    Sought while paused, the partitions are delivered once, from C, without a gap.
+    """
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [
+        asyncio.ensure_future(table.on_recovery_completed(
+            self.actives_for_table[table], self.standbys_for_table[table]))
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(f"Recovery rebalancing again app id "
+                         f"{self.app.consumer_generation_id} param {generation_id}")
+        return
+    if assignment:  # still paused: nothing is fetched from the old position meanwhile
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(),
+                         timeout=self.app.conf.broker_request_timeout)
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    await self.app._fetcher.maybe_start()  # type: ignore[attr-defined]
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+PATCHES: tuple[tuple[type, str, Any], ...] = (
+    (ProducerBuffer, "_send_pending", _counted_send_pending),
+    (ProducerBuffer, "flush", _flush_all),
+    (FaustWorker, "_disable_spinner_if_level_below_WARN", _no_spinner),
+    (FaustWorker, "_schedule_shutdown", _schedule_bounded_shutdown),
+    (Recovery, "on_recovery_completed", _seek_then_resume),
+)
+"""(class, method name, replacement) of every Faust method :func:`install_patches` replaces."""
+
+
+def install_patches() -> None:
+    """Install the patches of Faust internals above, once per process (later calls change
+    nothing). They apply to every Faust app of the process: the worker's and the archive's
+    need the same ones (and an app built without them would not be one of ours)."""
+    ProducerBuffer.max_messages = PRODUCER_BUFFER_MAX_MESSAGES
+    for cls, name, replacement in PATCHES:
+        setattr(cls, name, replacement)
+
+
+def patches_installed() -> bool:
+    """Whether :func:`install_patches` ran in this process."""
+    return (ProducerBuffer.max_messages == PRODUCER_BUFFER_MAX_MESSAGES
+            and all(getattr(cls, name) is fn for cls, name, fn in PATCHES))
+
+
+PRIVATE_INTERNALS: dict[str, str] = {
+    "faust.transport.producer:ProducerBuffer._send_pending":
+        "wrapped by _counted_send_pending (messages in flight; exit on a failed send)",
+    "faust.transport.producer:ProducerBuffer.flush":
+        "replaced by _flush_all (Faust's gives up after 0.1 s without progress)",
+    "faust.transport.producer:ProducerBuffer.flush_atmost":
+        "what Faust's flush runs; its give-up is why _flush_all exists",
+    "faust.worker:Worker._disable_spinner_if_level_below_WARN":
+        "replaced by _no_spinner (no spinner, root logger kept at its level)",
+    "faust.worker:Worker.on_setup_root_logger":
+        "calls _disable_spinner_if_level_below_WARN before it installs the spinner",
+    "mode.worker:Worker._schedule_shutdown":
+        "wrapped by _schedule_bounded_shutdown (reads _signal_stop_time)",
+    "faust.tables.recovery:Recovery.on_recovery_completed":
+        "copied by _seek_then_resume with the seek moved before the resume",
+    "faust.transport.consumer:Consumer._drain_messages":
+        "overridden by BatchConsumer._drain_messages (whole fetches to channels)",
+    "faust.transport.consumer:Consumer._new_offset":
+        "overridden by BatchConsumer._new_offset (commit offset = the processed mark)",
+    "faust.transport.consumer:Consumer._filter_tps_with_pending_acks":
+        "extended by BatchConsumer (partitions with a processed mark commit too)",
+    "faust.transport.consumer:Consumer.wait_empty":
+        "extended by BatchConsumer.wait_empty (waits for the fetches handed over)",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer":
+        "extended by _ShortWaitConsumerThread (sets the consumer's _fetch_max_wait_ms)",
+    "faust.transport.drivers.aiokafka:Producer._ensure_producer":
+        "kafka_producer: the aiokafka producer under app.producer",
+    "faust.stores.rocksdb:Store._db_for_partition":
+        "partition_db: one table partition's Rdict, written in batches by agents.state",
+    "aiokafka.admin.client:AIOKafkaAdminClient._send_request":
+        "admin_request: CreateAcls (agents.acls), an empty Produce (agents.kafkacheck)",
+    "aiokafka.client:AIOKafkaClient._wait_on_metadata":
+        "wait_on_metadata: a topic's metadata before a batch is built for it",
+    "aiokafka.producer.message_accumulator:BatchBuilder.append":
+        "append_records: its _builder.append and _relative_offset, without the wrapper",
+}
+"""Every private faust-streaming / mode-streaming / aiokafka method this module relies on
+("module:Class.method" -> how), each pinned by the digest of its source in
+tests/unit/test_faust_internals.py: after an upgrade that changes one, that test names it."""

@@ -193,8 +193,10 @@ async def _can_write(admin: Any, topic: str, leader: int) -> bool:
     (INVALID_RECORD otherwise); nothing is appended either way."""
     from aiokafka.protocol.produce import ProduceRequest
 
-    response = await admin._send_request(ProduceRequest(None, 1, 5000, [(topic, [(0, b"")])]),
-                                         node_id=leader)
+    from agents.faustapi import admin_request
+
+    response = await admin_request(admin, ProduceRequest(None, 1, 5000, [(topic, [(0, b"")])]),
+                                   node_id=leader)
     codes = {p[1] for _t, parts in response.topics for p in parts}
     return 29 not in codes
 

@@ -94,6 +94,38 @@ async def _send(producer: Any, topic: str, value: bytes, **kwargs: Any) -> Any:
                          "committed batch is committed (restart to resume)") from None
 
 
+async def forward_batch(producer: Any, routes: list[Route], batch: dict[Any, list[Any]],
+                        max_bytes: int, counts: RouteCounts) -> dict[Any, int]:
+    """Forward one ``getmany`` batch (partition -> records) and wait until the broker has
+    acknowledged every send; the offsets to commit (partition -> last offset + 1). Raise
+    :class:`RouteError` if a send fails (then nothing of the batch may be committed).
+
+    Each record whose route key matches goes to each of its routes' topics once,
+    unchanged (key, value, timestamp) plus the header ``metering-source`` =
+    ``topic/partition/offset``; ``producer`` is an aiokafka producer (``send`` returns the
+    delivery future)."""
+    futures: list[tuple[str, Any]] = []
+    offsets: dict[Any, int] = {}
+    for tp, messages in batch.items():
+        for m in messages:
+            source = f"{m.topic}/{m.partition}/{m.offset}".encode()
+            for topic in targets(routes, record_key(m.value, max_bytes)):
+                futures.append((topic, await _send(
+                    producer, topic, m.value, key=m.key, timestamp_ms=m.timestamp,
+                    headers=[("metering-source", source)])))
+        offsets[tp] = messages[-1].offset + 1
+        counts.read += len(messages)
+    for topic, future in futures:  # acknowledged before anything is committed
+        try:
+            await future
+        except Exception as exc:
+            raise RouteError(f"forwarding to {topic!r} failed: {exc!r}; nothing "
+                             "past the last committed batch is committed (restart "
+                             "to resume)") from None
+        counts.routed[topic] += 1
+    return offsets
+
+
 async def forward(settings: Settings, routes: list[Route], stop: asyncio.Event,
                   counts: RouteCounts) -> None:
     """Forward matching records until ``stop`` is set; raise :class:`RouteError` if a send
@@ -120,25 +152,7 @@ async def forward(settings: Settings, routes: list[Route], stop: asyncio.Event,
         logged = time.monotonic()
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch_size)
-            futures: list[tuple[str, Any]] = []
-            offsets: dict[Any, int] = {}
-            for tp, messages in batch.items():
-                for m in messages:
-                    source = f"{m.topic}/{m.partition}/{m.offset}".encode()
-                    for topic in targets(routes, record_key(m.value, max_bytes)):
-                        futures.append((topic, await _send(
-                            producer, topic, m.value, key=m.key, timestamp_ms=m.timestamp,
-                            headers=[("metering-source", source)])))
-                offsets[tp] = messages[-1].offset + 1
-                counts.read += len(messages)
-            for topic, future in futures:  # acknowledged before anything is committed
-                try:
-                    await future
-                except Exception as exc:
-                    raise RouteError(f"forwarding to {topic!r} failed: {exc!r}; nothing "
-                                     "past the last committed batch is committed (restart "
-                                     "to resume)") from None
-                counts.routed[topic] += 1
+            offsets = await forward_batch(producer, routes, batch, max_bytes, counts)
             if offsets:
                 try:
                     await consumer.commit(offsets)

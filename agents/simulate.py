@@ -21,7 +21,6 @@ import orjson
 
 from agents.cli.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, fail
 from agents.cli.progress import SimulateDisplay, want_progress
-from agents.cli.simulate import DEFAULT_START
 from agents.errors import BrokerUnreachable, PreflightError
 from agents.errors import KafkaFailed as KafkaFailed
 from agents.kafkaclient import client_options
@@ -49,7 +48,8 @@ def _instant(text: str, now_ms: int) -> int:
 def _config(args: argparse.Namespace) -> tuple[SimConfig | None, list[str]]:
     problems: list[str] = []
     now = _now_ms()
-    start_text = args.start or ("now" if args.speed is not None else DEFAULT_START)
+    # The parser's default (agents.cli.simulate.DEFAULT_START, the core's default start)
+    start_text = args.start or ("now" if args.speed is not None else iso(SimConfig.start_ms))
     try:
         start = _instant(start_text, now)
     except ValueError as exc:

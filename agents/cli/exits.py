@@ -11,7 +11,7 @@ Every subcommand exits with one of:
 * 130 :data:`EXIT_INTERRUPTED`: interrupted (Ctrl-C)
 
 (The worker itself also exits 70 when a batch fails or a stop does not finish in time:
-``agents.faustapp.EXIT_STUCK``; it exits from inside Faust, not through this map.)
+``agents.faustapi.EXIT_STUCK``; it exits from inside Faust, not through this map.)
 
 :data:`EXIT_CODES` is the only place that decides which error gives which code; commands
 call :func:`exit_code` (or :func:`fail`, which also prints the message). This module

@@ -47,33 +47,24 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _export(overrides: dict[str, object]) -> None:
-    import os
-
-    from metering.settings import ENV_PREFIX
-
-    for name, value in overrides.items():
-        os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-
-
 def _run_app(args: argparse.Namespace, command: str, module: str) -> int:
+    """Build the app of ``module`` (its ``create_app(settings)``) from the flags and the
+    ``METERING_*`` environment, run the start-up checks, then run it as a Faust worker."""
     import importlib
 
     from agents import preflight
     from metering.settings import SettingsError, load_settings
 
-    overrides = _overrides(args)
     try:
-        load_settings(overrides=overrides)
+        settings = load_settings(overrides=_overrides(args))
     except SettingsError as exc:
         return fail(command, exc)
-    _export(overrides)  # the app module reads the environment when imported
     loaded = importlib.import_module(module)
-    app = loaded.app
+    app = loaded.create_app(settings)
     # Before Faust starts: wait for the broker, refuse settings the existing state cannot
     # take (agents.preflight). The worker's module names its state topics; others only wait.
     state_topics = getattr(loaded, "state_topics", None)
-    code = preflight.run(loaded.settings, state_topics() if state_topics else None,
+    code = preflight.run(settings, state_topics(app) if state_topics else None,
                          args.loglevel)
     if code is not None:
         return code

@@ -31,6 +31,9 @@ class WorkerProc:
     """``worker`` or ``archive`` (the archive writes ``archive_dir``)."""
     fault: str | None = None
     """A crash point of :mod:`tests.integration.faults` to install, or None (no fault)."""
+    faust_cli: bool = False
+    """Start it with Faust's own command line (``faust -A agents.app worker``, or
+    ``agents.archive``: the app built from the environment, no start-up checks)."""
 
     @property
     def archive_dir(self) -> Path:
@@ -71,8 +74,12 @@ class WorkerProc:
         self.log_path = self.data_dir.parent / f"{self.app_id}-{int(time.time() * 1000)}.log"
         log = self.log_path.open("wb")
         entry = ["agents"] if self.fault is None else ["tests.integration.faults", self.fault]
+        command = [*entry, self.command]
+        if self.faust_cli:
+            app = "agents.app" if self.command == "worker" else f"agents.{self.command}"
+            command = ["faust", "-A", app, "worker"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *entry, self.command, "--loglevel", "info"],
+            [sys.executable, "-m", *command, "--loglevel", "info"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
