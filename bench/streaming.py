@@ -14,15 +14,17 @@ worker and any rewrite of it that keeps the command and the settings.
    reach its end offsets, and then, if the worker commits on its internal events topic
    (today's two-hop worker does; a one-hop rewrite may not have that topic), its committed
    offsets there reach the end offsets that topic had at that moment (every forwarded
-   event metered and its intervals acknowledged on the usage topic). Polled every 0.25 s
-   with the admin client (``list_consumer_group_offsets``); the worker commits every
-   second. Two figures per run: *start to caught up* (process start included: interpreter,
-   Faust, group join) and the **throughput**, *first commit to caught up*: input records
-   committed after the first poll that saw a commit, divided by the time from that poll to
-   caught up (both ends are commit observations, so start-up drops out). The worker is run
-   again until its runs add up to at least ``MIN_TOTAL_S`` seconds (at most ``MAX_RUNS``
-   runs; a fresh group and data dir each time): the figure is the median run, the spread
-   (min-max) is printed beside it.
+   event metered and its intervals acknowledged on the usage topic), and then the usage
+   topic's end offsets stopped growing for ``OUTPUT_QUIET_S`` (5 s): the run ends at the
+   last poll that saw them grow, if that is later (ticks after the last input record still
+   cut periods). Polled every 0.25 s with the admin client (``list_consumer_group_offsets``);
+   the worker commits every second. Two figures per run: *start to caught up* (process
+   start included: interpreter, Faust, group join) and the **throughput**, *first commit
+   to caught up*: input records committed after the first poll that saw a commit, divided
+   by the time from that poll to caught up (start-up drops out). The worker is run again
+   until its runs add up to at least ``MIN_TOTAL_S`` seconds (at most ``MAX_RUNS`` runs; a
+   fresh group and data dir each time): the figure is the median run, the spread (min-max)
+   is printed beside it.
 3. **Ceiling** per period (:mod:`bench.ceiling`), after that period's worker run: a raw
    confluent-kafka consumer reads the input topic, then a raw confluent-kafka producer writes
    as many records, of the same key and value sizes, as the worker wrote to its usage
@@ -66,6 +68,9 @@ from bench.profile import record
 
 POLL_S = 0.25
 """Seconds between offset polls."""
+OUTPUT_QUIET_S = 5.0
+"""After caught up, the usage topic must stop growing for this long (several ticks): the
+last output of a run (period cuts made by later ticks, chunked cuts) counts in its time."""
 MIN_TOTAL_S = 45.0
 """A worker variant is run again until its runs add up to this many seconds ..."""
 MAX_RUNS = 3
@@ -187,6 +192,31 @@ async def wait_caught_up(kafka: Kafka, procs: list[Child], group: str, input_top
         await asyncio.sleep(POLL_S)  # poll with a deadline
 
 
+async def wait_output_settled(kafka: Kafka, procs: list[Child], usage_topic: str,
+                              caught: CatchUp, deadline_s: float) -> dict[int, int]:
+    """The usage topic's end offsets once they stopped growing for :data:`OUTPUT_QUIET_S`;
+    ``caught.seconds`` moves to the last poll that saw them grow, if that is later.
+
+    Committed offsets alone can report a worker caught up before its last output: with
+    daily periods the last days are cut by ticks that come after the last input record
+    (one run counted 38 211 of 53 249 intervals at that moment, and its rate was inflated).
+    """
+    started = min(c.started for c in procs)
+    deadline = started + deadline_s
+    ends = await kafka.end_offsets(usage_topic)
+    last_growth = time.monotonic()
+    while time.monotonic() - last_growth < OUTPUT_QUIET_S:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{usage_topic} still growing at the deadline "
+                             f"({sum(ends.values()):,} records)")
+        await asyncio.sleep(POLL_S)  # poll with a deadline
+        now = await kafka.end_offsets(usage_topic)
+        if now != ends:
+            ends, last_growth = now, time.monotonic()
+            caught.seconds = max(caught.seconds, last_growth - started)
+    return ends
+
+
 def naive(bootstrap: str, topic: str, app_id: str, work: Path, web_port: int) -> Child:
     """The naive Faust agent child (not started; log level info, see :func:`worker`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METERING_", "F_"))}
@@ -265,7 +295,8 @@ def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False) -
                 caught = await wait_caught_up(kafka, procs, app_id, prep.topic, prep.ends,
                                               f"{app_id}-events", prep.deadline_s)
                 caught.records = prep.records
-                usage = await kafka.end_offsets(f"{app_id}-usage")
+                usage = await wait_output_settled(kafka, procs, f"{app_id}-usage", caught,
+                                                  prep.deadline_s)
             caught.intervals = sum(usage.values())
             if output:
                 caught.output = ceiling.output_of(prep.bootstrap, f"{app_id}-usage", usage)
