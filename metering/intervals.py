@@ -176,6 +176,10 @@ def build_row(
 
 
 _PERIOD: Final = CloseReason.PERIOD
+_BOUNDARY_HEX: Final[dict[int, str]] = {}
+"""Period boundary (UTC ms) -> its 16 hex digits (the second half of the ids of the pieces
+starting there): formatting costs twice the lookup, and a replay meets few boundaries."""
+_BOUNDARY_HEX_MAX: Final = 100_000
 
 
 def build_period_rows(
@@ -208,11 +212,17 @@ def build_period_rows(
     topic, partition, offset = source
     hours = step / MS_PER_HOUR
     append = out.append
+    digits = _BOUNDARY_HEX
     a = start
     while a < end:
         b = a + step
+        hexa = digits.get(a)
+        if hexa is None:
+            if len(digits) >= _BOUNDARY_HEX_MAX:
+                digits.clear()
+            hexa = digits[a] = f"{a:016x}"
         append(_new_row(UsageInterval, (
-            f"{id_prefix}{a:016x}", account_id, domain_id, zone_id, usage_type, name,
+            id_prefix + hexa, account_id, domain_id, zone_id, usage_type, name,
             resource_id, offering_id, template_id, a, b, step, hours, a, False, _PERIOD,
             topic, partition, offset, SCHEMA_VERSION, None,
         )))

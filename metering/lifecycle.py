@@ -342,8 +342,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     the earliest of ``bound``, the open slots' starts and the held intervals' starts.
     """
     changes = state.changes
-    if len(changes) <= 1 or changes[1][0] > bound or not _kind_repeats(changes, bound):
-        return  # no attribute changed twice by the bound (nor by the horizon, before it)
+    if len(changes) <= 1 or changes[1][0] > bound:
+        return  # fewer than two changes by the bound (nor by the horizon, before it)
     horizon = bound
     for slot in state.slots.values():
         if slot.start < horizon:
@@ -351,8 +351,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     for held in state.held:
         if held.slot.start < horizon:
             horizon = held.slot.start
-    if horizon < bound and not _kind_repeats(changes, horizon):
-        return
+    if changes[1][0] > horizon or not _kind_repeats(changes, horizon):
+        return  # no attribute changed twice by the horizon: nothing to drop
     keep: list[tuple[int, int, str]] = []
     latest_before: dict[int, tuple[int, int, str]] = {}
     for change in changes:
@@ -474,13 +474,22 @@ def apply_usage(
     """
     if state is None:
         state = EntityState()
-    if not _mark_applied(state, src, lane):
-        return Transition(state, (), _DUPLICATE)
+    if lane is None:
+        lane = src.lane
+    offsets = state.offsets
+    last = offsets.get(lane)
+    if last is not None and src.offset <= last:
+        return Transition(state, (), _DUPLICATE)  # applied already (rule 6)
+    state.lane = lane
+    offsets[lane] = src.offset
     notes: list[str] = []
     if state.orphans and ctx.orphan_horizon > BEFORE_ANY:
         _expire_orphans(state, ctx.orphan_horizon, notes)
     event_type, account, rid, zone, t = event
-    deletion = _deletion(ctx.accounts, account)
+    facts = ctx.accounts.get(account)  # _deletion(ctx.accounts, account), without the call
+    deletion = None
+    if facts is not None and facts.deleted_at is not None and facts.deleted_by is not None:
+        deletion = facts.deleted_at, facts.deleted_by
     if deletion is not None and t >= deletion[0]:
         notes.append(Note.AFTER_ACCOUNT_DELETE)
         return Transition(state, (), tuple(notes))

@@ -44,6 +44,7 @@ from metering.lifecycle import Context, Note, cut, is_duplicate, prune_changes, 
 from metering.states import FOREVER, AccountState, EntityState, Held
 from metering.watermarks import NEVER
 
+_DUPLICATE: Final = Note.DUPLICATE
 _new: Final = tuple.__new__
 """Builds a NamedTuple (:class:`Context`, :class:`Applied`) from all its fields without the
 generated ``__new__``'s Python frame: the settled instant moves with almost every record."""
@@ -83,6 +84,10 @@ class Engine:
         settled = self.lanes.settled
         if ctx is not None and ctx.settled == settled and ctx.record_ms == record_ms:
             return ctx
+        return self._new_ctx(settled, record_ms)
+
+    def _new_ctx(self, settled: int, record_ms: int | None) -> Context:
+        """A new step context at ``settled`` (UTC ms), kept for reuse."""
         horizon = NEVER if settled <= NEVER else settled - self.policy.orphan_close_ttl_ms
         ctx = self._last_ctx = _new(Context, (self.policy.grid, self.accounts.store, settled,
                                               horizon, record_ms))
@@ -160,7 +165,7 @@ class Engine:
         settled = lanes.settled
         ctx = self._last_ctx
         if ctx is None or ctx.settled != settled or ctx.record_ms != record_ms:
-            ctx = self._ctx(record_ms)
+            ctx = self._new_ctx(settled, record_ms)
         state = self.entities.get(entity_id)
         if (state is not None and state.slots and lanes.cut_boundary > NEVER
                 and not is_duplicate(state, src)):
@@ -183,7 +188,7 @@ class Engine:
         lanes.observe(lane, value.time_ms, wall_ms, src.offset)
         if held:
             self._hold(entity_id, state, held, ctx, out)
-        return Note.DUPLICATE not in notes
+        return _DUPLICATE not in notes
 
     def _hold(self, entity_id: str, state: EntityState, held: Sequence[Held], ctx: Context,
               out: list[UsageInterval]) -> None:

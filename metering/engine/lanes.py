@@ -147,7 +147,11 @@ class Lanes:
             # the usual record, within the jump of its lane: the lane's watermark moves to
             # its time (what ``step`` and ``_set_watermark`` below give, without the calls)
             clock.max_event_ms = clock.watermark = time_ms
-            self._derive()
+            if self.lateness_ms is None and len(self.clocks) == 1 and self.inputs_known:
+                if time_ms > self.settled:  # _derive of the one lane, without lateness
+                    self.settled = time_ms
+            else:
+                self._derive()
             return
         # Rule 4b: one record moves the watermark by at most max_watermark_jump; further
         # ahead it waits for a second record (the record itself was applied already).
