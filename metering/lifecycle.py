@@ -27,7 +27,7 @@ event time (the latest change at or before the piece's last millisecond).
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -35,6 +35,7 @@ from metering.events import Enrichment, Source, UsageEvent
 from metering.intervals import (
     CloseReason,
     UsageInterval,
+    build_period_rows,
     build_row,
     id_prefix,
     interval_id,
@@ -68,9 +69,9 @@ class Transition(NamedTuple):
     """
 
     state: EntityState
-    intervals: tuple[UsageInterval, ...]
-    notes: tuple[str, ...]
-    held: tuple[Held, ...] = ()
+    intervals: Sequence[UsageInterval]
+    notes: Sequence[str]
+    held: Sequence[Held] = ()
 
 
 class Note(StrEnum):
@@ -170,42 +171,93 @@ def _emit(
     lineage = the opening record. The last piece gets ``last_final``/``last_reason``/
     ``last_src`` unless it too ends on a boundary without being final (then ``period``).
     ``end == start`` gives one zero-length piece (only meaningful when ``last_final``).
+    Attributes are looked up per piece (:func:`_attrs`).
     """
     usage_type = key[0]
-    rkey = resource_key(usage_type, resource_id, slot.zone_id)
     account = slot.account_id
-    prefix = id_prefix(usage_type, account, rkey)
+    zone = slot.zone_id
+    rkey = resource_key(usage_type, resource_id, zone)
     facts = ctx.accounts.get(account)
     domain = None if facts is None else facts.domain_id
-    zone = slot.zone_id
-    opened = slot.opened_by
     changes = state.changes
     kinds = _OFFERING_KINDS.get(usage_type) if changes else None
     grid = ctx.grid
-    step = grid.step_ms
-    a = start
-    period_start, boundary = grid.bounds(a)
-    append = out.append
-    while True:
-        b = boundary if boundary < end else end
-        last = b == end
-        if last:
-            final = last_final
-            reason = last_reason if (final or b != boundary) else CloseReason.PERIOD
-            src = last_src if (final or b != boundary) else opened
-        else:
-            final, reason, src = False, CloseReason.PERIOD, opened
-        offering = template = None
+    period_start, boundary = grid.bounds(start)
+    offering = template = None
+    if end <= boundary:  # one piece, the last: a close within one period (the usual one)
         if kinds is not None:
-            offering, template = _attrs(changes, kinds, a, b)
-        append(build_row(
-            f"{prefix}{a:016x}" if b > a else interval_id(usage_type, account, rkey, a, True),
-            account, domain, zone, usage_type, resource_id, offering, template, a, b,
-            period_start, final, reason, src))
-        if last:
-            return
-        a = period_start = b
-        boundary = b + step if step else grid.next_boundary(b)
+            offering, template = _attrs(changes, kinds, start, end)
+        if last_final or end != boundary:
+            reason, src = last_reason, last_src
+        else:
+            reason, src = CloseReason.PERIOD, slot.opened_by
+        out.append(build_row(
+            f"{id_prefix(usage_type, account, rkey)}{start:016x}" if end > start
+            else interval_id(usage_type, account, rkey, start, True),
+            account, domain, zone, usage_type, resource_id, offering, template, start, end,
+            period_start, last_final, reason, src))
+        return
+    prefix = id_prefix(usage_type, account, rkey)
+    opened = slot.opened_by
+    if kinds is not None:
+        offering, template = _attrs(changes, kinds, start, boundary)
+    out.append(build_row(  # the first piece, up to the first boundary
+        f"{prefix}{start:016x}", account, domain, zone, usage_type, resource_id, offering,
+        template, start, boundary, period_start, False, CloseReason.PERIOD, opened))
+    last_start = grid.floor(end)  # ends on a boundary and not final: a whole period too
+    if last_start == end and last_final:  # ... and final: the period before is the last
+        last_start = grid.floor(end - 1)
+    _whole_periods((prefix, account, domain, zone, usage_type, resource_id, opened),
+                   changes, kinds, boundary, last_start, grid, out)
+    if last_start < end:
+        if kinds is not None:
+            offering, template = _attrs(changes, kinds, last_start, end)
+        out.append(build_row(
+            f"{prefix}{last_start:016x}", account, domain, zone, usage_type, resource_id,
+            offering, template, last_start, end, last_start, last_final, last_reason,
+            last_src))
+
+
+_RowParts = tuple[str, str, str | None, str | None, int, str, Source]
+"""(id prefix, account, domain, zone, usage type, resource, opening record): what the rows
+of one open interval share."""
+
+
+def _whole_periods(parts: _RowParts, changes: list[tuple[int, int, str]],
+                   kinds: tuple[int, int] | None, start: int, end: int, grid: PeriodGrid,
+                   out: list[UsageInterval]) -> None:
+    """Append the pieces of the whole periods from ``start`` to ``end`` (UTC ms, both
+    period boundaries): ``final=false``, ``close_reason="period"``, lineage the opening
+    record, attributes per piece. On a fixed grid, runs of pieces with the same attributes
+    are built at once (:func:`build_period_rows`)."""
+    prefix, account, domain, zone, usage_type, resource_id, opened = parts
+    step = grid.step_ms
+    offering = template = None
+    a = start
+    if not step:  # periods of varying length (a time zone with DST): piece by piece
+        while a < end:
+            b = grid.next_boundary(a)
+            if kinds is not None:
+                offering, template = _attrs(changes, kinds, a, b)
+            out.append(build_row(
+                f"{prefix}{a:016x}", account, domain, zone, usage_type, resource_id,
+                offering, template, a, b, a, False, CloseReason.PERIOD, opened))
+            a = b
+        return
+    while a < end:
+        run_end = end
+        if kinds is not None:
+            offering, template = _attrs(changes, kinds, a, a + step)
+            cutoff = a + step - 1  # the attributes hold until a change after this
+            for change in changes:
+                t = change[0]
+                if t > cutoff:
+                    if t < end:  # the pieces that end at or before it keep them
+                        run_end = a + (t - a) // step * step
+                    break
+        build_period_rows(out, prefix, account, domain, zone, usage_type, resource_id,
+                          offering, template, a, run_end, step, opened)
+        a = run_end
 
 
 def _cut_slot(
@@ -290,8 +342,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     the earliest of ``bound``, the open slots' starts and the held intervals' starts.
     """
     changes = state.changes
-    if len(changes) <= 1 or changes[1][0] > bound or not _kind_repeats(changes, bound):
-        return  # no attribute changed twice by the bound (nor by the horizon, before it)
+    if len(changes) <= 1 or changes[1][0] > bound:
+        return  # fewer than two changes by the bound (nor by the horizon, before it)
     horizon = bound
     for slot in state.slots.values():
         if slot.start < horizon:
@@ -299,8 +351,8 @@ def prune_changes(state: EntityState, bound: int) -> None:
     for held in state.held:
         if held.slot.start < horizon:
             horizon = held.slot.start
-    if horizon < bound and not _kind_repeats(changes, horizon):
-        return
+    if changes[1][0] > horizon or not _kind_repeats(changes, horizon):
+        return  # no attribute changed twice by the horizon: nothing to drop
     keep: list[tuple[int, int, str]] = []
     latest_before: dict[int, tuple[int, int, str]] = {}
     for change in changes:
@@ -318,12 +370,17 @@ def is_duplicate(state: EntityState, src: Source) -> bool:
     return last is not None and src.offset <= last
 
 
-def _mark_applied(state: EntityState, src: Source) -> bool:
-    """Record ``src`` as applied; False if it was applied already (rule 6)."""
-    if is_duplicate(state, src):
+def _mark_applied(state: EntityState, src: Source, lane: str | None = None) -> bool:
+    """Record ``src`` (of ``lane``, ``src.lane`` if None) as applied; False if it was
+    applied already (rule 6: see :func:`is_duplicate`)."""
+    if lane is None:
+        lane = src.lane
+    offsets = state.offsets
+    last = offsets.get(lane)
+    if last is not None and src.offset <= last:
         return False
-    state.lane = lane = src.lane
-    state.offsets[lane] = src.offset
+    state.lane = lane
+    offsets[lane] = src.offset
     return True
 
 
@@ -382,21 +439,23 @@ _ENRICHED: Final = (Note.ENRICHED,)
 
 
 def step(state: EntityState | None, event: UsageEvent | Enrichment, src: Source,
-         ctx: Context) -> Transition:
+         ctx: Context, lane: str | None = None) -> Transition:
     """Apply one record of a resource to its state: the lifecycle's one entry point.
 
     ``state`` is the resource's state or None for a resource never seen; the step takes
     ownership of it (updated in place for speed) and returns it in the :class:`Transition`
     with the intervals to emit, the rules that applied and the closes it held. It reads
-    nothing but its arguments: the same inputs give the same transition.
+    nothing but its arguments: the same inputs give the same transition. ``lane`` is
+    ``src.lane`` if the caller has it at hand.
     """
     if isinstance(event, UsageEvent):
-        return apply_usage(state, event, src, ctx)
-    return apply_enrichment(state, event, src)
+        return apply_usage(state, event, src, ctx, lane)
+    return apply_enrichment(state, event, src, lane)
 
 
 def apply_usage(
-    state: EntityState | None, event: UsageEvent, src: Source, ctx: Context
+    state: EntityState | None, event: UsageEvent, src: Source, ctx: Context,
+    lane: str | None = None,
 ) -> Transition:
     """Apply one usage event of a metered type to its resource's state (table, rules 1-4a, 6).
 
@@ -415,33 +474,40 @@ def apply_usage(
     """
     if state is None:
         state = EntityState()
-    if not _mark_applied(state, src):
-        return Transition(state, (), _DUPLICATE)
+    if lane is None:
+        lane = src.lane
+    offsets = state.offsets
+    last = offsets.get(lane)
+    if last is not None and src.offset <= last:
+        return Transition(state, (), _DUPLICATE)  # applied already (rule 6)
+    state.lane = lane
+    offsets[lane] = src.offset
     notes: list[str] = []
     if state.orphans and ctx.orphan_horizon > BEFORE_ANY:
         _expire_orphans(state, ctx.orphan_horizon, notes)
-    deletion = _deletion(ctx.accounts, event.account_id)
-    if deletion is not None and event.time_ms >= deletion[0]:
+    event_type, account, rid, zone, t = event
+    facts = ctx.accounts.get(account)  # _deletion(ctx.accounts, account), without the call
+    deletion = None
+    if facts is not None and facts.deleted_at is not None and facts.deleted_by is not None:
+        deletion = facts.deleted_at, facts.deleted_by
+    if deletion is not None and t >= deletion[0]:
         notes.append(Note.AFTER_ACCOUNT_DELETE)
         return Transition(state, (), tuple(notes))
     out: list[UsageInterval] = []
     held: list[Held] = []
-    t = event.time_ms
-    rid = event.resource_id
-    account = event.account_id
     slots = state.slots
-    for usage_type, action in TRANSITIONS[event.event_type]:
+    for usage_type, action in TRANSITIONS[event_type]:
         zoned = usage_type in ZONE_KEYED
-        key: SlotKey = (usage_type, (event.zone_id or "") if zoned else "", account)
+        key: SlotKey = (usage_type, (zone or "") if zoned else "", account)
         if action == OPEN or (action != CLOSE and key not in slots):
             if key in slots:
                 notes.append(Note.REOPEN_IGNORED)
                 continue
-            last = _last_end(state, key)
+            last = _last_end(state, key) if state.ends else None
             if last is not None and t <= last:
                 notes.append(Note.STALE_OPEN)  # a retried publish or late duplicate (rule 2)
                 continue
-            slot = Slot(account, event.zone_id, t, src)
+            slot = Slot(account, zone, t, src)
             orphan = _claim(state, key, t) if state.orphans else None
             if orphan is None:
                 slots[key] = slot
@@ -452,32 +518,32 @@ def apply_usage(
                 end, reason, by = deletion[0], CloseReason.ACCOUNT_DELETE, deletion[1]
             _close_slot(state, key, slot, rid, end, reason, by, ctx, out, notes, held)
             continue
-        if zoned and action == CLOSE and event.zone_id is None:  # every zone (contract §3)
+        if zoned and action == CLOSE and zone is None:  # every zone (contract §3)
             keys = [k for k in slots if k[0] == usage_type and k[2] == account]
             if not keys:
-                _remember(state, key, t, event.event_type, src, True, notes)
+                _remember(state, key, t, event_type, src, True, notes)
                 continue
         elif key in slots:
             keys = [key]
         else:  # a CLOSE of what is not open
-            _remember(state, key, t, event.event_type, src, False, notes)
+            _remember(state, key, t, event_type, src, False, notes)
             continue
         for k in keys:
             slot = slots.pop(k)
-            _close_slot(state, k, slot, rid, t, event.event_type, src, ctx, out, notes, held)
+            _close_slot(state, k, slot, rid, t, event_type, src, ctx, out, notes, held)
             if action != CLOSE:  # SPLIT: reopen with the event's attributes
                 start = max(t, state.ends.get(k, t))
-                slots[k] = Slot(account, event.zone_id, start, src)
-    return _new(Transition, (state, tuple(out), tuple(notes) if notes else (), tuple(held)))
+                slots[k] = Slot(account, zone, start, src)
+    return _new(Transition, (state, out, notes, held))
 
 
 def apply_enrichment(
-    state: EntityState | None, event: Enrichment, src: Source
+    state: EntityState | None, event: Enrichment, src: Source, lane: str | None = None
 ) -> Transition:
     """Record offering/template attributes from an action event (rule 7)."""
     if state is None:
         state = EntityState()
-    if not _mark_applied(state, src):
+    if not _mark_applied(state, src, lane):
         return Transition(state, (), _DUPLICATE)
     t = event.time_ms
     for kind, value in (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 
 from metering.events import AccountCreated, AccountDeleted, Source
-from metering.states import AccountState, SlotKey
+from metering.states import AccountState, EntityState, SlotKey
 
 
 def _all_of(keys: tuple[SlotKey, ...], account: str) -> bool:
@@ -33,7 +33,7 @@ class Accounts:
         store: account UUID -> :class:`~metering.states.AccountState` (any mutable mapping).
     """
 
-    __slots__ = ("by_account", "open", "open_counts", "store")
+    __slots__ = ("by_account", "open", "open_counts", "store", "touched")
 
     def __init__(self, store: MutableMapping[str, AccountState]) -> None:
         self.store = store
@@ -43,6 +43,11 @@ class Accounts:
         """Resources with open intervals -> the keys of their open slots."""
         self.open_counts: dict[int, int] = {}
         """Open intervals per usage type (kept with :attr:`open`)."""
+        self.touched: dict[str, EntityState] = {}
+        """Resources whose open slots may have changed since the index was last brought up
+        to date, with their states: :meth:`sync` indexes them. (The engine adds to it once
+        per record; the index is read far less often: when a period is cut, an account
+        deleted, a replay finished, or metrics read.)"""
 
     def _is_new(self, account: AccountState, src: Source) -> bool:
         lane = src.lane
@@ -79,7 +84,18 @@ class Accounts:
 
     def open_of(self, account_id: str) -> list[str]:
         """The resources with an open interval of ``account_id``, sorted."""
+        self.sync()
         return sorted(self.by_account.get(account_id, ()))
+
+    def sync(self) -> None:
+        """Bring the index up to date with the :attr:`touched` states (before reading
+        :attr:`open`, :attr:`by_account` or :attr:`open_counts`)."""
+        touched = self.touched
+        if touched:
+            index = self.index
+            for entity_id, state in touched.items():
+                index(entity_id, tuple(state.slots))
+            touched.clear()
 
     def index(self, entity_id: str, keys: tuple[SlotKey, ...]) -> None:
         """Record that ``entity_id``'s open slots are now ``keys``."""
@@ -93,8 +109,20 @@ class Accounts:
             counts[key[0]] = counts.get(key[0], 0) + 1
         if keys:
             self.open[entity_id] = keys
+            account = keys[0][2]
+            if not old and _all_of(keys, account):  # opened, of one account
+                members = self.by_account.get(account)
+                if members is None:
+                    self.by_account[account] = {entity_id}
+                else:
+                    members.add(entity_id)
+                return
         else:
             self.open.pop(entity_id, None)
+            account = old[0][2]
+            if _all_of(old, account):  # all closed, of one account
+                self._leave(account, entity_id)
+                return
         if old and keys:
             account = old[0][2]
             if _all_of(old, account) and _all_of(keys, account):
@@ -102,16 +130,21 @@ class Accounts:
         before = {k[2] for k in old}
         after = {k[2] for k in keys}
         for account in before - after:
-            members = self.by_account.get(account)
-            if members is not None:
-                members.discard(entity_id)
-                if not members:
-                    del self.by_account[account]
+            self._leave(account, entity_id)
         for account in after - before:
             self.by_account.setdefault(account, set()).add(entity_id)
+
+    def _leave(self, account: str, entity_id: str) -> None:
+        """``entity_id`` has no interval of ``account`` open any more."""
+        members = self.by_account.get(account)
+        if members is not None:
+            members.discard(entity_id)
+            if not members:
+                del self.by_account[account]
 
     def clear_index(self) -> None:
         """Forget the index (before rebuilding it from stored states)."""
         self.by_account.clear()
         self.open.clear()
         self.open_counts.clear()
+        self.touched.clear()

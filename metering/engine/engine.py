@@ -21,7 +21,7 @@ All instants are UTC epoch milliseconds; the engine never reads a clock.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Final
 
 from metering.engine.accounts import Accounts
@@ -41,9 +41,10 @@ from metering.events import (
 )
 from metering.intervals import CloseReason, UsageInterval
 from metering.lifecycle import Context, Note, cut, is_duplicate, prune_changes, release, step
-from metering.states import FOREVER, AccountState, EntityState
+from metering.states import FOREVER, AccountState, EntityState, Held
 from metering.watermarks import NEVER
 
+_DUPLICATE: Final = Note.DUPLICATE
 _new: Final = tuple.__new__
 """Builds a NamedTuple (:class:`Context`, :class:`Applied`) from all its fields without the
 generated ``__new__``'s Python frame: the settled instant moves with almost every record."""
@@ -83,27 +84,38 @@ class Engine:
         settled = self.lanes.settled
         if ctx is not None and ctx.settled == settled and ctx.record_ms == record_ms:
             return ctx
+        return self._new_ctx(settled, record_ms)
+
+    def _new_ctx(self, settled: int, record_ms: int | None) -> Context:
+        """A new step context at ``settled`` (UTC ms), kept for reuse."""
         horizon = NEVER if settled <= NEVER else settled - self.policy.orphan_close_ttl_ms
         ctx = self._last_ctx = _new(Context, (self.policy.grid, self.accounts.store, settled,
                                               horizon, record_ms))
         return ctx
 
-    def _store(self, entity_id: str, state: EntityState, slots_changed: bool = True) -> None:
-        """Keep ``state`` (pruned of attribute changes nothing can see any more) and index
-        its open slots unless ``slots_changed`` is False."""
+    def _prune(self, state: EntityState, settled: int) -> None:
+        """Prune ``state``'s attribute changes nothing can see any more once every lane
+        passed ``settled`` (UTC ms), if two could be of one attribute."""
         changes = state.changes
         # two changes can only be pruned if they are of one attribute (the usual two, a VM's
         # offering and template, are not): prune_changes would find nothing to drop
         if len(changes) > 1 and (len(changes) > 2 or changes[0][1] == changes[1][1]):
-            bound = self.lanes.settled
+            bound = settled
             if self.policy.lateness_ms is not None and bound > NEVER:
                 bound -= self.policy.lateness_ms  # a record this late may still open a piece
             if changes[1][0] <= bound:
                 prune_changes(state, bound)
+
+    def _store(self, entity_id: str, state: EntityState, settled: int,
+               slots_changed: bool = True) -> None:
+        """Keep ``state`` (:meth:`_prune` d at ``settled``, UTC ms) and index its open slots
+        unless ``slots_changed`` is False."""
+        if len(state.changes) > 1:
+            self._prune(state, settled)
         self.entities[entity_id] = state
         self._changed.add(entity_id)
         if slots_changed:
-            self.accounts.index(entity_id, tuple(state.slots))
+            self.accounts.touched[entity_id] = state
 
     def _cut(self, entity_id: str, state: EntityState, upto: int, ctx: Context,
              reason: str, out: list[UsageInterval], store: bool = False) -> None:
@@ -111,32 +123,31 @@ class Engine:
         rows = cut(state, entity_id, upto, ctx, reason)
         if rows or store:
             out.extend(rows)
-            self._store(entity_id, state)
+            self._store(entity_id, state, self.lanes.settled)
 
     def apply(self, records: Iterable[Record]) -> Applied:
         """Apply records in order; rows include held closes of other resources they settled."""
         out: list[UsageInterval] = []
         self._changed = changed = set[str]()
         accounts: set[str] = set()
-        lanes, settling = self.lanes, self.settling
+        lanes, heap, resource = self.lanes, self.settling.heap, self._resource
         applied = duplicates = 0
         for value, src, wall_ms, record_ms in records:
             if isinstance(value, UsageEvent):
-                if Note.DUPLICATE in self._resource(value.resource_id, value, src, record_ms,
-                                                    out):
-                    duplicates += 1
-                else:
+                if resource(value.resource_id, value, src, wall_ms, record_ms, out):
                     applied += 1
+                else:
+                    duplicates += 1
             elif isinstance(value, Enrichment):
-                self._resource(value.entity_id, value, src, record_ms, out)
+                resource(value.entity_id, value, src, wall_ms, record_ms, out)
             elif isinstance(value, AccountCreated | AccountDeleted):
                 accounts.add(value.account_id)
                 self._account(value, src, out)
+                lanes.observe(src.lane, value.time_ms, wall_ms, src.offset)
             else:
                 self._skipped(value)
                 continue
-            lanes.observe(src.lane, value.time_ms, wall_ms, src.offset)
-            if settling.due(lanes.settled):
+            if heap and heap[0][0] <= lanes.settled:  # held closes this record settled
                 out.extend(self._release(lanes.settled))
         if applied:
             self.stats["applied"] += applied
@@ -145,29 +156,56 @@ class Engine:
         return Applied(out, changed, accounts)
 
     def _resource(self, entity_id: str, value: UsageEvent | Enrichment, src: Source,
-                  record_ms: int | None, out: list[UsageInterval]) -> tuple[str, ...]:
-        """Step one resource's state with ``value``; its rows go to ``out``; the notes."""
+                  wall_ms: int | None, record_ms: int | None, out: list[UsageInterval]
+                  ) -> bool:
+        """Step one resource's state with ``value``, store it and take the record's event
+        time into its lane; its rows (and its closes that the record itself settled) go to
+        ``out``. False if the record was applied already (rule 6)."""
         lanes = self.lanes
+        settled = lanes.settled
         ctx = self._last_ctx
-        if ctx is None or ctx.settled != lanes.settled or ctx.record_ms != record_ms:
-            ctx = self._ctx(record_ms)
+        if ctx is None or ctx.settled != settled or ctx.record_ms != record_ms:
+            ctx = self._new_ctx(settled, record_ms)
         state = self.entities.get(entity_id)
         if (state is not None and state.slots and lanes.cut_boundary > NEVER
                 and not is_duplicate(state, src)):
             out.extend(cut(state, entity_id, lanes.cut_boundary, ctx))  # lazy period cut
-        tr = step(state, value, src, ctx)
-        if tr.notes:
+        lane = src.lane
+        state, rows, notes, held = step(state, value, src, ctx, lane)
+        if notes:
             stats = self.stats
-            for note in tr.notes:
+            for note in notes:
                 stats[note] += 1
-        if tr.intervals:
-            out.extend(tr.intervals)
+        if rows:
+            out.extend(rows)
             if record_ms is not None:
-                self.closed_record_ms.extend(record_ms for row in tr.intervals if row.final)
-        for h in tr.held:
+                self.closed_record_ms.extend(record_ms for row in rows if row.final)
+        if len(state.changes) > 1:  # stored: what _store does, without the call
+            self._prune(state, settled)
+        self.entities[entity_id] = state
+        self._changed.add(entity_id)
+        self.accounts.touched[entity_id] = state
+        lanes.observe(lane, value.time_ms, wall_ms, src.offset)
+        if held:
+            self._hold(entity_id, state, held, ctx, out)
+        return _DUPLICATE not in notes
+
+    def _hold(self, entity_id: str, state: EntityState, held: Sequence[Held], ctx: Context,
+              out: list[UsageInterval]) -> None:
+        """Schedule the closes a step held; release them at once if the record that closed
+        them also settled them and no other held close is due (the usual case in replay):
+        what :meth:`_release` would do next, without the heap."""
+        settled = self.lanes.settled
+        heap = self.settling.heap
+        if not (heap and heap[0][0] <= settled):
+            for h in held:
+                if h.end > settled:
+                    break
+            else:
+                self._release_one(entity_id, state, settled, ctx, out)
+                return
+        for h in held:
             self.settling.hold(h.end, entity_id)
-        self._store(entity_id, tr.state)
-        return tr.notes
 
     def _skipped(self, value: Ignored | Rejected) -> None:
         if isinstance(value, Ignored):
@@ -206,14 +244,19 @@ class Engine:
             state = self.entities.get(entity_id)
             if state is None or not state.held:
                 continue  # a stale entry: released already
-            for h in state.held:
-                if h.end <= settled and h.record_ms is not None:
-                    self.closed_record_ms.append(h.record_ms)
-            rows = release(state, entity_id, settled, ctx)
-            if rows or not state.held:
-                out.extend(rows)
-                self._store(entity_id, state, slots_changed=False)  # release opens nothing
+            self._release_one(entity_id, state, settled, ctx, out)
         return out
+
+    def _release_one(self, entity_id: str, state: EntityState, settled: int, ctx: Context,
+                     out: list[UsageInterval]) -> None:
+        """Emit ``state``'s held intervals ending at or before ``settled`` (UTC ms)."""
+        for h in state.held:
+            if h.end <= settled and h.record_ms is not None:
+                self.closed_record_ms.append(h.record_ms)
+        rows = release(state, entity_id, settled, ctx)
+        if rows or not state.held:
+            out.extend(rows)
+            self._store(entity_id, state, self.lanes.settled, slots_changed=False)
 
     def process(self, value: Decoded, src: Source, wall_ms: int | None = None,
                 record_ms: int | None = None) -> list[UsageInterval]:
@@ -239,6 +282,7 @@ class Engine:
         out = self._release(lanes.settled) if self.settling.due(lanes.settled) else []
         if lanes.cut_boundary > self.advanced_to:
             self.advanced_to = lanes.cut_boundary
+            self.accounts.sync()
             self._cut_queue = sorted(self.accounts.open, reverse=True)
         queue, boundary = self._cut_queue, self.advanced_to
         ctx = self._ctx()
@@ -273,6 +317,7 @@ class Engine:
                 return Applied(out, changed, set())
             horizon, reason = self.policy.grid.floor(newest), CloseReason.PERIOD
         ctx = self._ctx()
+        self.accounts.sync()
         for entity_id in sorted(self.accounts.open):
             state = self.entities.get(entity_id)
             if state is not None and state.slots:
@@ -292,11 +337,13 @@ class Engine:
     @property
     def open_entities(self) -> dict[str, tuple[tuple[int, str, str], ...]]:
         """Resources with open intervals -> the keys of their open slots."""
+        self.accounts.sync()
         return self.accounts.open
 
     @property
     def open_counts(self) -> Counter[int]:
         """Open intervals per usage type (a copy)."""
+        self.accounts.sync()
         return Counter(self.accounts.open_counts)
 
     def low_watermark(self) -> int:

@@ -137,8 +137,21 @@ class Lanes:
         clock.last_offset = offset
         if time_ms <= clock.max_event_ms:
             return
-        if time_ms <= clock.watermark:  # behind an idle advance: nothing to confirm
+        watermark = clock.watermark
+        if time_ms <= watermark:  # behind an idle advance: nothing to confirm
             clock.max_event_ms = time_ms
+            return
+        jump = self.jump_ms
+        if clock.suspect is None and (jump is None or watermark <= NEVER
+                                      or time_ms - watermark <= jump):
+            # the usual record, within the jump of its lane: the lane's watermark moves to
+            # its time (what ``step`` and ``_set_watermark`` below give, without the calls)
+            clock.max_event_ms = clock.watermark = time_ms
+            if self.lateness_ms is None and len(self.clocks) == 1 and self.inputs_known:
+                if time_ms > self.settled:  # _derive of the one lane, without lateness
+                    self.settled = time_ms
+            else:
+                self._derive()
             return
         # Rule 4b: one record moves the watermark by at most max_watermark_jump; further
         # ahead it waits for a second record (the record itself was applied already).

@@ -15,24 +15,26 @@ from heapq import heappop, heappush
 class Settling:
     """A min-heap of (end UTC ms, resource id) of held closes."""
 
-    __slots__ = ("_heap",)
+    __slots__ = ("heap",)
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, str]] = []
+        self.heap: list[tuple[int, str]] = []
+        """The entries, a heap: ``heap[0]`` ends first (read only: the engine's per-record
+        check of :meth:`due`, inlined)."""
 
     def hold(self, end: int, entity_id: str) -> None:
         """Remember that ``entity_id`` holds a close ending at ``end``."""
-        heappush(self._heap, (end, entity_id))
+        heappush(self.heap, (end, entity_id))
 
     def due(self, settled: int) -> bool:
         """True if a held close ends at or before ``settled``."""
-        heap = self._heap
+        heap = self.heap
         return bool(heap) and heap[0][0] <= settled
 
     def pop_due(self, settled: int) -> list[str]:
         """The resources holding closes that end at or before ``settled``, in end order
         (a resource appears once per held close; the caller skips what it released)."""
-        heap = self._heap
+        heap = self.heap
         out: list[str] = []
         while heap and heap[0][0] <= settled:
             out.append(heappop(heap)[1])
@@ -40,7 +42,7 @@ class Settling:
 
     def clear(self) -> None:
         """Forget every entry (before rebuilding from stored states)."""
-        self._heap.clear()
+        self.heap.clear()
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self.heap)
