@@ -75,12 +75,19 @@ class Liveness:
             oldest_pending_s=None if oldest is None else now - oldest,
             stuck_after_s=STUCK_AFTER)
 
+    async def _topics(self) -> set[str]:
+        admin = await self._clients()
+        return set(await admin.list_topics())
+
     async def check(self) -> None:
         """Ask the broker which topics exist; log the problems when they change."""
+        started = time.monotonic()
         try:
-            admin = await asyncio.wait_for(self._clients(), REQUEST_TIMEOUT)
-            existing = set(await asyncio.wait_for(admin.list_topics(), REQUEST_TIMEOUT))
+            # One deadline for the client and the request together: REPORT_WITHIN budgets
+            # one REQUEST_TIMEOUT per check (two sequential waits could take twice that).
+            existing = await asyncio.wait_for(self._topics(), REQUEST_TIMEOUT)
         except Exception as exc:
+            log.debug("liveness check failed after %.3f s: %r", time.monotonic() - started, exc)
             if self.broker_failing_since is None:
                 self.broker_failing_since = time.monotonic()
             name, text = type(exc).__name__, str(exc)

@@ -20,6 +20,16 @@ SUMMARY = re.compile(r"^   ([\d,]+) intervals \(.*?, ([\d,.]+) usage hours")
 CUT = re.compile(r"^   period cut landed: ")
 
 
+def _why(lines: list[str], data_dir: Path) -> str:
+    """The demo's last output lines and the tail of each log it writes (failure messages)."""
+    parts = ["".join(lines[-60:])]
+    for name in ("worker.log", "archive.log", "simulate.log"):
+        path = data_dir / name
+        tail = path.read_text(errors="replace").splitlines()[-30:] if path.exists() else []
+        parts.append(f"--- {name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def test_demo_shows_hours_and_period_cuts_and_a_chart_and_stops_cleanly_on_ctrl_c(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -48,16 +58,16 @@ def test_demo_shows_hours_and_period_cuts_and_a_chart_and_stops_cleanly_on_ctrl_
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert flowing.wait(timeout=120), "no hours and cuts within 120 s:\n" + "".join(
-            lines[-60:])
+        assert flowing.wait(timeout=120), "no hours and cuts within 120 s:\n" + _why(
+            lines, data_dir)
         deadline = time.monotonic() + 60
         while not list(data_dir.glob("archive/usage_date=*/*.parquet")):
-            assert time.monotonic() < deadline, "nothing archived:\n" + "".join(lines[-60:])
+            assert time.monotonic() < deadline, "nothing archived:\n" + _why(lines, data_dir)
             time.sleep(0.5)  # poll with a deadline
         children = _descendants(proc.pid)  # the worker, archive and simulator it started
         assert children, "the demo started no processes?"
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        assert proc.wait(timeout=90) == 0, "".join(lines[-60:])
+        assert proc.wait(timeout=90) == 0, _why(lines, data_dir)
     finally:
         if proc.poll() is None:
             proc.kill()
