@@ -129,6 +129,9 @@ class CatchUp:
     """Records on the usage topic once caught up."""
     output: ceiling.Output | None = None
     """The usage topic's records and bytes (read back after the run when asked for)."""
+    committed_s: float | None = None
+    """Seconds since start when the committed offsets alone said caught up (before the
+    output settled; :attr:`seconds` is the later of the two)."""
 
     @property
     def window(self) -> tuple[int, float]:
@@ -203,6 +206,7 @@ async def wait_output_settled(kafka: Kafka, procs: list[Child], usage_topic: str
     """
     started = min(c.started for c in procs)
     deadline = started + deadline_s
+    caught.committed_s = caught.seconds
     ends = await kafka.end_offsets(usage_topic)
     last_growth = time.monotonic()
     while time.monotonic() - last_growth < OUTPUT_QUIET_S:
@@ -306,8 +310,9 @@ def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False) -
     ceiling.delete_topics(prep.bootstrap, ceiling.topics_with_prefix(prep.bootstrap,
                                                                        f"{app_id}-"))
     log(f"streaming: {n} worker(s) --period {period}: {caught.rate:,.0f} records/s after the "
-        f"first commit, {caught.start_rate:,.0f}/s from start ({caught.seconds:.1f} s), "
-        f"{caught.intervals:,} intervals")
+        f"first commit, {caught.start_rate:,.0f}/s from start ({caught.seconds:.1f} s; "
+        f"commits caught up at {caught.committed_s or 0:.1f} s), {caught.intervals:,} "
+        "intervals")
     for i in range(n):
         shutil.rmtree(prep.work / f"{app_id}-{i}", ignore_errors=True)
     return caught

@@ -18,6 +18,10 @@ from metering.events import AccountCreated, AccountDeleted, Source
 from metering.states import AccountState, EntityState, SlotKey
 
 
+TOUCHED_MAX = 20_000
+"""States :attr:`Accounts.touched` may hold after a batch before the index is synced."""
+
+
 def _all_of(keys: tuple[SlotKey, ...], account: str) -> bool:
     """True if every key in ``keys`` is of ``account``."""
     for key in keys:  # noqa: SIM110 (all() over a generator costs a frame per call)
@@ -86,6 +90,14 @@ class Accounts:
         """The resources with an open interval of ``account_id``, sorted."""
         self.sync()
         return sorted(self.by_account.get(account_id, ()))
+
+    def bound(self) -> None:
+        """:meth:`sync` once :attr:`touched` holds more than :data:`TOUCHED_MAX` states
+        (called after each batch): it keeps the states it holds alive, and a worker keeps
+        only a bounded cache of states in memory (at a million resources, an unbounded
+        :attr:`touched` between two period cuts more than doubled peak memory)."""
+        if len(self.touched) > TOUCHED_MAX:
+            self.sync()
 
     def sync(self) -> None:
         """Bring the index up to date with the :attr:`touched` states (before reading

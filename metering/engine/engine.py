@@ -153,6 +153,7 @@ class Engine:
             self.stats["applied"] += applied
         if duplicates:
             self.stats["duplicate_record"] += duplicates
+        self.accounts.bound()
         return Applied(out, changed, accounts)
 
     def _resource(self, entity_id: str, value: UsageEvent | Enrichment, src: Source,
@@ -292,6 +293,7 @@ class Engine:
             if state is not None and state.slots and min(
                     s.start for s in state.slots.values()) < boundary:
                 self._cut(entity_id, state, boundary, ctx, CloseReason.PERIOD, out)
+        self.accounts.bound()
         return Applied(out, changed, set())
 
     @property
@@ -322,6 +324,7 @@ class Engine:
             state = self.entities.get(entity_id)
             if state is not None and state.slots:
                 self._cut(entity_id, state, horizon, ctx, reason, out)
+        self.accounts.bound()
         return Applied(out, changed, set())
 
     def rebuild_index(self, items: Iterable[tuple[str, EntityState]]) -> None:
