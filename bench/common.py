@@ -225,6 +225,20 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def keep_log(self) -> Path:
+        """Copy the log out of the run's work directory (deleted at the end) into
+        ``~/.cache/metering/bench-failures/``; the copy's path."""
+        import shutil
+
+        dest = Path.home() / ".cache" / "metering" / "bench-failures"
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / f"{time.strftime('%Y%m%dT%H%M%S')}-{self.log_path.name}"
+        try:
+            shutil.copyfile(self.log_path, target)
+        except OSError as exc:
+            return Path(f"(not kept: {exc})")
+        return target
+
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

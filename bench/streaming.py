@@ -172,7 +172,8 @@ async def wait_caught_up(kafka: Kafka, procs: list[Child], group: str, input_top
         now = time.monotonic()
         for child in procs:
             if not child.alive():
-                raise BenchError(f"{child.argv[2:4]} exited early:\n{child.tail()}")
+                raise BenchError(f"{child.argv[2:4]} exited early (whole log kept: "
+                                 f"{child.keep_log()}):\n{child.tail()}")
         if now > deadline:
             raise BenchError(f"{group} not caught up within {deadline_s:.0f} s "
                              f"(deadline); log tail:\n{procs[0].tail()}")
