@@ -17,7 +17,6 @@ from collections.abc import MutableMapping
 from metering.events import AccountCreated, AccountDeleted, Source
 from metering.states import AccountState, EntityState, SlotKey
 
-
 TOUCHED_MAX = 20_000
 """States :attr:`Accounts.touched` may hold after a batch before the index is synced."""
 
