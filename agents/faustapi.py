@@ -35,7 +35,8 @@ Private Faust internals (faust-streaming 0.15.3; each pinned by
   at import): ``ProducerBuffer.max_messages``, ``ProducerBuffer._send_pending`` and
   ``flush`` (a commit waits for every buffered changelog record; an undelivered one exits
   70), ``Worker._disable_spinner_if_level_below_WARN`` (no spinner),
-  ``Worker._schedule_shutdown`` (a stop bounded by :data:`SHUTDOWN_GRACE`) and
+  ``Worker._schedule_shutdown`` (a stop bounded by :data:`SHUTDOWN_GRACE`),
+  ``Worker.on_setup_root_logger`` (:mod:`agents.logfilter` on the root handlers) and
   ``Recovery.on_recovery_completed`` (seek before resume).
 
 :data:`PRIVATE_INTERNALS` lists every private method of those libraries this module relies
@@ -72,6 +73,7 @@ from faust.types import TP, EventT
 from faust.worker import Worker as FaustWorker
 from mode.worker import Worker as ModeWorker
 
+from agents import logfilter
 from agents.fetches import Fetch, FetchChannel
 
 TaskFun = Callable[[], Awaitable[None]]
@@ -438,6 +440,8 @@ FAUST_DISABLE_SPINNER = FaustWorker._disable_spinner_if_level_below_WARN
 FAUST_SCHEDULE_SHUTDOWN = FaustWorker._schedule_shutdown
 """mode-streaming's ``Worker._schedule_shutdown``, inherited by Faust's (wrapped by
 :func:`_schedule_bounded_shutdown`)."""
+FAUST_ON_SETUP_ROOT_LOGGER = FaustWorker.on_setup_root_logger
+"""faust-streaming's ``Worker.on_setup_root_logger`` (wrapped by :func:`_setup_root_logger`)."""
 FAUST_ON_RECOVERY_COMPLETED = Recovery.on_recovery_completed
 """faust-streaming's ``Recovery.on_recovery_completed`` (replaced by :func:`_seek_then_resume`)."""
 
@@ -500,6 +504,14 @@ def _no_spinner(self: FaustWorker, level: int) -> None:
     aiokafka/Faust builds a LogRecord (measured ~12 % of the worker's throughput,
     BENCHMARKS.md); the root logger keeps the requested level."""
     self.spinner = None
+
+
+def _setup_root_logger(self: FaustWorker, logger: logging.Logger, level: int) -> None:
+    """Faust's hook once mode configured the root logger (before stderr is redirected to
+    it), then :func:`agents.logfilter.install`: repeated library messages thinned out,
+    thread exceptions logged as one record."""
+    FAUST_ON_SETUP_ROOT_LOGGER(self, logger, level)
+    logfilter.install(logger.handlers)
 
 
 def _force_exit(signum: int) -> None:
@@ -574,6 +586,7 @@ PATCHES: tuple[tuple[type, str, Any], ...] = (
     (ProducerBuffer, "flush", _flush_all),
     (FaustWorker, "_disable_spinner_if_level_below_WARN", _no_spinner),
     (FaustWorker, "_schedule_shutdown", _schedule_bounded_shutdown),
+    (FaustWorker, "on_setup_root_logger", _setup_root_logger),
     (Recovery, "on_recovery_completed", _seek_then_resume),
 )
 """(class, method name, replacement) of every Faust method :func:`install_patches` replaces."""
@@ -604,7 +617,8 @@ PRIVATE_INTERNALS: dict[str, str] = {
     "faust.worker:Worker._disable_spinner_if_level_below_WARN":
         "replaced by _no_spinner (no spinner, root logger kept at its level)",
     "faust.worker:Worker.on_setup_root_logger":
-        "calls _disable_spinner_if_level_below_WARN before it installs the spinner",
+        "calls _disable_spinner_if_level_below_WARN before it installs the spinner; "
+        "wrapped by _setup_root_logger (agents.logfilter on the root handlers)",
     "mode.worker:Worker._schedule_shutdown":
         "wrapped by _schedule_bounded_shutdown (reads _signal_stop_time)",
     "faust.tables.recovery:Recovery.on_recovery_completed":

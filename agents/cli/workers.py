@@ -101,7 +101,11 @@ def _route(args: argparse.Namespace) -> int:
     logging.basicConfig(level={"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper()),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: "
                         "%(message)s")
+    from agents import logfilter
     from agents.route import run
+
+    # aiokafka repeats itself while the broker is down (README, Observability)
+    logfilter.install(logging.getLogger().handlers)
 
     return run(settings)
 

@@ -300,6 +300,7 @@ def _original(path: str) -> Any:
         "faust.worker:Worker._disable_spinner_if_level_below_WARN":
             faustapi.FAUST_DISABLE_SPINNER,
         "mode.worker:Worker._schedule_shutdown": faustapi.FAUST_SCHEDULE_SHUTDOWN,
+        "faust.worker:Worker.on_setup_root_logger": faustapi.FAUST_ON_SETUP_ROOT_LOGGER,
         "faust.tables.recovery:Recovery.on_recovery_completed":
             faustapi.FAUST_ON_RECOVERY_COMPLETED,
     }
