@@ -298,6 +298,9 @@ class LocalKafka:
     client_certs: tuple[str, ...] = ("metering",)
     """Secure mode: client certificates to issue (CN = principal name)."""
     ssl_port: int = 0
+    properties: dict[str, str] = field(default_factory=dict)
+    """Broker properties set over the defaults of :func:`render_server_properties` (e.g. the
+    bench's ``group.initial.rebalance.delay.ms``)."""
     certs: Certs | None = field(default=None, repr=False)
 
     @property
@@ -373,6 +376,7 @@ class LocalKafka:
             controller_port=self.controller_port,
             log_dir=data,
         )
+        extra: dict[str, str] = {}
         if self.secure:
             self.ssl_port = self.ssl_port or free_port()
             tls = self.workdir / "tls"
@@ -383,8 +387,10 @@ class LocalKafka:
                 controller_port=self.controller_port, keystore=self.certs.keystore,
                 store_password=self.certs.store_password, truststore=self.certs.ca,
                 admin_password=self.users()[ADMIN_USER])
+        if extra or self.properties:
             lines = dict(line.split("=", 1) for line in text.splitlines())
-            text = "".join(f"{k}={v}\n" for k, v in {**lines, **extra}.items())
+            text = "".join(f"{k}={v}\n"
+                           for k, v in {**lines, **extra, **self.properties}.items())
         props.write_text(text)
         props.chmod(0o600)  # holds the keystore and admin passwords in secure mode
         log4j = self.workdir / "log4j.properties"
@@ -473,13 +479,15 @@ class LocalKafka:
 
 
 @contextlib.contextmanager
-def running_broker(log: Callable[[str], None] = lambda _m: None) -> Iterator[str]:
-    """Yield a bootstrap address: ``$METERING_TEST_BROKER`` if set, else a fresh LocalKafka."""
+def running_broker(log: Callable[[str], None] = lambda _m: None,
+                   properties: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield a bootstrap address: ``$METERING_TEST_BROKER`` if set, else a fresh LocalKafka
+    (with ``properties`` over its defaults)."""
     existing = os.environ.get("METERING_TEST_BROKER")
     if existing:
         yield existing
         return
-    broker = LocalKafka().start(log)
+    broker = LocalKafka(properties=dict(properties or {})).start(log)
     try:
         yield broker.bootstrap
     finally:

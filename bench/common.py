@@ -358,6 +358,24 @@ class Kafka:
                 if meta is not None and meta.offset >= 0}
 
 
+    async def stable_members(self, group: str) -> int:
+        """Members of ``group`` if its state is ``Stable`` (every member has its assignment),
+        else 0 (joining, rebalancing, unknown yet)."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            responses = await self._admin.describe_consumer_groups([group])
+        except KafkaError as exc:  # e.g. no coordinator yet on a fresh broker: retried
+            if not getattr(exc, "retriable", False):
+                raise
+            return 0
+        for response in responses:
+            for error_code, group_id, state, _ptype, _protocol, members, *_ in response.groups:
+                if group_id == group and error_code == 0 and state == "Stable":
+                    return len(members)
+        return 0
+
+
 def behind(ends: dict[int, int], committed: dict[int, int]) -> int:
     """Records between the committed offsets and the end offsets (summed over partitions)."""
     return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
