@@ -114,6 +114,13 @@ def worker(env: dict[str, str], log_path: Path) -> Child:
     return Child([PYTHON, "-m", "agents", "worker", "--loglevel", "info"], env, log_path)
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 @dataclass
 class CatchUp:
     """When a consumer group caught up, in seconds since its (first) process started."""
@@ -132,6 +139,9 @@ class CatchUp:
     committed_s: float | None = None
     """Seconds since start when the committed offsets alone said caught up (before the
     output settled; :attr:`seconds` is the later of the two)."""
+    busy: float | None = None
+    """Share of the machine's CPU time (all cores; workers, broker, everything) that was busy
+    from the window's start to caught up: near 1.0, the run was bound by the cores."""
 
     @property
     def window(self) -> tuple[int, float]:
@@ -176,6 +186,12 @@ async def wait_caught_up(kafka: Kafka, procs: list[Child], group: str, input_top
     at_startup = 0
     events_target: dict[int, int] | None = None
     input_done: float | None = None
+    jiffies = cpu_jiffies()
+
+    def caught(seconds: float) -> CatchUp:
+        busy, total = (a - b for a, b in zip(cpu_jiffies(), jiffies, strict=True))
+        return CatchUp(seconds, startup, at_startup, busy=busy / total if total else None)
+
     while True:
         now = time.monotonic()
         for child in procs:
@@ -189,19 +205,20 @@ async def wait_caught_up(kafka: Kafka, procs: list[Child], group: str, input_top
         if startup is None and sum(committed.values()) > 0 and (
                 members == 1 or await kafka.stable_members(group) >= members):
             startup, at_startup = now - started, sum(committed.values())
+            jiffies = cpu_jiffies()
         if behind(input_ends, committed) == 0:
             input_done = input_done or now
             if events_topic is None:
-                return CatchUp(now - started, startup, at_startup)
+                return caught(now - started)
             if events_target is None:  # every input record was forwarded before this
                 if not await kafka.exists(events_topic):
-                    return CatchUp(now - started, startup, at_startup)
+                    return caught(now - started)
                 events_target = await kafka.end_offsets(events_topic)
             done = await kafka.committed(group, events_topic)
             if not done and now - input_done > 5.0:  # the worker does not use that topic
-                return CatchUp(input_done - started, startup, at_startup)
+                return caught(input_done - started)
             if done and behind(events_target, done) == 0:
-                return CatchUp(now - started, startup, at_startup)
+                return caught(now - started)
         await asyncio.sleep(POLL_S)  # poll with a deadline
 
 
@@ -485,6 +502,10 @@ def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results:
     return prep
 
 
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{share:.0%}"
+
+
 def scale_out(prep: Prepared, results: Results, period: str = "day") -> None:
     """Two worker processes in one group against one (reused from :func:`run` if there)."""
     one = prep.runs.get(period) or repeated(prep, period)
@@ -501,6 +522,8 @@ def scale_out(prep: Prepared, results: Results, period: str = "day") -> None:
         ratio=f"{ratio:.2f}x",
         notes=(f"{spread(two)}; start to caught up {m2.seconds:.1f} s = "
                f"{m2.start_rate:,.0f}/s (one worker {m1.start_rate:,.0f}/s); "
+               f"CPU busy {_pct(m2.busy)} of {os.cpu_count()} cores in the window (one worker "
+               f"{_pct(m1.busy)}); "
                f"{m2.intervals:,} intervals (one worker {m1.intervals:,})")))
     results.metrics["scale_out_one_rate"] = m1.rate
     results.metrics["scale_out_two_rate"] = m2.rate
