@@ -11,7 +11,7 @@ import faust
 from agents.faustapi import EXIT_STUCK as EXIT_STUCK
 from agents.faustapi import SHUTDOWN_GRACE as SHUTDOWN_GRACE
 from agents.faustapi import install_patches
-from agents.kafkaclient import faust_options
+from agents.kafkaclient import compression_type, faust_options
 from metering.settings import Settings
 
 
@@ -46,6 +46,7 @@ def make_app(s: Settings, app_id: str | None = None, web_port: int | None = None
         stream_buffer_maxsize=16384,
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        producer_compression_type=compression_type(s),
         web_port=web_port or s.web_port,
         web_bind=s.web_bind,
         web_host=s.web_bind,

@@ -61,6 +61,13 @@ def aiokafka_options(s: Settings) -> dict[str, Any]:
     return options
 
 
+def compression_type(s: Settings) -> str | None:
+    """aiokafka's ``compression_type`` for the ``compression`` setting (None: off). lz4,
+    zstd and snappy need ``cramjam`` (a dependency); aiokafka raises at producer start
+    without it."""
+    return None if s.compression == "none" else s.compression
+
+
 def faust_options(s: Settings) -> dict[str, Any]:
     """Keyword arguments for ``faust.App``: ``broker_credentials`` (SASL, TLS) or nothing."""
     import faust

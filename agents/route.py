@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.errors import RouteError
-from agents.kafkaclient import aiokafka_options
+from agents.kafkaclient import aiokafka_options, compression_type
 from metering.regions import input_topic_regions
 from metering.routes import Route, parse_routes, record_key, targets
 from metering.settings import Settings
@@ -143,7 +143,8 @@ async def forward(settings: Settings, routes: list[Route], stop: asyncio.Event,
         heartbeat_interval_ms=max(1000, int(settings.session_timeout * 1000) // 3),
         max_poll_records=settings.batch_size)
     producer = AIOKafkaProducer(**_client_options(settings), acks="all",
-                                enable_idempotence=True, linger_ms=5)
+                                enable_idempotence=True, linger_ms=5,
+                                compression_type=compression_type(settings))
     await producer.start()
     try:
         await consumer.start()

@@ -376,6 +376,34 @@ class Kafka:
         return 0
 
 
+@contextlib.contextmanager
+def bench_broker(log: Any) -> Iterator[tuple[str, Path | None]]:
+    """The bench's broker: (bootstrap, its data directory or None).
+
+    ``$METERING_TEST_BROKER`` if set (no data directory: sizes on disk are not measured),
+    else a fresh local broker with Kafka's default initial rebalance delay (3 s; the tests'
+    broker has 0): workers started together join one generation, as on a production
+    broker."""
+    from agents.localkafka import LocalKafka
+
+    existing = os.environ.get("METERING_TEST_BROKER")
+    if existing:
+        yield existing, None
+        return
+    broker = LocalKafka(properties={"group.initial.rebalance.delay.ms": "3000"}).start(log)
+    try:
+        yield broker.bootstrap, (broker.workdir / "data" if broker.workdir else None)
+    finally:
+        broker.stop()
+
+
+def topic_disk_bytes(data_dir: Path, topic: str) -> int:
+    """Bytes of ``topic``'s log segments in a local broker's data directory (all
+    partitions; compressed batches count as stored)."""
+    return sum(f.stat().st_size for d in data_dir.glob(f"{topic}-*")
+               if d.name.rsplit("-", 1)[0] == topic for f in d.glob("*.log"))
+
+
 def behind(ends: dict[int, int], committed: dict[int, int]) -> int:
     """Records between the committed offsets and the end offsets (summed over partitions)."""
     return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())

@@ -63,6 +63,7 @@ from bench.common import (
     keyed_records,
     log,
     produce,
+    topic_disk_bytes,
 )
 from bench.profile import record
 
@@ -139,6 +140,8 @@ class CatchUp:
     committed_s: float | None = None
     """Seconds since start when the committed offsets alone said caught up (before the
     output settled; :attr:`seconds` is the later of the two)."""
+    usage_disk_bytes: int | None = None
+    """Bytes of the usage topic's log segments on the broker's disk (None: not measured)."""
     busy: float | None = None
     """Share of the machine's CPU time (all cores; workers, broker, everything) that was busy
     from the window's start to caught up: near 1.0, the run was bound by the cores."""
@@ -270,6 +273,8 @@ class Prepared:
     runs: dict[str, list[CatchUp]] = field(default_factory=dict)
     """``METERING_PERIOD`` -> one-worker runs."""
     serial: int = 0
+    broker_data: Path | None = None
+    """The local broker's data directory (sizes of topics on disk), if known."""
 
     @property
     def records(self) -> int:
@@ -305,11 +310,14 @@ def preload(bootstrap: str, path: Path, cfg: Any, records: int, work: Path,
     return prep
 
 
-def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False) -> CatchUp:
+def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False,
+                **settings: str) -> CatchUp:
     """``n`` worker processes in one fresh group on the preloaded topic, to caught up.
 
     ``output``: count the records and bytes of the usage topic afterwards (not timed). The
-    run's topics are deleted at the end (they hold up to ~1 GB each).
+    run's topics are deleted at the end (they hold up to ~1 GB each), after the usage
+    topic's size on disk is taken (when the broker's data directory is known).
+    ``settings``: more ``METERING_*`` settings of the workers.
     """
     from agents.localkafka import free_port
 
@@ -317,7 +325,7 @@ def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False) -
     with children() as procs:
         for i in range(n):
             env = worker_env(prep.bootstrap, app_id, prep.topic, prep.work / f"{app_id}-{i}",
-                             free_port(), prep.partitions, METERING_PERIOD=period)
+                             free_port(), prep.partitions, METERING_PERIOD=period, **settings)
             procs.append(worker(env, prep.work / f"{app_id}-{i}.log").start())
         log(f"streaming: {n} worker(s) --period {period} started "
             f"(pids {', '.join(str(c.pid) for c in procs)}) ...")
@@ -335,6 +343,8 @@ def run_workers(prep: Prepared, period: str, n: int = 1, output: bool = False) -
             return caught
 
         caught = asyncio.run(measure())
+    if prep.broker_data is not None:
+        caught.usage_disk_bytes = topic_disk_bytes(prep.broker_data, f"{app_id}-usage")
     ceiling.delete_topics(prep.bootstrap, ceiling.topics_with_prefix(prep.bootstrap,
                                                                        f"{app_id}-"))
     log(f"streaming: {n} worker(s) --period {period}: {caught.rate:,.0f} records/s after the "
@@ -402,9 +412,36 @@ def _ceiling_notes(c: ceiling.Ceiling, out: ceiling.Output) -> str:
             f"{out.mean_value:,.0f} B (acks=all)")
 
 
+CODECS = ("lz4", "zstd")
+"""Values of the ``compression`` setting measured beside ``none`` (issue 18, item 2)."""
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def compressed(prep: Prepared, plain: list[CatchUp], best: ceiling.Ceiling,
+               results: Results, period: str = "hour") -> None:
+    """One worker run per :data:`CODECS` value on the same input: its rate, and the usage
+    topic's size on the broker's disk against the uncompressed runs' (output-heavy hourly
+    periods, where the usage topic is ~3 times the input)."""
+    stored = next((r.usage_disk_bytes for r in plain if r.usage_disk_bytes), None)
+    for codec in CODECS:
+        run = run_workers(prep, period, METERING_COMPRESSION=codec)
+        ratio = (f"; {stored / run.usage_disk_bytes:.1f}x smaller" if stored
+                 and run.usage_disk_bytes else "")
+        results.rows.append(Row(
+            "streaming", f"`metering worker --period {period} --compression {codec}`, "
+            "first commit to caught up", *run.window,
+            ratio=f"{100 * run.rate / best.rate:.1f} %",
+            notes=(f"one run; usage topic on the broker's disk {_mb(run.usage_disk_bytes)} "
+                   f"(uncompressed {_mb(stored)}{ratio}); {run.intervals:,} intervals")))
+        results.metrics[f"worker_{period}_{codec}_rate"] = run.rate
+
+
 def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results: Results,
         *, partitions: int = 4, deadline_s: float = 900.0, profile_s: float = 0.0,
-        target_rate: float = 50_000.0) -> Prepared:
+        target_rate: float = 50_000.0, broker_data: Path | None = None) -> Prepared:
     """Run the streaming scenario; append its rows (and a worker profile) to ``results``.
 
     Returns the preloaded topic with the one-worker runs (the scale-out reuses both).
@@ -415,6 +452,7 @@ def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results:
 
     prep = preload(bootstrap, path, cfg, records, work, results, partitions)
     prep.deadline_s = deadline_s
+    prep.broker_data = broker_data
     read_only: float | None = None
     for period, name, kind in PERIODS:
         runs = repeated(prep, period)
@@ -447,6 +485,8 @@ def run(bootstrap: str, path: Path, cfg: Any, records: int, work: Path, results:
         if ref is not None:
             results.metrics[f"aiokafka_{period}_rate"] = ref.rate
         results.metrics[f"worker_{period}_intervals"] = med.intervals
+        if period == "hour":
+            compressed(prep, runs, best, results)
 
     with children() as procs:
         naive_id = prep.app_id("naive")

@@ -23,6 +23,8 @@ from metering.periods import PERIODS, load_timezone
 
 ENV_PREFIX: Final = "METERING_"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+COMPRESSIONS: Final = ("none", "gzip", "snappy", "lz4", "zstd")
+"""Values of the ``compression`` setting: Kafka's record batch codecs (``none``: off)."""
 _SECRET_FIELDS: Final = frozenset({"sasl_password"})
 
 
@@ -47,6 +49,10 @@ class Settings:
     replication_factor: int = field(default=1, metadata={
         "help": "replicas of every topic the worker creates (internal, usage, rejects, "
                 "changelogs, grid); 3 on a production cluster"})
+    compression: str = field(default="none", metadata={
+        "help": "codec of the record batches the worker and `metering route` produce "
+                "(usage, rejects, internal topic, changelogs): none, gzip, snappy, lz4 or "
+                "zstd"})
     data_dir: Path = field(default=Path("metering-data"), metadata={
         "help": "directory of the RocksDB tables (one per worker)"})
     period: str = field(default="hour", metadata={"help": "aggregation period: hour or day"})
@@ -197,6 +203,9 @@ class Settings:
             problems.append(f"partitions: {self.partitions} not in 1..1024")
         if not 1 <= self.replication_factor <= 32:
             problems.append(f"replication_factor: {self.replication_factor} not in 1..32")
+        if self.compression not in COMPRESSIONS:
+            problems.append(f"compression: {self.compression!r} is not one of "
+                            f"{', '.join(COMPRESSIONS)}")
         if self.period not in PERIODS:
             problems.append(f"period: {self.period!r} is not one of {', '.join(PERIODS)}")
         try:
