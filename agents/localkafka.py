@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,22 +476,6 @@ class LocalKafka:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running_broker(log: Callable[[str], None] = lambda _m: None,
-                   properties: dict[str, str] | None = None) -> Iterator[str]:
-    """Yield a bootstrap address: ``$METERING_TEST_BROKER`` if set, else a fresh LocalKafka
-    (with ``properties`` over its defaults)."""
-    existing = os.environ.get("METERING_TEST_BROKER")
-    if existing:
-        yield existing
-        return
-    broker = LocalKafka(properties=dict(properties or {})).start(log)
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
 
 
 # ---------------------------------------------------------------- detached broker (make kafka-up)
