@@ -24,7 +24,8 @@ class MeteringError(Exception):
         │   ├── OutputError                            storage.errors
         │   ├── OpenDayError (ValueError)              storage.errors
         │   ├── LockedError                            storage.errors
-        │   └── LockHeldError                          storage.errors
+        │   ├── LockHeldError                          storage.errors
+        │   └── ReplayProcessError                     storage.errors
         └── AgentError                                 agents.errors
             ├── BrokerError (RuntimeError)             agents.errors (also agents.localkafka)
             │   ├── JarsUnavailableError               agents.errors (also agents.localkafka)

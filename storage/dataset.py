@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import pyarrow as pa
 
@@ -54,6 +54,20 @@ def to_table(rows: Sequence[UsageInterval]) -> pa.Table:
 def to_batch(rows: Sequence[UsageInterval]) -> pa.RecordBatch:
     """Intervals (at least one) -> an Arrow record batch with :data:`ARROW_SCHEMA`."""
     return pa.RecordBatch.from_struct_array(cast(pa.StructArray, pa.array(rows, type=_ROW)))
+
+
+def columns_to_batch(columns: Sequence[Sequence[Any]]) -> pa.RecordBatch:
+    """The values of each column of :data:`ARROW_SCHEMA` in order (times as UTC ms integers;
+    e.g. decoded from a JSON array of arrays) -> an Arrow record batch."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array(column, f.type) for column, f in zip(columns, ARROW_SCHEMA, strict=True)],
+        schema=ARROW_SCHEMA)
+
+
+def rows_to_batch(rows: Sequence[UsageInterval]) -> pa.RecordBatch:
+    """Intervals (at least one) -> an Arrow record batch with :data:`ARROW_SCHEMA`, column
+    by column (the batch :func:`to_batch` makes, in about half the time in replay)."""
+    return columns_to_batch(list(zip(*rows, strict=True)))
 
 
 def sort_table(table: pa.Table) -> pa.Table:

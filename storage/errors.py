@@ -39,3 +39,8 @@ class LockHeldError(StorageError):
         self.path = path
         self.holder = holder
         super().__init__(f"{path} is locked by {holder or 'another process'}")
+
+
+class ReplayProcessError(StorageError):
+    """A process of a replay run in several processes ended before finishing its work
+    (killed, or crashed), or the number of processes asked for is not 1 or 3 (exit code 1)."""

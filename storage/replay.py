@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +43,8 @@ from metering.regions import label as label_row
 from metering.regions import qualified, qualify, region_problem
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
-from storage.dataset import ARROW_SCHEMA, sort_table, to_batch
-from storage.errors import InputError, OutputError
+from storage.dataset import ARROW_SCHEMA, columns_to_batch, sort_table
+from storage.errors import InputError, OutputError, ReplayProcessError
 from storage.gctune import bulk_gc, settle
 from storage.parts import partition_dir, publish, replay_part_name, staging_dir, write_atomic
 
@@ -53,7 +53,12 @@ FLUSH_ROWS: Final = 250_000
 CLOSE_WRITERS: Final = 2
 """Parts sorted and written at once at the end of a replay (threads)."""
 BATCH_ROWS: Final = 4096
-"""Rows of a ``usage_date`` collected before they are converted to an Arrow batch."""
+"""Rows of a ``usage_date`` the writer once converted to an Arrow batch at a time: parts are
+still cut at whole multiples of it (:data:`PART_ROWS`), so that file contents stay as they
+were."""
+PART_ROWS: Final = -(-FLUSH_ROWS // BATCH_ROWS) * BATCH_ROWS
+"""Rows of each part file of a ``usage_date`` but its last (:data:`FLUSH_ROWS` rounded up to
+whole :data:`BATCH_ROWS`: 253 952)."""
 
 
 @dataclass
@@ -78,6 +83,11 @@ class ReplayOptions:
     """The region of each input (same order as ``inputs``; None: no regions). Either every
     input has one or none (:class:`metering.regions.TopicRegions`); rows then carry it and
     each region's state is kept apart."""
+    processes: int | None = None
+    """1: run every stage in this process; 3: the reader, the engine (this process) and the
+    writer in processes of their own (:mod:`storage.pipeline`); None: the environment
+    variable :data:`PROCESSES_ENV` if set, else 3 for inputs of at least
+    :data:`PIPELINE_MIN_BYTES` (regular files) and 1 otherwise (stdin, small inputs)."""
 
 
 @dataclass
@@ -293,12 +303,44 @@ def read_records(names: list[str], digest: Any, counters: ReplaySummary
 # ---------------------------------------------------------------------------- writing
 
 
+class DateOf:
+    """The ``usage_date`` (``YYYY-MM-DD`` in the grid's time zone) of a ``period_start``
+    (UTC ms), remembered per distinct instant."""
+
+    def __init__(self, grid: PeriodGrid) -> None:
+        self.grid = grid
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, period_start: int) -> str:
+        date = self._cache.get(period_start)
+        if date is None:
+            date = self._cache[period_start] = self.grid.local_date(period_start)
+        return date
+
+
+def by_date(rows: Sequence[UsageInterval], date_of: DateOf
+            ) -> dict[str, list[tuple[Any, ...]]]:
+    """``rows`` grouped by ``usage_date``, each group column by column (the values of each
+    field of :data:`~metering.intervals.FIELDS` in order), rows in their order."""
+    groups: dict[str, list[UsageInterval]] = {}
+    for row in rows:
+        date = date_of(row.period_start)
+        group = groups.get(date)
+        if group is None:
+            groups[date] = [row]
+        else:
+            group.append(row)
+    return {date: list(zip(*group, strict=True)) for date, group in groups.items()}
+
+
 class DatasetWriter:
     """Buffers intervals per ``usage_date`` and writes deterministic, atomic part files.
 
-    Rows are turned into Arrow record batches :data:`BATCH_ROWS` at a time while they are
-    fresh in the CPU caches (converting 250 000 rows long after they were made cost three
-    times as much); a part is :data:`FLUSH_ROWS` rows of a date, sorted when written.
+    Rows arrive grouped by date, column by column (:meth:`add_columns`; :meth:`add` groups
+    the rows of one engine batch). A date's columns are converted to an Arrow batch once
+    :data:`BATCH_ROWS` are buffered (while fresh in the CPU caches: converting 250 000 rows
+    long after they were made cost three times as much). A part is :data:`PART_ROWS` rows of
+    a date (the last one fewer), in arrival order; it is sorted when written.
     """
 
     def __init__(
@@ -314,43 +356,60 @@ class DatasetWriter:
         self.regional = regional
         """Rows carry a region: the engine knows their accounts as ``<region>|<account>``."""
         self.grid = grid
+        self.date_of = DateOf(grid)
         self.run_key = run_key
-        self.buffers: dict[str, list[UsageInterval]] = defaultdict(list)
-        """Rows of each date not yet in a batch."""
+        self.buffers: dict[str, list[list[Any]]] = {}
+        """Columns of each date's rows not yet in a batch."""
+        self.buffered: Counter[str] = Counter()
+        """Rows in :attr:`buffers`, by date."""
         self.batches: dict[str, list[pa.RecordBatch]] = defaultdict(list)
         """Batches of each date's current part."""
         self.rows: Counter[str] = Counter()
-        """Rows in each date's current part (batched or not)."""
+        """Rows in each date's current part, in batches."""
         self.parts: Counter[str] = Counter()
         self.pending: list[tuple[str, int, list[pa.RecordBatch]]] = []
-        self._date_cache: dict[int, str] = {}
+        self.tallies: dict[str, tuple[list[int], list[int]]] = {}
+        """Staged file name -> its rows' usage types and durations (ms), in file order."""
 
-    def _date(self, period_start: int) -> str:
-        date = self._date_cache.get(period_start)
-        if date is None:
-            date = self.grid.local_date(period_start)
-            self._date_cache[period_start] = date
-        return date
+    def add(self, rows: Sequence[UsageInterval]) -> None:
+        """Buffer ``rows`` under their ``usage_date`` s, in order."""
+        for date, columns in by_date(rows, self.date_of).items():
+            self.add_columns(date, columns)
 
-    def add(self, rows: list[UsageInterval]) -> None:
-        for row in rows:
-            date = self._date(row.period_start)
-            buf = self.buffers[date]
-            buf.append(row)
-            if len(buf) >= BATCH_ROWS:
-                self._batch(date)
+    def add_columns(self, date: str, columns: Sequence[Sequence[Any]]) -> None:
+        """Buffer rows of ``date``, given column by column (see :func:`by_date`); a part
+        that fills up is closed at once (queued for :meth:`spill`)."""
+        buf = self.buffers.get(date)
+        if buf is None:
+            self.buffers[date] = [list(column) for column in columns]
+        else:
+            for column, values in zip(buf, columns, strict=True):
+                column.extend(values)
+        self.buffered[date] = n = self.buffered[date] + len(columns[0])
+        if n >= BATCH_ROWS or self.rows[date] + n >= PART_ROWS:
+            self._convert(date)
 
-    def _batch(self, date: str, end_part: bool = False) -> None:
-        """Convert the date's buffered rows; close its part when full (or ``end_part``)."""
-        buf = self.buffers[date]
-        if buf:
-            self.batches[date].append(to_batch(buf))
-            self.rows[date] += len(buf)
-            self.buffers[date] = []
-        if (end_part or self.rows[date] >= FLUSH_ROWS) and self.rows[date]:
-            self.pending.append((date, self.parts[date], self.batches.pop(date)))
-            self.parts[date] += 1
-            self.rows[date] = 0
+    def _convert(self, date: str) -> None:
+        """Turn the buffered columns of ``date`` into a batch of its current part."""
+        self.buffered[date] = 0
+        self._append(date, columns_to_batch(self.buffers.pop(date)))
+
+    def _append(self, date: str, batch: pa.RecordBatch) -> None:
+        """Add rows of ``date`` to its current part, closing each part that fills up."""
+        while batch.num_rows:
+            room = PART_ROWS - self.rows[date]
+            head = batch.slice(0, room) if batch.num_rows > room else batch
+            self.batches[date].append(head)
+            self.rows[date] += head.num_rows
+            if self.rows[date] >= PART_ROWS:
+                self._end_part(date)
+            batch = batch.slice(head.num_rows)
+
+    def _end_part(self, date: str) -> None:
+        """Close the current part of ``date`` (it has rows): queue it for :meth:`spill`."""
+        self.pending.append((date, self.parts[date], self.batches.pop(date)))
+        self.parts[date] += 1
+        self.rows[date] = 0
 
     def _fill_domains(self, table: pa.Table) -> pa.Table:
         """Fill ``domain_id`` of rows emitted before their account's ACCOUNT.CREATE was read
@@ -395,14 +454,19 @@ class DatasetWriter:
                     batches: list[pa.RecordBatch]) -> None:
         table = pa.Table.from_batches(batches, ARROW_SCHEMA).combine_chunks()
         table = sort_table(self._fill_domains(table))
-        write_atomic(table, tmpdir / f"{date}-{part:05d}.parquet")
+        name = f"{date}-{part:05d}.parquet"
+        write_atomic(table, tmpdir / name)
+        self.tallies[name] = (table.column("usage_type").to_pylist(),  # type: ignore[assignment]
+                              table.column("duration_ms").to_pylist())
 
     def close(self, tmpdir: Path, summary: ReplaySummary) -> None:
         """Move spilled parts and write the remaining buffers under their final names."""
         key = self.run_key()
         for date in list(self.buffers):
-            self._batch(date, end_part=True)
-        self.buffers.clear()
+            self._convert(date)
+        for date in list(self.batches):
+            if self.rows[date]:
+                self._end_part(date)
         self.spill(tmpdir, workers=CLOSE_WRITERS)
         for spilled in sorted(tmpdir.glob("*.parquet")):
             date, part = spilled.stem.rsplit("-", 1)
@@ -411,6 +475,7 @@ class DatasetWriter:
             # so the same names are reused and each is replaced atomically
             summary.bytes_written += publish(spilled, final)
             summary.files_written.append(str(final))
+            tally(summary, str(final), *self.tallies.pop(spilled.name))
 
 
 # ---------------------------------------------------------------------------- running
@@ -443,14 +508,95 @@ class _Seen:
         self.n = 1
 
 
-class _ByteCount:
-    """Input bytes read so far (``add`` is called once per block read)."""
+class FrontEnd:
+    """Stage 1 of a replay: read, hash, split and decode the inputs; count every record into
+    ``counters`` (records, blank lines, categories, ignored kinds, rejects by reason, records
+    after ``until``); write the rejects; check the regions of lanes. :meth:`chunks` yields
+    what meters, a block of input (:data:`READ_BLOCK` bytes) at a time.
 
-    def __init__(self) -> None:
-        self.n = 0
+    Args:
+        options: the run's options (inputs, until, limits, rejects).
+        regions: the region of each input (all None without regions).
+        now_ms: the wall clock (UTC ms) for the event-time bound of rule 4b.
+        digest: fed every input byte (the run's file names derive from it).
+        counters: the summary the counts go to.
+        rejects_fh: the open rejects file, or None.
+    """
 
-    def add(self, n: int) -> None:
-        self.n += n
+    def __init__(self, options: ReplayOptions, regions: list[str | None], now_ms: int,
+                 digest: Any, counters: ReplaySummary, rejects_fh: IO[bytes] | None) -> None:
+        self.options = options
+        self.regions = regions
+        self.now_ms = now_ms
+        self.digest = digest
+        self.counters = counters
+        self.rejects_fh = rejects_fh
+        self.bytes_read = 0
+        """Input bytes read so far (decompressed for ``.gz``)."""
+
+    def _read(self, n: int) -> None:
+        self.bytes_read += n
+
+    def chunks(self) -> Iterator[tuple[list[Meterable], list[Source]]]:
+        """The meterable values of each block of input and where each comes from, in input
+        order (possibly empty lists); ``counters.records`` and :attr:`bytes_read` are up to
+        date when a block's lists are yielded. Ignored records are folded into the counters
+        once the inputs are exhausted. Raises :class:`InputError`, ``OSError`` (rejects)."""
+        options, summary, rejects_fh = self.options, self.counters, self.rejects_fh
+        max_bytes, max_skew_ms, until = (options.max_record_bytes,
+                                         options.max_clock_skew_ms, options.until_ms)
+        count = 0
+        # Ignored values are few distinct objects: counted by identity (cheap), folded into
+        # kinds and categories at the end
+        ignored_seen: dict[int, _Seen] = {}
+        by_category: Counter[Category] = Counter()
+        lane_region: dict[str, str] = {}  # lane -> the region of its first record
+        new_source = tuple.__new__  # Source(...) without its __new__'s Python frame
+        for block in read_blocks(options.inputs, self.digest, self._read):
+            name, first = block.label, block.first
+            region = self.regions[block.input_no]
+            raws, where = block_records(block, summary)
+            count += len(raws)
+            values: list[Meterable] = []
+            sources: list[Source] = []
+            for i, value in enumerate(decode_batch(raws, max_bytes, self.now_ms, max_skew_ms)):
+                if isinstance(value, Ignored):
+                    seen = ignored_seen.get(id(value))
+                    if seen is None:
+                        ignored_seen[id(value)] = _Seen(value)
+                    else:
+                        seen.n += 1
+                    continue
+                by_category[value.category] += 1
+                topic, partition, offset, key = (
+                    (name, 0, first + i, None) if where is None else where[i])
+                if isinstance(value, Rejected):
+                    summary.rejects[value.reason.value] += 1
+                    if rejects_fh is not None:
+                        rejects_fh.write(orjson.dumps(reject_record(
+                            raws[i], value, topic, partition, offset, key)) + b"\n")
+                    continue
+                if until is not None and value.time_ms >= until:
+                    summary.after_until += 1
+                    continue
+                src = new_source(Source, (topic, partition, offset))
+                if region is not None:  # a regional run: every input has a region
+                    if lane_region.setdefault(src.lane, region) != region:
+                        raise InputError(
+                            f"records of {src.lane} (topic/partition) come from inputs of "
+                            f"regions {lane_region[src.lane]} and {region}: each region "
+                            "needs its own topic names (kcat -J dumps) or file names (bare "
+                            "lines)")
+                    value = qualify(value, region)
+                values.append(value)
+                sources.append(src)
+            summary.records = count
+            yield values, sources
+        for seen in ignored_seen.values():
+            by_category[seen.value.category] += seen.n
+            summary.ignored[seen.value.kind] += seen.n
+        for cat, n in by_category.items():
+            summary.categories[cat.value] += n
 
 
 ENGINE_BATCH: Final = 4096
@@ -535,99 +681,136 @@ def _input_regions(options: ReplayOptions) -> list[str | None]:
     return regions
 
 
-def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) -> ReplaySummary:
-    grid = PeriodGrid(as_period(options.period), options.timezone)
-    regions = _input_regions(options)
-    regional = any(regions)
-    meter = Engine(Policy(grid=grid, lateness_ms=options.lateness_ms,
-                          orphan_close_ttl_ms=options.orphan_close_ttl_ms,
-                          max_watermark_jump_ms=options.max_watermark_jump_ms))
-    summary = ReplaySummary()
+PROCESSES_ENV: Final = "METERING_REPLAY_PROCESSES"
+"""Environment variable read when :attr:`ReplayOptions.processes` is None: ``1`` or ``3``."""
+PIPELINE_MIN_BYTES: Final = 64 << 20
+"""Input size (bytes on disk) from which a replay runs in three processes by default:
+starting them costs ~0.5 s, which a smaller input does not win back."""
+
+
+def replay_processes(options: ReplayOptions) -> int:
+    """How many processes a replay of ``options`` runs in: 1 or 3 (see
+    :attr:`ReplayOptions.processes`); stdin is always read in this process. Raises
+    :class:`~storage.errors.ReplayProcessError` for another number."""
+    wanted: int | str | None = options.processes
+    origin = "ReplayOptions.processes"
+    if wanted is None and os.environ.get(PROCESSES_ENV, "").strip():
+        wanted, origin = os.environ[PROCESSES_ENV].strip(), PROCESSES_ENV
+    if wanted is None:
+        if "-" in options.inputs:
+            return 1
+        on_disk = sum(os.path.getsize(n) for n in options.inputs)
+        return 3 if on_disk >= PIPELINE_MIN_BYTES else 1
+    if str(wanted) not in ("1", "3"):
+        raise ReplayProcessError(f"{origin}={wanted!r}: give 1 (every stage in one process) "
+                                 "or 3 (reader, engine and writer processes), or leave it "
+                                 "unset (3 from 64 MiB of input)")
+    return 1 if "-" in options.inputs else int(wanted)
+
+
+def run_name(digest: Any) -> str:
+    """The run key in the names of a replay's files (:func:`replay_part_name`), from its
+    digest (:func:`_run_key` fed every input byte)."""
+    return str(digest.hexdigest()[:20])
+
+
+def labelled(rows: list[UsageInterval], regional: bool) -> list[UsageInterval]:
+    """The engine's ``rows`` as written: :func:`metering.regions.label` d in a regional run."""
+    return [label_row(row) for row in rows] if regional else rows
+
+
+def add_outcomes(summary: ReplaySummary, meter: Engine) -> None:
+    """Count the engine's outcomes (lifecycle notes and record kinds) into ``summary``."""
+    for name, n in meter.stats.items():
+        summary.outcomes[str(name)] += n  # lifecycle notes are str enums
+
+
+def write_failure(output: Path, exc: OSError) -> OutputError:
+    """The error of a dataset (or rejects) write that failed with ``exc``."""
+    return OutputError(f"cannot write the dataset under {output}: {exc}")
+
+
+class Stage:
+    """What every stage of one run is given: options, regions, grid, policy and where the
+    parts are staged (a hidden directory inside the output, same file system)."""
+
+    def __init__(self, options: ReplayOptions, regions: list[str | None], now_ms: int,
+                 tmpdir: Path) -> None:
+        self.options = options
+        self.regions = regions
+        self.regional = any(regions)
+        self.now_ms = now_ms
+        """The wall clock (UTC ms) of the event-time bound (rule 4b)."""
+        self.tmpdir = tmpdir
+        self.grid = PeriodGrid(as_period(options.period), options.timezone)
+        self.policy = Policy(grid=self.grid, lateness_ms=options.lateness_ms,
+                             orphan_close_ttl_ms=options.orphan_close_ttl_ms,
+                             max_watermark_jump_ms=options.max_watermark_jump_ms)
+
+
+Report = Callable[[int, int], None]
+"""Progress of a running replay: (records read, input bytes read)."""
+
+
+def _run_in_process(stage: Stage, summary: ReplaySummary, rejects_fh: IO[bytes] | None,
+                    report: Report) -> int:
+    """Every stage in this process; returns the input bytes read."""
+    options = stage.options
+    meter = Engine(stage.policy)
     digest = _run_key(options)
+    front = FrontEnd(options, stage.regions, stage.now_ms, digest, summary, rejects_fh)
+    writer = DatasetWriter(options.output, stage.grid, lambda: run_name(digest),
+                           meter.accounts.domain_of, stage.regional)
+    regional, tmpdir = stage.regional, stage.tmpdir
+
+    def emit(rows: list[UsageInterval]) -> None:
+        writer.add(labelled(rows, regional))
+        if writer.pending:
+            writer.spill(tmpdir)
+
+    def events() -> Iterator[tuple[Meterable, Source]]:
+        for values, sources in front.chunks():
+            yield from zip(values, sources, strict=True)
+            settle()
+            report(summary.records, front.bytes_read)
+
+    drive(meter, events(), options.until_ms, emit)
+    writer.close(tmpdir, summary)
+    add_outcomes(summary, meter)
+    return front.bytes_read
+
+
+def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) -> ReplaySummary:
+    regions = _input_regions(options)
+    summary = ReplaySummary()
     total = _check_inputs(options.inputs)
+    processes = replay_processes(options)
     try:
         options.output.mkdir(parents=True, exist_ok=True)
         tmpdir = staging_dir(options.output, ".replay-")
         rejects_fh = open(options.rejects, "wb") if options.rejects else None  # noqa: SIM115
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
-    writer = DatasetWriter(options.output, grid, lambda: digest.hexdigest()[:20],
-                           meter.accounts.domain_of, regional)
-    read = _ByteCount()
 
-    def report(done: bool = False) -> None:
+    def report(records: int, bytes_read: int, done: bool = False) -> None:
         if on_progress is not None:
-            on_progress(ReplayProgress(summary.records, read.n, total, done))
-
-    def emit(rows: list[UsageInterval]) -> None:
-        if regional:
-            rows = [label_row(row) for row in rows]
-        writer.add(rows)
-        if writer.pending:
-            writer.spill(tmpdir)
+            on_progress(ReplayProgress(records, bytes_read, total, done))
 
     started = time.monotonic()
     now_ms = int(time.time() * 1000) if options.now_ms is None else options.now_ms
-    ignored: Counter[str] = Counter()
-    by_category: Counter[Category] = Counter()
-
-    def events() -> Iterator[tuple[Meterable, Source]]:
-        """Decode the input records; count, reject and filter them; yield what meters."""
-        max_bytes, max_skew_ms, until = (options.max_record_bytes,
-                                         options.max_clock_skew_ms, options.until_ms)
-        count = 0
-        # Ignored values are few distinct objects: counted by identity (cheap), folded into
-        # kinds and categories at the end
-        ignored_seen: dict[int, _Seen] = {}
-        lane_region: dict[str, str] = {}  # lane -> the region of its first record
-        new_source = tuple.__new__  # Source(...) without its __new__'s Python frame
-        for block in read_blocks(options.inputs, digest, read.add):
-            name, first = block.label, block.first
-            region = regions[block.input_no]
-            raws, where = block_records(block, summary)
-            count += len(raws)
-            for i, value in enumerate(decode_batch(raws, max_bytes, now_ms, max_skew_ms)):
-                if isinstance(value, Ignored):
-                    seen = ignored_seen.get(id(value))
-                    if seen is None:
-                        ignored_seen[id(value)] = _Seen(value)
-                    else:
-                        seen.n += 1
-                    continue
-                by_category[value.category] += 1
-                topic, partition, offset, key = (
-                    (name, 0, first + i, None) if where is None else where[i])
-                if isinstance(value, Rejected):
-                    summary.rejects[value.reason.value] += 1
-                    if rejects_fh is not None:
-                        rejects_fh.write(orjson.dumps(reject_record(
-                            raws[i], value, topic, partition, offset, key)) + b"\n")
-                    continue
-                if until is not None and value.time_ms >= until:
-                    summary.after_until += 1
-                    continue
-                src = new_source(Source, (topic, partition, offset))
-                if region is not None:  # a regional run: every input has a region
-                    if lane_region.setdefault(src.lane, region) != region:
-                        raise InputError(
-                            f"records of {src.lane} (topic/partition) come from inputs of "
-                            f"regions {lane_region[src.lane]} and {region}: each region "
-                            "needs its own topic names (kcat -J dumps) or file names (bare "
-                            "lines)")
-                    value = qualify(value, region)
-                yield value, src
-            summary.records = count
-            settle()
-            report()
-        for seen in ignored_seen.values():
-            by_category[seen.value.category] += seen.n
-            ignored[seen.value.kind] += seen.n
-
+    stage = Stage(options, regions, now_ms, tmpdir)
     try:
-        drive(meter, events(), options.until_ms, emit)
-        writer.close(tmpdir, summary)
+        if processes == 1:
+            bytes_read = _run_in_process(stage, summary, rejects_fh, report)
+        else:
+            from storage.pipeline import run_pipeline
+
+            if rejects_fh is not None:  # created (and checked) here, written by the reader
+                rejects_fh.close()
+                rejects_fh = None
+            bytes_read = run_pipeline(stage, summary, report)
     except OSError as exc:
-        raise OutputError(f"cannot write the dataset under {options.output}: {exc}") from exc
+        raise write_failure(options.output, exc) from exc
     finally:
         if rejects_fh is not None:
             rejects_fh.close()
@@ -635,26 +818,17 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
             leftover.unlink(missing_ok=True)
         tmpdir.rmdir()
     summary.seconds = time.monotonic() - started
-    report(done=True)
-    summary.ignored.update(ignored)
-    for cat, n in by_category.items():
-        summary.categories[cat.value] += n
-    for name, n in meter.stats.items():
-        summary.outcomes[str(name)] += n  # lifecycle notes are str enums
-    _tally(summary)
+    report(summary.records, bytes_read, done=True)
     return summary
 
 
-def _tally(summary: ReplaySummary) -> None:
-    import pyarrow.parquet as pq
-
-    for path in summary.files_written:
-        table = pq.read_table(path, columns=["usage_type", "duration_ms"])
-        types = table.column("usage_type").to_pylist()
-        durations = table.column("duration_ms").to_pylist()
-        for t, d in zip(types, durations, strict=True):
-            if t is None or d is None:  # columns are non-nullable; a None is a writer bug
-                raise AssertionError(f"null usage_type/duration_ms in {path}")
-            name = NAMES[t]
-            summary.intervals[name] += 1
-            summary.hours[name] += d / 3_600_000
+def tally(summary: ReplaySummary, path: str, types: list[int], durations: list[int]) -> None:
+    """Count the rows of the part file ``path`` (their usage types and durations in ms, in
+    file order) into ``summary``'s intervals and hours by usage type."""
+    intervals, hours = summary.intervals, summary.hours
+    for t, d in zip(types, durations, strict=True):
+        if t is None or d is None:  # columns are non-nullable; a None is a writer bug
+            raise AssertionError(f"null usage_type/duration_ms in {path}")
+        name = NAMES[t]
+        intervals[name] += 1
+        hours[name] += d / 3_600_000

@@ -1,0 +1,412 @@
+"""``metering replay`` in three processes: reader, engine and writer run at once.
+
+A replay is CPU-bound in three roughly equal parts; run one after another in one process
+they take their sum, run as a pipeline on two or more cores about the longest one.
+
+* **Reader** (a child process, :func:`_reader_main`): :class:`~storage.replay.FrontEnd`:
+  reads and hashes the inputs, decodes every record, counts, writes the rejects file, checks
+  lane regions. Per block of input (:data:`~storage.replay.READ_BLOCK` bytes) it sends only
+  what meters (about a quarter of the records) as plain tuples, with each one's source and
+  the progress so far; at the end the counters and the run key (input digest).
+* **Engine** (this process, :func:`run_pipeline`): :class:`~metering.engine.Engine` driven
+  by :func:`~storage.replay.drive` exactly as in one process (same records, same order, same
+  batches). Each batch's rows go to the writer grouped by date, column by column, as one
+  ``orjson`` document (pickle if a value has no JSON form), with the domains of the
+  accounts created since the last batch.
+* **Writer** (a child process, :func:`_writer_main`): :class:`~storage.replay.DatasetWriter`
+  (per-date column buffers, Arrow batches, spills, the final parts, publishing) and the summary's
+  intervals and hours. It keeps a copy of the account -> domain map as of the batch it
+  writes, so domains are filled exactly as in one process.
+
+Children are started with the ``spawn`` method and connected by ``multiprocessing`` pipes
+(each message a pickle). Errors: a child reports an :class:`~storage.errors.InputError` or
+:class:`~storage.errors.OutputError` with the message one process would give, raised here;
+a child that dies (killed, crashed) raises :class:`~storage.errors.ReplayProcessError` naming
+it. Whatever fails, both children are stopped (terminated, then killed) before this returns,
+and the caller removes the staging directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import pickle
+import signal
+import sys
+import traceback
+import types
+from collections.abc import Callable, Iterator
+from itertools import repeat
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from metering.engine import Engine
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Enrichment,
+    Meterable,
+    Source,
+    UsageEvent,
+)
+from metering.intervals import UsageInterval
+from storage.errors import InputError, OutputError, ReplayProcessError
+from storage.gctune import bulk_gc, settle
+from storage.replay import (
+    DatasetWriter,
+    DateOf,
+    FrontEnd,
+    ReplaySummary,
+    Report,
+    Stage,
+    _run_key,
+    add_outcomes,
+    by_date,
+    drive,
+    labelled,
+    run_name,
+    write_failure,
+)
+
+_CLASSES: Final[tuple[type, ...]] = (UsageEvent, Enrichment, AccountCreated, AccountDeleted)
+"""Meterable value classes; a value travels as its plain tuple and its class's index."""
+_KIND: Final = {cls: index for index, cls in enumerate(_CLASSES)}
+_CREATED: Final = _KIND[AccountCreated]
+_new: Final = tuple.__new__
+STOP_TIMEOUT_S: Final = 5.0
+"""Seconds a child is given to end after it was told to (or finished), before it is killed."""
+
+
+# ---------------------------------------------------------------------------- children
+
+
+def _failure(exc: BaseException, output: Path) -> tuple[str, str, str]:
+    """The message a child sends for ``exc``: ("error", kind, text)."""
+    if isinstance(exc, InputError):
+        return "error", "input", str(exc)
+    if isinstance(exc, OutputError):
+        return "error", "output", str(exc)
+    if isinstance(exc, OSError):
+        return "error", "output", str(write_failure(output, exc))
+    lines = traceback.format_exception_only(type(exc), exc)
+    return "error", "crash", "".join(lines).strip()
+
+
+def _report_failure(conn: Connection, exc: BaseException, output: Path) -> None:
+    """Send the parent ``exc`` (if it still listens)."""
+    with contextlib.suppress(OSError, ValueError):  # the parent is gone: nothing to tell
+        conn.send(_failure(exc, output))
+
+
+def _reader_main(conn: Connection, stage: Stage) -> None:
+    """The reader process: :class:`~storage.replay.FrontEnd` over the inputs; per block
+    ``("b", fields, kinds, sources, records, bytes_read)`` (plain tuples; ``kinds`` one byte
+    per value: its index in :data:`_CLASSES`), then ``("end", counters, run key)``."""
+    options = stage.options
+    try:
+        with bulk_gc():
+            digest = _run_key(options)
+            counters = ReplaySummary()
+            try:
+                rejects_fh = open(options.rejects, "wb") if options.rejects else None  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(f"cannot write to {options.output}: "
+                                  f"{exc.strerror or exc}") from exc
+            try:
+                front = FrontEnd(options, stage.regions, stage.now_ms, digest, counters,
+                                 rejects_fh)
+                kind = _KIND.__getitem__
+                send = conn.send
+                for values, sources in front.chunks():
+                    send(("b", list(map(tuple, values)), bytes(map(kind, map(type, values))),
+                          list(map(tuple, sources)), counters.records, front.bytes_read))
+                    settle()
+            finally:
+                if rejects_fh is not None:
+                    rejects_fh.close()
+            send(("end", (counters.records, counters.blank_lines, dict(counters.categories),
+                          dict(counters.rejects), dict(counters.ignored),
+                          counters.after_until), run_name(digest)))
+    except KeyboardInterrupt:
+        pass  # the parent got it too and stops the run
+    except BaseException as exc:  # every failure is reported to the parent
+        _report_failure(conn, exc, options.output)
+    finally:
+        conn.close()
+
+
+def _writer_main(conn: Connection, inbox: Connection, stage: Stage) -> None:
+    """The writer process: ``("rows", domains, format, payload)`` messages into a
+    :class:`~storage.replay.DatasetWriter`; ``("close", domains, run key)`` writes and
+    publishes the last parts and answers ``("done", files, bytes, intervals, hours)``."""
+    output = stage.options.output
+    try:
+        with bulk_gc():
+            domains: dict[str, str | None] = {}
+            key = [""]
+            writer = DatasetWriter(output, stage.grid, lambda: key[0], domains.get,
+                                   stage.regional)
+            recv, tmpdir = inbox.recv, stage.tmpdir
+            while True:
+                message = recv()
+                if message[0] == "rows":
+                    _, updates, fmt, payload = message
+                    domains.update(updates)
+                    groups = (orjson.loads(payload) if fmt == "j"
+                              else pickle.loads(payload))  # noqa: S301 (our own pickle)
+                    for date, columns in groups.items():
+                        writer.add_columns(date, columns)
+                    if writer.pending:
+                        writer.spill(tmpdir)
+                    settle()
+                    continue
+                _, updates, key[0] = message  # "close"
+                domains.update(updates)
+                summary = ReplaySummary()
+                writer.close(tmpdir, summary)
+                conn.send(("done", summary.files_written, summary.bytes_written,
+                           dict(summary.intervals), dict(summary.hours)))
+                return
+    except (KeyboardInterrupt, EOFError):
+        pass  # the parent stopped the run (or got the interrupt too)
+    except BaseException as exc:  # every failure is reported to the parent
+        _report_failure(conn, exc, output)
+    finally:
+        conn.close()
+        inbox.close()
+
+
+# ---------------------------------------------------------------------------- parent
+
+
+def _encode_rows(rows: list[UsageInterval], date_of: DateOf) -> tuple[str, bytes]:
+    """Rows as the writer receives them, grouped by date, column by column (:func:`by_date`):
+    ("j", JSON), or ("p", a pickle) when a value has no JSON form (a string with a lone
+    surrogate, an integer beyond 64 bits). JSON round-trips every value of a row exactly
+    (floats in shortest form; the writer's Arrow types restore timestamps and int32)."""
+    groups = by_date(rows, date_of)
+    try:
+        return "j", orjson.dumps(groups)
+    except TypeError:  # orjson.JSONEncodeError
+        return "p", pickle.dumps(groups, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _widen(conn: Connection) -> None:
+    """Give ``conn``'s pipe the largest buffer the system allows (Linux: 1 MiB by default
+    instead of 64 KiB): a message then crosses in one or two writes instead of a process
+    switch per 64 KiB, which on a busy machine can wait a whole time slice each."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as fh:
+            size = int(fh.read())
+        fcntl.fcntl(conn.fileno(), setsize, size)
+    except (OSError, ValueError):
+        pass  # the default buffer works, only slower
+
+
+class _Child:
+    """One child process and the parent's ends of its pipes (one-way, widened)."""
+
+    def __init__(self, what: str, process: BaseProcess, inbox: Connection,
+                 outbox: Connection | None) -> None:
+        self.what = what
+        self.process = process
+        self.inbox = inbox
+        """What the child sends (its blocks, its result, its failure)."""
+        self.outbox = outbox
+        """What the child is sent (None: nothing)."""
+
+    def died(self, output: Path) -> ReplayProcessError:
+        """The error for a child that is gone (its pipe closed without a last message)."""
+        process = self.process
+        process.join(STOP_TIMEOUT_S)
+        code = process.exitcode
+        if code is None:
+            how = "stopped answering"
+        elif code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        return ReplayProcessError(
+            f"the replay's {self.what} process (pid {process.pid}) {how} before it finished; "
+            f"the dataset under {output} may be incomplete: run the replay again (it "
+            "replaces the files of an earlier run of the same input)")
+
+    def failed(self, message: tuple[Any, ...], output: Path) -> Exception:
+        """The error a child reported (``("error", kind, text)``)."""
+        if message[0] != "error":
+            return ReplayProcessError(f"the replay's {self.what} process sent "
+                                      f"{message[0]!r} out of turn")
+        kind, text = message[1], message[2]
+        if kind == "input":
+            return InputError(text)
+        if kind == "output":
+            return OutputError(text)
+        return ReplayProcessError(f"the replay's {self.what} process (pid "
+                                  f"{self.process.pid}) failed: {text}")
+
+    def recv(self, output: Path) -> tuple[Any, ...]:
+        """The child's next message; raises if the child died."""
+        try:
+            message: tuple[Any, ...] = self.inbox.recv()
+        except (EOFError, OSError):
+            raise self.died(output) from None
+        return message
+
+    def _has_message(self) -> bool:
+        try:
+            return self.inbox.poll()
+        except (EOFError, OSError):
+            return True  # the pipe closed: recv() tells why
+
+    def send(self, message: tuple[Any, ...], output: Path) -> None:
+        """Send ``message``; raise what the child reported if it failed, or that it died
+        (the writer speaks before it was told to close only when it failed)."""
+        assert self.outbox is not None
+        if self._has_message():
+            raise self.failed(self.recv(output), output)
+        try:
+            self.outbox.send(message)
+        except OSError:
+            if self._has_message():
+                raise self.failed(self.recv(output), output) from None
+            raise self.died(output) from None
+
+    def stop(self) -> None:
+        """End the child (if it still runs) and wait for it: terminate, then kill."""
+        process = self.process
+        if process.is_alive():
+            process.terminate()
+            process.join(STOP_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+        process.join(STOP_TIMEOUT_S)
+        self.inbox.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+
+def _start(ctx: Any, what: str, target: Callable[..., None], stage: Stage,
+           sends_to: bool) -> _Child:
+    """Start the child ``what`` running ``target(to_parent[, from_parent], stage)``."""
+    inbox, to_parent = ctx.Pipe(duplex=False)  # (receiving end, sending end)
+    _widen(inbox)
+    ends: list[Connection] = [to_parent]
+    outbox = None
+    if sends_to:
+        from_parent, outbox = ctx.Pipe(duplex=False)
+        _widen(outbox)
+        ends.append(from_parent)
+    process = ctx.Process(target=target, args=(*ends, stage), daemon=True,
+                          name=f"metering-replay-{what}")
+    # spawn runs the caller's main module again in the child (as ``__mp_main__``) unless
+    # it has none: the stages need nothing of it, and a script without the ``if __name__
+    # == "__main__"`` guard would replay again in each child. While the child is started,
+    # ``__main__`` is an empty module (start() reads it synchronously, in this thread).
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
+    for end in ends:  # the child's ends live in the child only: its death closes the pipes
+        end.close()
+    return _Child(what, process, inbox, outbox)
+
+
+def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
+    """Run the replay of ``stage`` (a :class:`storage.replay.Stage`) in three processes,
+    filling ``summary``; ``report(records, bytes_read)`` after each block of input. Returns
+    the input bytes read. Raises :class:`InputError`, :class:`OutputError` (as one process
+    would) or :class:`ReplayProcessError`."""
+    options = stage.options
+    output = options.output
+    ctx = multiprocessing.get_context("spawn")
+    children: list[_Child] = []
+    try:
+        reader = _start(ctx, "reader", _reader_main, stage, sends_to=False)
+        children.append(reader)
+        writer = _start(ctx, "writer", _writer_main, stage, sends_to=True)
+        children.append(writer)
+        meter = Engine(stage.policy)
+        domain_of = meter.accounts.domain_of
+        created: list[str] = []  # accounts created by records applied, domains not yet sent
+        progress = [0]  # input bytes read
+        key = [""]
+        regional = stage.regional
+        date_of = DateOf(stage.grid)
+
+        def events() -> Iterator[tuple[Meterable, Source]]:
+            while True:
+                message = reader.recv(output)
+                tag = message[0]
+                if tag == "b":
+                    _, fields, kinds, where, records, bytes_read = message
+                    values: list[Meterable] = list(
+                        map(_new, map(_CLASSES.__getitem__, kinds), fields))
+                    sources = map(_new, repeat(Source), where)
+                    if _CREATED in kinds:  # noted as applied: drive() applies what it pulled
+                        for value, source in zip(values, sources, strict=True):
+                            if type(value) is AccountCreated:
+                                created.append(value.account_id)
+                            yield value, source
+                    else:
+                        yield from zip(values, sources, strict=True)
+                    settle()
+                    summary.records, progress[0] = records, bytes_read
+                    report(records, bytes_read)
+                elif tag == "end":
+                    _merge_counters(summary, message[1])
+                    key[0] = message[2]
+                    return
+                else:
+                    raise reader.failed(message, output)
+
+        def domains() -> list[tuple[str, str | None]]:
+            updates = [(account, domain_of(account)) for account in created]
+            created.clear()
+            return updates
+
+        def emit(rows: list[UsageInterval]) -> None:
+            if rows:
+                writer.send(("rows", domains(), *_encode_rows(labelled(rows, regional), date_of)),
+                            output)
+
+        drive(meter, events(), options.until_ms, emit)
+        writer.send(("close", domains(), key[0]), output)
+        done = writer.recv(output)
+        if done[0] != "done":
+            raise writer.failed(done, output)
+        _, files, written, intervals, hours = done
+        summary.files_written.extend(files)
+        summary.bytes_written += written
+        summary.intervals.update(intervals)
+        for name, h in hours.items():
+            summary.hours[name] += h
+        add_outcomes(summary, meter)
+        return progress[0]
+    finally:
+        for child in children:
+            child.stop()
+
+
+def _merge_counters(summary: ReplaySummary, counters: tuple[Any, ...]) -> None:
+    """Add the reader's counters (see :func:`_reader_main`) to ``summary``."""
+    records, blank_lines, categories, rejects, ignored, after_until = counters
+    summary.records = records
+    summary.blank_lines += blank_lines
+    summary.categories.update(categories)
+    summary.rejects.update(rejects)
+    summary.ignored.update(ignored)
+    summary.after_until += after_until
+

@@ -1,0 +1,231 @@
+"""Replay in three processes (:mod:`storage.pipeline`) writes exactly what one process
+writes: the same rows in the same files in the same order, the same summary, the same rejects
+bytes, the same progress reports and the same errors; a child that dies is named, and nothing
+is left behind (no child process, no staging directory)."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from agents.cli import main
+from metering.eventtime import parse_iso_instant
+from metering.intervals import UsageInterval
+from storage.dataset import rows_to_batch, to_batch
+from storage.errors import InputError, OutputError, ReplayProcessError
+from storage.replay import (
+    PROCESSES_ENV,
+    ReplayOptions,
+    ReplayProgress,
+    replay_processes,
+    run_replay,
+)
+from tests.unit.test_contract_rules import ACCT, HOUR, T0, usage
+
+
+def simulate(path: Path, *, seed: int, accounts: int, days: int, fmt: str = "jsonl") -> str:
+    """A simulated cloud's trace at ``path``; returns its ``until`` (ISO text)."""
+    truth = path.with_suffix(".truth.json")
+    assert main(["simulate", "--accounts", str(accounts), "--days", str(days), "--seed",
+                 str(seed), "--format", fmt, "--malformed", "0.003", "--output", str(path),
+                 "--truth", str(truth), "--no-progress"]) == 0
+    until: str = orjson.loads(truth.read_bytes())["until"]
+    return until
+
+
+def replay(tmp: Path, name: str, processes: int, inputs: list[str], **kw: Any
+           ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], bytes,
+                      list[ReplayProgress]]:
+    """Run a replay; (summary without timings, file -> rows in file order, rejects bytes,
+    progress reports)."""
+    out, rejects = tmp / f"{name}-out", tmp / f"{name}-rejects.jsonl"
+    progress: list[ReplayProgress] = []
+    summary = run_replay(ReplayOptions(inputs=inputs, output=out, rejects=rejects,
+                                       processes=processes, **kw), progress.append)
+    got = summary.as_dict()
+    del got["seconds"], got["records_per_second"]
+    files = {str(Path(f).relative_to(out)): pq.read_table(f).to_pylist()
+             for f in summary.files_written}
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == sorted(files)
+    assert not [p for p in out.iterdir() if p.name.startswith(".replay-")]  # staging removed
+    return got, files, rejects.read_bytes(), progress
+
+
+def assert_progress(progress: list[ReplayProgress]) -> None:
+    assert [p.done for p in progress].count(True) == 1
+    assert progress[-1].done
+    for a, b in itertools.pairwise(progress):
+        assert a.records <= b.records
+        assert a.bytes_read <= b.bytes_read
+
+
+@pytest.mark.parametrize(("fmt", "period", "tz"), [("kcat", "day", "Asia/Kolkata"),
+                                                   ("jsonl", "hour", "UTC")])
+def test_three_processes_write_what_one_writes(tmp_path: Path, fmt: str, period: str,
+                                               tz: str) -> None:
+    trace = tmp_path / "trace.jsonl"
+    until = simulate(trace, seed=7, accounts=60, days=5, fmt=fmt)
+    raw = trace.read_bytes()
+    # blank lines and CRLF endings too (the reader's counters and non-plain blocks)
+    trace.write_bytes(raw.replace(b"\n", b"\r\n", 50).replace(b"\n", b"\n\n", 30))
+    options: dict[str, Any] = {"period": period, "timezone": tz,
+                               "until_ms": parse_iso_instant(until) - 6 * HOUR}
+    one = replay(tmp_path, "one", 1, [str(trace)], **options)
+    three = replay(tmp_path, "three", 3, [str(trace)], **options)
+    for counter in ("intervals_by_usage_type", "rejects_by_reason", "blank_lines",
+                    "after_until"):
+        assert one[0][counter], counter
+    assert one[0] == three[0]  # every counter, outcomes, hours
+    assert list(one[1]) == list(three[1])  # file names, in order
+    assert one[1] == three[1]  # rows, in file order
+    assert one[2]
+    assert one[2] == three[2]  # rejects bytes
+    assert [(p.records, p.bytes_read, p.total_bytes) for p in one[3]] == \
+        [(p.records, p.bytes_read, p.total_bytes) for p in three[3]]
+    assert_progress(three[3])
+    assert not multiprocessing.active_children()
+
+
+def test_regions_and_gzip_in_three_processes(tmp_path: Path) -> None:
+    east, west = tmp_path / "east.jsonl", tmp_path / "west.jsonl.gz"
+    simulate(east, seed=3, accounts=20, days=3)
+    simulate(tmp_path / "w.jsonl", seed=4, accounts=20, days=3)
+    west.write_bytes(gzip.compress((tmp_path / "w.jsonl").read_bytes()))
+    kw: dict[str, Any] = {"regions": ["east", "west"], "period": "day"}
+    one = replay(tmp_path, "one", 1, [str(east), str(west)], **kw)
+    three = replay(tmp_path, "three", 3, [str(east), str(west)], **kw)
+    assert {r["region"] for rows in one[1].values() for r in rows} == {"east", "west"}
+    assert one[:3] == three[:3]
+
+
+def test_domains_learnt_late_are_filled_in_the_writer_process(tmp_path: Path) -> None:
+    from tests.unit.test_contract_rules import action
+
+    lines = []
+    for i in range(3000):
+        lines += [usage("VM.CREATE", f"vm-{i}", T0), usage("VM.DESTROY", f"vm-{i}", T0 + HOUR)]
+    lines.append(action("ACCOUNT.CREATE", ACCT, T0 - HOUR, Domain="dom-1"))
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(b"\n".join(lines) + b"\n")
+    one = replay(tmp_path, "one", 1, [str(trace)])
+    three = replay(tmp_path, "three", 3, [str(trace)])
+    assert {r["domain_id"] for rows in three[1].values() for r in rows} == {"dom-1"}
+    assert one[:3] == three[:3]
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_errors_are_the_same_in_both(tmp_path: Path, processes: int) -> None:
+    trace = tmp_path / "trace.jsonl"
+    simulate(trace, seed=5, accounts=10, days=2)
+    with pytest.raises(InputError, match=r"cannot read .*missing\.jsonl: no such file"):
+        run_replay(ReplayOptions(inputs=[str(tmp_path / "missing.jsonl")],
+                                 output=tmp_path / "o1", processes=processes))
+    # one file name (lane) read as two regions: found by the reader mid-run
+    with pytest.raises(InputError, match=r"records of trace.jsonl/0 \(topic/partition\) come "
+                                         "from inputs of regions a and b"):
+        run_replay(ReplayOptions(inputs=[str(trace), str(trace)], regions=["a", "b"],
+                                 output=tmp_path / "o2", processes=processes))
+    # a file where a day's directory must go: found by the writer when it publishes
+    out = tmp_path / "o3"
+    out.mkdir()
+    day = run_replay(ReplayOptions(inputs=[str(trace)], output=tmp_path / "o4")).files_written
+    (out / Path(day[0]).parent.name).write_text("in the way")
+    with pytest.raises(OutputError, match=f"cannot write the dataset under {out}: .*File exists"):
+        run_replay(ReplayOptions(inputs=[str(trace)], output=out, processes=processes))
+    assert [p.name for p in out.iterdir()] == [Path(day[0]).parent.name]  # staging removed
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("victim", ["reader", "writer"])
+def test_a_killed_child_is_named_and_nothing_hangs(tmp_path: Path, victim: str) -> None:
+    trace = tmp_path / "trace.jsonl"
+    simulate(trace, seed=6, accounts=300, days=10)
+    # more blocks than the pipe holds: the reader is still busy at the first progress report
+    assert trace.stat().st_size > 16 << 20
+    killed: list[int] = []
+
+    def kill(progress: ReplayProgress) -> None:
+        if not killed:
+            child = next(p for p in multiprocessing.active_children()
+                         if p.name == f"metering-replay-{victim}")
+            assert child.pid is not None
+            os.kill(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+
+    out = tmp_path / "out"
+    with pytest.raises(ReplayProcessError) as err:
+        run_replay(ReplayOptions(inputs=[str(trace)], output=out, processes=3), kill)
+    assert str(err.value).startswith(
+        f"the replay's {victim} process (pid {killed[0]}) was killed by signal SIGKILL "
+        f"before it finished; the dataset under {out} may be incomplete: run the replay "
+        "again")
+    assert list(out.iterdir()) == []  # staging removed, nothing published
+    assert not multiprocessing.active_children()
+
+
+def test_how_many_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(usage("VM.CREATE") + b"\n")
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    opts = ReplayOptions(inputs=[str(small)], output=tmp_path)
+    assert replay_processes(opts) == 1  # small: not worth starting processes
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as fh:
+        fh.truncate(64 << 20)
+    assert replay_processes(ReplayOptions(inputs=[str(big)], output=tmp_path)) == 3
+    assert replay_processes(ReplayOptions(inputs=["-"], output=tmp_path, processes=3)) == 1
+    monkeypatch.setenv(PROCESSES_ENV, "3")
+    assert replay_processes(opts) == 3
+    assert replay_processes(ReplayOptions(inputs=[str(big)], output=tmp_path,
+                                          processes=1)) == 1  # the option wins
+    monkeypatch.setenv(PROCESSES_ENV, "2")
+    with pytest.raises(ReplayProcessError, match="METERING_REPLAY_PROCESSES='2': give 1"):
+        replay_processes(opts)
+
+
+def test_rows_to_batch_is_to_batch(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    simulate(trace, seed=8, accounts=5, days=2)
+    out = tmp_path / "out"
+    summary = run_replay(ReplayOptions(inputs=[str(trace)], output=out, processes=1))
+    rows = [UsageInterval(**r) for f in summary.files_written
+            for r in pq.read_table(f).to_pylist()]
+    for r in rows[:3]:  # timestamps read back as datetimes: back to ms
+        assert r.start is not None
+    plain = [r._replace(start=int(r.start.timestamp() * 1000),  # type: ignore[attr-defined]
+                        end=int(r.end.timestamp() * 1000),  # type: ignore[attr-defined]
+                        period_start=int(r.period_start.timestamp() * 1000))  # type: ignore[attr-defined]
+             for r in rows]
+    want = to_batch(plain)
+    assert rows_to_batch(plain).equals(want)
+    assert rows_to_batch(orjson.loads(orjson.dumps([tuple(r) for r in plain]))).equals(want)
+
+
+def test_parts_are_cut_at_part_rows_in_arrival_order(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.replay
+
+    monkeypatch.setattr(storage.replay, "PART_ROWS", 3 * 4096)
+    lines, n = [], 30_000
+    for i in range(n):  # one day's rows, more than one part
+        lines += [usage("VM.CREATE", f"vm-{i:05d}", T0 + i),
+                  usage("VM.DESTROY", f"vm-{i:05d}", T0 + HOUR)]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(b"\n".join(lines) + b"\n")
+    summary = run_replay(ReplayOptions(inputs=[str(trace)], output=tmp_path / "out",
+                                       period="day", processes=1))
+    parts = [pq.read_table(f).column("resource_id").to_pylist()
+             for f in summary.files_written]
+    assert [len(p) for p in parts] == [3 * 4096, 3 * 4096, n - 6 * 4096]
+    arrival = [f"vm-{i:05d}" for i in range(n)]  # the engine emits in record order
+    for k, part in enumerate(parts):
+        assert sorted(part) == arrival[k * 3 * 4096:(k + 1) * 3 * 4096]
