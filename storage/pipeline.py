@@ -29,7 +29,6 @@ and the caller removes the staging directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import multiprocessing
 import pickle
 import signal
@@ -200,7 +199,11 @@ def _widen(conn: Connection) -> None:
     """Give ``conn``'s pipe the largest buffer the system allows (Linux: 1 MiB by default
     instead of 64 KiB): a message then crosses in one or two writes instead of a process
     switch per 64 KiB, which on a busy machine can wait a whole time slice each."""
-    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
     if setsize is None:
         return
     try:

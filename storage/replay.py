@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import multiprocessing
 import os
 import sys
 import time
@@ -690,14 +691,15 @@ starting them costs ~0.5 s, which a smaller input does not win back."""
 
 def replay_processes(options: ReplayOptions) -> int:
     """How many processes a replay of ``options`` runs in: 1 or 3 (see
-    :attr:`ReplayOptions.processes`); stdin is always read in this process. Raises
+    :attr:`ReplayOptions.processes`); stdin is always read in this process, and so is
+    everything in a daemonic process (it may not start any). Raises
     :class:`~storage.errors.ReplayProcessError` for another number."""
     wanted: int | str | None = options.processes
     origin = "ReplayOptions.processes"
     if wanted is None and os.environ.get(PROCESSES_ENV, "").strip():
         wanted, origin = os.environ[PROCESSES_ENV].strip(), PROCESSES_ENV
     if wanted is None:
-        if "-" in options.inputs:
+        if "-" in options.inputs or multiprocessing.current_process().daemon:
             return 1
         on_disk = sum(os.path.getsize(n) for n in options.inputs)
         return 3 if on_disk >= PIPELINE_MIN_BYTES else 1
@@ -705,7 +707,9 @@ def replay_processes(options: ReplayOptions) -> int:
         raise ReplayProcessError(f"{origin}={wanted!r}: give 1 (every stage in one process) "
                                  "or 3 (reader, engine and writer processes), or leave it "
                                  "unset (3 from 64 MiB of input)")
-    return 1 if "-" in options.inputs else int(wanted)
+    if "-" in options.inputs or multiprocessing.current_process().daemon:
+        return 1
+    return int(wanted)
 
 
 def run_name(digest: Any) -> str:
