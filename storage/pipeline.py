@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import orjson
 
-from metering.engine import Engine
+from metering.engine import Engine, Record
 from metering.events import (
     AccountCreated,
     AccountDeleted,
@@ -68,6 +68,8 @@ from storage.replay import (
     by_date,
     drive,
     labelled,
+    rebatch,
+    records_of,
     run_name,
     write_failure,
 )
@@ -349,7 +351,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
         regional = stage.regional
         date_of = DateOf(stage.grid)
 
-        def events() -> Iterator[tuple[Meterable, Source]]:
+        def blocks() -> Iterator[list[Record]]:
             while True:
                 message = reader.recv(output)
                 tag = message[0]
@@ -357,14 +359,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
                     _, fields, kinds, where, records, bytes_read = message
                     values: list[Meterable] = list(
                         map(_new, map(_CLASSES.__getitem__, kinds), fields))
-                    sources = map(_new, repeat(Source), where)
-                    if _CREATED in kinds:  # noted as applied: drive() applies what it pulled
-                        for value, source in zip(values, sources, strict=True):
-                            if type(value) is AccountCreated:
-                                created.append(value.account_id)
-                            yield value, source
-                    else:
-                        yield from zip(values, sources, strict=True)
+                    yield records_of(values, list(map(_new, repeat(Source), where)))
                     settle()
                     summary.records, progress[0] = records, bytes_read
                     report(records, bytes_read)
@@ -374,6 +369,14 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
                     return
                 else:
                     raise reader.failed(message, output)
+
+        def batches() -> Iterator[list[Record]]:
+            for batch in rebatch(blocks()):
+                # drive() applies the batch, then emits its rows: the accounts it creates
+                # are applied by then (their domains go with those rows)
+                created.extend([record[0].account_id for record in batch
+                                if type(record[0]) is AccountCreated])
+                yield batch
 
         def domains() -> list[tuple[str, str | None]]:
             updates = [(account, domain_of(account)) for account in created]
@@ -385,7 +388,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
                 writer.send(("rows", domains(), *_encode_rows(labelled(rows, regional), date_of)),
                             output)
 
-        drive(meter, events(), options.until_ms, emit)
+        drive(meter, batches(), options.until_ms, emit)
         writer.send(("close", domains(), key[0]), output)
         done = writer.recv(output)
         if done[0] != "done":

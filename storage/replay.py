@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
 
@@ -602,28 +603,43 @@ class FrontEnd:
 
 ENGINE_BATCH: Final = 4096
 """Records handed to the engine per :meth:`~metering.engine.Engine.apply` call."""
+_new_tuple: Final = tuple.__new__
+"""Builds a NamedTuple (a :class:`Record`) from all its fields without the generated
+``__new__``'s Python frame."""
+
+
+def records_of(values: list[Meterable], sources: list[Source]) -> list[Record]:
+    """The engine's records of one block's values and their sources (built in C, no Python
+    frame per record)."""
+    return list(map(_new_tuple, repeat(Record),
+                    zip(values, sources, repeat(None), repeat(None), strict=False)))
+
+
+def rebatch(blocks: Iterable[list[Record]]) -> Iterator[list[Record]]:
+    """The records of ``blocks`` in order, :data:`ENGINE_BATCH` at a time (the last batch
+    fewer)."""
+    batch: list[Record] = []
+    for records in blocks:
+        batch += records
+        while len(batch) >= ENGINE_BATCH:
+            yield batch[:ENGINE_BATCH]
+            batch = batch[ENGINE_BATCH:]
+    if batch:
+        yield batch
 
 
 def drive(
     engine: Engine,
-    events: Iterable[tuple[Meterable, Source]],
+    batches: Iterable[list[Record]],
     until_ms: int | None,
     emit: Callable[[list[UsageInterval]], None],
 ) -> None:
-    """The engine loop: apply the events in order, :data:`ENGINE_BATCH` at a time, then cut
-    what is open at the horizon; the completed intervals of each batch go to ``emit``."""
-    batch: list[Record] = []
-    append, new = batch.append, tuple.__new__  # a Record without its __new__'s Python frame
-    for value, source in events:
-        append(new(Record, (value, source, None, None)))
-        if len(batch) == ENGINE_BATCH:
-            rows = engine.apply(batch).rows
-            batch = []
-            append = batch.append
-            if rows:
-                emit(rows)
-    if batch:
-        emit(engine.apply(batch).rows)
+    """The engine loop: apply the batches (:func:`rebatch`) in order, then cut what is open
+    at the horizon; the completed intervals of each batch go to ``emit``."""
+    for batch in batches:
+        rows = engine.apply(batch).rows
+        if rows:
+            emit(rows)
     emit(engine.finish(until_ms).rows)
 
 
@@ -772,13 +788,13 @@ def _run_in_process(stage: Stage, summary: ReplaySummary, rejects_fh: IO[bytes] 
         if writer.pending:
             writer.spill(tmpdir)
 
-    def events() -> Iterator[tuple[Meterable, Source]]:
+    def blocks() -> Iterator[list[Record]]:
         for values, sources in front.chunks():
-            yield from zip(values, sources, strict=True)
+            yield records_of(values, sources)
             settle()
             report(summary.records, front.bytes_read)
 
-    drive(meter, events(), options.until_ms, emit)
+    drive(meter, rebatch(blocks()), options.until_ms, emit)
     writer.close(tmpdir, summary)
     add_outcomes(summary, meter)
     return front.bytes_read
