@@ -31,10 +31,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import IO, Any, Final, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
-import pyarrow as pa
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode_batch
 from metering.engine import Engine, Policy, Record
@@ -45,10 +44,12 @@ from metering.regions import label as label_row
 from metering.regions import qualified, qualify, region_problem
 from metering.rejects import reject_record
 from metering.usage_types import NAMES
-from storage.dataset import ARROW_SCHEMA, columns_to_batch, sort_table
 from storage.errors import InputError, OutputError, ReplayProcessError
 from storage.gctune import bulk_gc, settle
 from storage.parts import partition_dir, publish, replay_part_name, staging_dir, write_atomic
+
+if TYPE_CHECKING:  # pyarrow is imported where rows are written: the reader needs none of it
+    import pyarrow as pa
 
 FLUSH_ROWS: Final = 250_000
 """Rows buffered per ``usage_date`` before a part file is written (bounds memory)."""
@@ -394,6 +395,8 @@ class DatasetWriter:
     def _convert(self, date: str) -> None:
         """Turn the buffered columns of ``date`` into a batch of its current part."""
         self.buffered[date] = 0
+        from storage.dataset import columns_to_batch
+
         self._append(date, columns_to_batch(self.buffers.pop(date)))
 
     def _append(self, date: str, batch: pa.RecordBatch) -> None:
@@ -416,6 +419,7 @@ class DatasetWriter:
     def _fill_domains(self, table: pa.Table) -> pa.Table:
         """Fill ``domain_id`` of rows emitted before their account's ACCOUNT.CREATE was read
         (inputs need not be in time order across partitions); unknown stays null."""
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         domains = table.column("domain_id").combine_chunks()  # an Array: masks need one
@@ -454,6 +458,10 @@ class DatasetWriter:
 
     def _write_part(self, tmpdir: Path, date: str, part: int,
                     batches: list[pa.RecordBatch]) -> None:
+        import pyarrow as pa
+
+        from storage.dataset import ARROW_SCHEMA, sort_table
+
         table = pa.Table.from_batches(batches, ARROW_SCHEMA).combine_chunks()
         table = sort_table(self._fill_domains(table))
         name = f"{date}-{part:05d}.parquet"
