@@ -54,6 +54,7 @@ from agents.faustapi import (
     subscribe,
     task,
     timer,
+    wait_on_metadata,
 )
 from agents.fetches import Fetch
 from agents.kafkaclient import aiokafka_options
@@ -366,7 +367,7 @@ async def _topic_partitions(topic: str) -> int | None:
         return known[0]
     producer = kafka_producer(app)
     try:
-        await asyncio.wait_for(producer.client._wait_on_metadata(topic), 5)
+        await asyncio.wait_for(wait_on_metadata(producer, topic), 5)
     except Exception:  # no metadata yet (topic missing, broker away): no tick this time
         return known[0] if known else None
     parts = producer.client.cluster.partitions_for_topic(topic)

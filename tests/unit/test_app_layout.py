@@ -274,13 +274,6 @@ STDLIB_PRIVATE = {"os._exit", "argparse._SubParsersAction", "ssl._ssl",
                   "ssl._ssl._test_decode_cert"}
 """Private names of the standard library (not Faust/mode/aiokafka internals)."""
 
-PENDING_PRIVATE = {
-    ("agents/pipeline.py", "producer.client._wait_on_metadata"),
-    ("agents/sender.py", "producer.client._wait_on_metadata"),
-}
-"""Uses to move to :func:`agents.faustapi.wait_on_metadata` when these two files (rewritten
-on another branch for issue 18's speed work) are next changed."""
-
 
 def _project_names(root: Path) -> set[str]:
     """Every name the project itself defines (functions, classes, attributes, variables,
@@ -334,8 +327,7 @@ def internal_imports(root: Path) -> list[tuple[str, str]]:
 
 
 def test_private_library_attributes_are_read_only_in_faustapi() -> None:
-    found = [(f, e) for f, e in private_uses(ROOT)
-             if e not in STDLIB_PRIVATE and (f, e) not in PENDING_PRIVATE]
+    found = [(f, e) for f, e in private_uses(ROOT) if e not in STDLIB_PRIVATE]
     assert found == [], ("private Faust/mode/aiokafka attributes outside agents/faustapi.py "
                          f"(move them there, pinned in test_faust_internals.py): {found}")
 
