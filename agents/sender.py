@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from agents.faustapi import append_records
+from agents.faustapi import append_records, wait_on_metadata
 from metering.partitioning import partition_for
 
 PARTITION_CACHE_MAX = 100_000
@@ -49,7 +49,7 @@ class BatchSender:
     async def _n_partitions(self) -> int:
         if self._partitions is None:
             producer = self._get_producer()
-            await producer.client._wait_on_metadata(self.topic)
+            await wait_on_metadata(producer, self.topic)
             parts = producer.client.cluster.partitions_for_topic(self.topic)
             if not parts:
                 raise RuntimeError(f"topic {self.topic!r} has no partitions in the metadata")

@@ -6,8 +6,7 @@ private Faust/mode/aiokafka internal in :mod:`agents.faustapi`.
   ``METERING_*`` environment, and then has built no Faust app, patched no Faust class,
   started no thread, written nothing to the console and created no file: what a module
   does at import is defining things (``create_app`` does the rest).
-* The import graph of ``agents`` (imports inside functions included) has no cycle but the
-  one the pipeline still needs (:data:`KNOWN_CYCLES`).
+* The import graph of ``agents`` (imports inside functions included) has no cycle.
 * No module but :mod:`agents.faustapi` imports a faust/mode submodule other than
   ``faust.types`` or reads a private attribute of a library object.
 
@@ -36,18 +35,6 @@ def _module_name(path: Path) -> str:
 
 MODULES = sorted(_module_name(p) for p in AGENTS.rglob("*.py") if p.name != "__main__.py")
 """Every module of ``agents`` (``__main__`` runs the command line: it is a script)."""
-
-IMPORT_BUILDS = {
-    "agents.pipeline": "declares its topics, tables and agents as module globals on "
-                       "agents.app.app (built by create_app(load_settings()) on first use); "
-                       "next step: a register(app, settings) of its own",
-}
-"""Modules whose import still builds the worker app (and what should change)."""
-
-KNOWN_CYCLES = [{"agents.app", "agents.pipeline"}]
-"""Import cycles left: ``create_app`` imports the pipeline to register it, and the pipeline
-imports the app's compatibility names (``from agents.app import app, settings``). Goes away
-with the pipeline's own ``register(app, settings)``."""
 
 SIDE_EFFECTS = r"""
 import gc, io, os, sys, threading
@@ -92,19 +79,11 @@ def _import_alone(module: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("module", [m for m in MODULES if m not in IMPORT_BUILDS])
+@pytest.mark.parametrize("module", MODULES)
 def test_module_imports_alone_without_side_effects(module: str, tmp_path: Path) -> None:
     run = _import_alone(module, tmp_path)
     assert run.returncode == 0, f"import {module} failed alone:\n{run.stderr[-2000:]}"
     assert run.stdout.strip() == "", f"import {module}: {run.stdout.strip()}"
-
-
-@pytest.mark.parametrize("module", sorted(IMPORT_BUILDS))
-def test_modules_that_still_build_at_import_need_settings(module: str, tmp_path: Path) -> None:
-    """The known exceptions really are (so the list shrinks when they are fixed)."""
-    run = _import_alone(module, tmp_path)
-    assert run.returncode != 0, IMPORT_BUILDS[module]
-    assert "SettingsError" in run.stderr, IMPORT_BUILDS[module]
 
 
 def test_the_side_effect_check_catches_planted_effects(tmp_path: Path) -> None:
@@ -134,29 +113,63 @@ def test_the_side_effect_check_catches_planted_effects(tmp_path: Path) -> None:
 
 
 def test_create_app_builds_what_import_did_not(tmp_path: Path) -> None:
-    """The worker's app: ``create_app`` installs the patches, builds the app, registers the
-    pipeline; ``agents.app.app`` is that app; a second call with other settings refuses."""
+    """The worker's app: ``create_app`` installs the patches, builds the app, registers a
+    pipeline of its own on it; each call builds a new app (no pipeline state is shared:
+    two apps of other settings live side by side); ``agents.app.app`` is the app of the
+    environment, built on first use."""
     code = (
-        "import agents.app as a, agents.faustapi as f\n"
+        "import agents.app as a, agents.faustapi as f, agents.pipeline as p\n"
         "from metering.settings import Settings\n"
-        "assert not f.patches_installed() and '_built' in vars(a) and a._built is None\n"
+        "assert not f.patches_installed() and '_default' in vars(a) and a._default is None\n"
+        "assert not [n for n, v in vars(p).items() if type(v).__module__.startswith("
+        "('faust', 'mode', 'agents.observe', 'agents.state', 'agents.liveness'))]\n"
         "s = Settings(app_id='layout-test')\n"
         "app = a.create_app(s)\n"
-        "import agents.pipeline as p\n"
-        "assert f.patches_installed() and a.app is app and a.settings is s and p.app is app\n"
+        "assert f.patches_installed() and a._default is None\n"
         "assert app.conf.id == 'layout-test' and sorted(app.tables) == ['accounts', 'entities']\n"
-        "assert a.create_app(s) is app\n"
-        "assert sorted(a.state_topics()) == ['layout-test-accounts-changelog', "
-        "'layout-test-entities-changelog', 'metering.events'], sorted(a.state_topics())\n"
-        "try:\n"
-        "    a.create_app(Settings(app_id='other'))\n"
-        "except RuntimeError as exc:\n"
-        "    assert 'one worker app per process' in str(exc)\n"
-        "else:\n"
-        "    raise AssertionError('a second worker app was built')\n"
+        "assert sorted(a.state_topics(app)) == ['layout-test-accounts-changelog', "
+        "'layout-test-entities-changelog', 'metering.events'], sorted(a.state_topics(app))\n"
+        "other = a.create_app(Settings(app_id='other', events_topic='other.events'))\n"
+        "assert other is not app and a.create_app(s) is not app\n"
+        "assert sorted(a.state_topics(other)) == ['other-accounts-changelog', "
+        "'other-entities-changelog', 'other.events'], sorted(a.state_topics(other))\n"
+        "assert app.tables['entities'] is not other.tables['entities']\n"
+        "assert a.app is a.app and a.app.conf.id == 'from-env' and a.settings.app_id == "
+        "'from-env'\n"
+        "assert a.app is not app and sorted(a.state_topics()) == ['from-env-accounts-changelog', "
+        "'from-env-entities-changelog', 'metering.events']\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(ROOT), "METERING_APP_ID": "from-env"})
+
+
+def test_register_builds_one_pipeline_per_app() -> None:
+    """``agents.pipeline.register``: the topics, tables, meters, lane clocks, counters,
+    liveness and observability belong to the returned pipeline, one per app (the tasks,
+    timers and rebalance handlers it registers run in the worker integration tests)."""
+    from agents.faustapi import use_batch_fetches
+    from agents.faustapp import make_app
+    from agents.pipeline import Pipeline, register
+    from metering.settings import Settings
+
+    settings = Settings(app_id="register-test")
+    pipelines: list[Pipeline] = []
+    for _ in range(2):
+        app = make_app(settings)
+        use_batch_fetches(app, [(settings.input_topic,), settings.events_topic])
+        pipeline = register(app, settings)
+        assert pipeline.app is app
+        assert pipeline.settings is settings
+        assert pipeline.entities_table is app.tables["entities"]
+        assert pipeline.accounts_table is app.tables["accounts"]
+        assert pipeline.events_topic in app.topics
+        assert pipeline.input_topic in app.topics
+        assert pipeline.observability.monitor is not None
+        pipelines.append(pipeline)
+    first, second = pipelines
+    for name in ("meters", "lane_progress", "owned_lanes", "read_to", "stats", "liveness",
+                 "observability", "input_partitions_read", "pending"):
+        assert getattr(first, name) is not getattr(second, name), name
 
 
 def test_faust_cli_finds_both_apps_by_module(tmp_path: Path) -> None:
@@ -248,9 +261,9 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
     return found
 
 
-def test_agents_has_no_import_cycle_but_the_known_one() -> None:
+def test_agents_has_no_import_cycle() -> None:
     found = cycles(import_graph(ROOT))
-    assert sorted(map(sorted, found)) == sorted(map(sorted, KNOWN_CYCLES))
+    assert found == [], f"import cycles in agents/: {sorted(map(sorted, found))}"
 
 
 def test_the_cycle_finder_catches_a_planted_cycle(tmp_path: Path) -> None:
@@ -273,13 +286,6 @@ PUBLIC_FAUST_MODULES = {"faust", "faust.types"}
 STDLIB_PRIVATE = {"os._exit", "argparse._SubParsersAction", "ssl._ssl",
                   "ssl._ssl._test_decode_cert"}
 """Private names of the standard library (not Faust/mode/aiokafka internals)."""
-
-PENDING_PRIVATE = {
-    ("agents/pipeline.py", "producer.client._wait_on_metadata"),
-    ("agents/sender.py", "producer.client._wait_on_metadata"),
-}
-"""Uses to move to :func:`agents.faustapi.wait_on_metadata` when these two files (rewritten
-on another branch for issue 18's speed work) are next changed."""
 
 
 def _project_names(root: Path) -> set[str]:
@@ -334,8 +340,7 @@ def internal_imports(root: Path) -> list[tuple[str, str]]:
 
 
 def test_private_library_attributes_are_read_only_in_faustapi() -> None:
-    found = [(f, e) for f, e in private_uses(ROOT)
-             if e not in STDLIB_PRIVATE and (f, e) not in PENDING_PRIVATE]
+    found = [(f, e) for f, e in private_uses(ROOT) if e not in STDLIB_PRIVATE]
     assert found == [], ("private Faust/mode/aiokafka attributes outside agents/faustapi.py "
                          f"(move them there, pinned in test_faust_internals.py): {found}")
 
