@@ -36,10 +36,13 @@ Semantics, as read from the contract (revision 2):
   the earliest remembered close ``c > t`` of its key: ``[t, c)`` is metered and nothing
   stays open. An open at or after every remembered close opens as usual and claims none. A
   remembered close expires, changing nothing, once the *watermark* (the newest event time
-  of the usage and action records applied before) is more than ``orphan_close_ttl_ms``
-  after it; at most :data:`MAX_ORPHANS` are remembered per key (the earliest is dropped
-  first). A TEMPLATE/ISO delete without zone that closes nothing is remembered for every
-  zone: it closes whichever zone an earlier open arrives for, and is not used up by it;
+  of the usage and action records applied before: usage events, completed account
+  deletions, account creations with a domain and actions carrying an offering or template;
+  an ignored record, e.g. a scheduled deletion, moves nothing) is more than
+  ``orphan_close_ttl_ms`` after it; at most :data:`MAX_ORPHANS` are remembered per key
+  (the earliest is dropped first). A TEMPLATE/ISO delete without zone that closes nothing
+  is remembered for every zone: it closes whichever zone an earlier open arrives for, and
+  is not used up by it;
 * usage events of an account deleted at or before the event's time are ignored, and no
   interval of a deleted account extends past the deletion: its open intervals end at the
   deletion time (by event time, so a deletion record that arrives before older events of the
@@ -98,6 +101,8 @@ Key = tuple[str, int, str]
 RegionKey = tuple[str, str, int, str]
 Account = tuple[str | None, str]  # (region or None, account id)
 Slot = tuple[int, str, str, Account]  # (usage type, resource id, zone or "", account)
+ENRICHMENT_KEYS = ("ServiceOffering", "VirtualMachineTemplate", "DiskOffering")
+"""Action keys that make an action record an applied enrichment (contract rule 7)."""
 ORPHAN_CLOSE_TTL_MS = 86_400_000
 """Default ``orphan_close_ttl``: 24 hours of event time (contract rule 3)."""
 MAX_ORPHANS = 16
@@ -224,11 +229,16 @@ def _meter(records: Iterable[tuple[str | None, bytes | str]], until_ms: int,
         if t is None or t < 0 or t >= until_ms:
             continue
         if kind == "action":
-            watermark = max(watermark, t)
             description = d.get("description")
             failed = isinstance(description, str) and description.startswith("Error")
             uuid = _nonempty(d.get("entityuuid"))
-            completed = d.get("event") == "ACCOUNT.DELETE" and d.get("status") == "Completed"
+            event = d.get("event")
+            completed = event == "ACCOUNT.DELETE" and d.get("status") == "Completed"
+            if not failed and uuid is not None and (
+                    completed or (event == "ACCOUNT.CREATE" and _nonempty(d.get("Domain")))
+                    or (event != "ACCOUNT.DELETE" and event != "ACCOUNT.CREATE" and any(
+                        _nonempty(d.get(key)) for key in ENRICHMENT_KEYS))):
+                watermark = max(watermark, t)  # an applied action moves it; ignored ones not
             if completed and not failed and uuid is not None:
                 victim: Account = (region, uuid)
                 deleted[victim] = min(t, deleted.get(victim, t))

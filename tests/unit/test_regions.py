@@ -344,3 +344,32 @@ def test_regional_totals_equal_the_reference_interpreter(
                resource_key(r.usage_type, r.resource_id, r.zone_id))
         got[key] = got.get(key, 0) + r.duration_ms
     assert {k: v for k, v in got.items() if v} == reference_usage_by_region(stream, until)
+
+
+def test_an_ignored_action_far_ahead_expires_no_remembered_close() -> None:
+    """Found by the property test above (a fresh-clone run, 2026-11-29): a *scheduled*
+    ACCOUNT.DELETE eight months ahead is ignored, so it moves no watermark, and a VM.STOP
+    remembered before its older VM.START arrives is still claimed (rule 3): [START, STOP)
+    is metered, nothing stays open. The reference interpreter had let every action record
+    move its watermark, expiring the close and leaving the VM running for eight months."""
+    def record(ts: str, event: str, **extra: str) -> bytes:
+        return orjson.dumps({"eventDateTime": f"2025-{ts} +0000", "event": event, **extra})
+
+    vm = {"resource": "com.cloud.X", "id": "vm-0", "account": "acct-0"}
+    stream = [
+        ("us", record("11-01 21:00:00", "ACCOUNT.DELETE", status="Scheduled",
+                      description="deleting account", entityuuid="acct-0")),
+        ("eu", record("03-08 22:17:04", "VM.STOP", **vm)),
+        ("eu", record("03-08 22:17:03", "VM.START", zone="zone-1", **vm)),
+    ]
+    until = 1_762_030_800_001  # 2025-11-01T21:00:00.001Z
+    meter = Engine(Policy(grid=PeriodGrid("hour", "UTC"), lateness_ms=None,
+                          max_watermark_jump_ms=None))
+    rows: list[UsageInterval] = []
+    for i, (region, raw) in enumerate(stream):
+        value = decode(raw)
+        if not isinstance(value, Ignored | Rejected):
+            rows += meter.process(qualify(value, region), Source("cs", 0, i))
+    rows += meter.finish(until).rows
+    assert [(r.usage_type, r.duration_ms) for r in rows] == [(1, 1000)]
+    assert reference_usage_by_region(stream, until) == {("eu", "acct-0", 1, "vm-0"): 1000}
