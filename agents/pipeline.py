@@ -77,6 +77,7 @@ from metering.rejects import reject_key, reject_record
 from metering.usage_types import NAMES
 from metering.watermarks import LaneReader
 from metering.wire import Tick, WireError, decode_wire, encode_routed, encode_tick
+from storage.gctune import tune_long_running
 
 if TYPE_CHECKING:
     import faust
@@ -358,6 +359,7 @@ class Pipeline:
         """Apply the queued fetches of the internal partitions; their tail (intervals
         acknowledged, then states stored, then fetches marked processed) runs in order
         behind the processing of the next batch (:class:`agents.commits.Committer`)."""
+        tune_long_running()  # started: the app and its services are built
         stats, meters, input_regions = self.stats, self.meters, self.input_regions
         send_rows, meter_tail = self._send_rows, self._meter_tail
         usage_out = self._sender(self.usage_topic.get_topic_name())

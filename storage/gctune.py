@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 
 @contextmanager
@@ -26,6 +27,27 @@ def bulk_gc(threshold0: int = 100_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+STREAMING_THRESHOLDS: Final = (50_000, 50, 100)
+"""Collector thresholds of the long-running workers (generation 0 every 50 000 net
+allocations instead of CPython's 700)."""
+
+
+def tune_long_running() -> None:
+    """For a long-running process that has finished starting (imports, app, tables): freeze
+    every object alive now out of later collections and collect rarely
+    (:data:`STREAMING_THRESHOLDS`).
+
+    The streaming worker allocates a few tuples per record and up to ten rows per record
+    with hourly periods; at CPython's default threshold the collector ran every few hundred
+    records and traversed the whole young heap each time (measured: the hourly worker 1.14x
+    faster with generation 0 at 50 000). Nothing here relies on prompt cycle collection:
+    what is allocated per record is acyclic and freed by reference counting; cycles made
+    later are still collected, only less often. Objects frozen here (the app, modules,
+    settings) live for the whole process anyway."""
+    gc.freeze()
+    gc.set_threshold(*STREAMING_THRESHOLDS)
 
 
 def settle() -> None:
