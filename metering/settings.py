@@ -62,8 +62,10 @@ class Settings:
         "help": "seconds after a period end before it counts as complete"})
     idle_advance: float = field(default=30.0, metadata={
         "help": "seconds without records after which a lane's watermark follows the clock"})
-    tick_interval: float = field(default=1.0, metadata={
-        "help": "seconds between period-closing ticks sent to every partition"})
+    tick_interval: float = field(default=0.2, metadata={
+        "help": "seconds between ticks sent to every partition: they carry each input "
+        "partition's progress, so an interval closed by an event waits for up to one tick "
+        "(contract rule 8), and periods close on them"})
     batch_size: int = field(default=2000, metadata={
         "help": "records per processing batch (take_events)"})
     batch_within: float = field(default=0.5, metadata={
