@@ -41,6 +41,14 @@ def test_ceiling_rate_is_input_records_over_read_plus_write() -> None:
     assert c.rate == 40_000.0
 
 
+def test_ceiling_read_time_leaves_out_start_up_like_the_workers_rate() -> None:
+    # 200 000 records; the first batch (10 000) came 0.6 s after the start, the last 1.0 s
+    # later: 190 000 records in 1.0 s, so all 200 000 take 200 000 / 190 000 s.
+    assert ceiling.steady_seconds(200_000, 10_000, 0.6, 1.6) == 200_000 / 190_000
+    # Everything in the first batch: the time from it to the end.
+    assert ceiling.steady_seconds(5_000, 5_000, 0.6, 0.7) == 0.7 - 0.6
+
+
 def test_payload_has_the_mean_key_and_value_sizes() -> None:
     out = ceiling.Output(records=1000, key_bytes=36_400, value_bytes=656_400, partitions=4)
     keys, value = ceiling._payload(out)
