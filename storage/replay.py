@@ -60,6 +60,7 @@ BATCH_ROWS: Final = 4096
 still cut at whole multiples of it (:data:`PART_ROWS`), so that file contents stay as they
 were."""
 PART_ROWS: Final = -(-FLUSH_ROWS // BATCH_ROWS) * BATCH_ROWS
+_PERIOD_START: Final = UsageInterval._fields.index("period_start")
 """Rows of each part file of a ``usage_date`` but its last (:data:`FLUSH_ROWS` rounded up to
 whole :data:`BATCH_ROWS`: 253 952)."""
 
@@ -391,6 +392,35 @@ class DatasetWriter:
         self.buffered[date] = n = self.buffered[date] + len(columns[0])
         if n >= BATCH_ROWS or self.rows[date] + n >= PART_ROWS:
             self._convert(date)
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Buffer the rows of ``batch`` (:data:`~storage.dataset.ARROW_SCHEMA`) under their
+        ``usage_date`` s, in order (as :meth:`add` buffers them)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        starts = batch.column(_PERIOD_START).view(pa.int64())
+        distinct = pc.unique(starts)
+        instants: list[int] = distinct.to_pylist()  # type: ignore[assignment]  # no nulls
+        dates = list(map(self.date_of, instants))
+        if len(set(dates)) > 1:  # rows of each date together, in order (a stable sort)
+            names = sorted(set(dates))
+            number = pa.array(list(map(names.index, dates)), pa.int32())
+            of_row = pc.take(number, pc.index_in(starts, value_set=distinct))
+            batch = batch.take(pc.sort_indices(of_row))
+            counts = pc.value_counts(of_row)
+            numbers: list[int] = counts.field(0).to_pylist()  # type: ignore[assignment]
+            sizes: dict[int, int] = dict(zip(
+                numbers, counts.field(1).to_pylist(), strict=True))  # type: ignore[arg-type]
+        else:
+            names, sizes = dates[:1], {0: batch.num_rows}
+        first = 0
+        for number_of_date, date in enumerate(names):
+            if date in self.buffers:  # rows added as columns come first
+                self._convert(date)
+            size = sizes[number_of_date]
+            self._append(date, batch.slice(first, size))
+            first += size
 
     def _convert(self, date: str) -> None:
         """Turn the buffered columns of ``date`` into a batch of its current part."""
