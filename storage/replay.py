@@ -29,15 +29,26 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
+from operator import is_, is_not
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode_batch
 from metering.engine import Engine, Policy, Record
-from metering.events import Category, Ignored, Meterable, Rejected, Source
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Category,
+    Enrichment,
+    Ignored,
+    Meterable,
+    Rejected,
+    Source,
+    UsageEvent,
+)
 from metering.intervals import UsageInterval
 from metering.periods import PeriodGrid, as_period
 from metering.regions import label as label_row
@@ -206,9 +217,15 @@ class _Hasher:
             self._last.result()
 
 
+_ENVELOPE: Final = b'{"topic":'
+"""How a kcat ``-J`` envelope line starts (:func:`block_records` opens only those)."""
+
+
 def _plain(data: bytes, lines: list[bytes]) -> bool:
-    """:attr:`Block.plain` for ``lines`` split from ``data`` (C-speed scans, no loop)."""
-    return (b"\r" not in data and b'{"topic":' not in data and all(lines)
+    """:attr:`Block.plain` for ``lines``, which are ``data`` split at ``\n`` but for a
+    first line that may start with the end of an earlier block (C-speed scans, no loop)."""
+    return (b"\r" not in data and b"\r" not in lines[0] and all(lines)
+            and not any(map(bytes.startswith, lines, repeat(_ENVELOPE)))
             and not any(map(bytes.isspace, lines)))
 
 
@@ -232,7 +249,7 @@ def block_records(block: Block, counters: ReplaySummary
         if not raw or raw.isspace():
             counters.blank_lines += 1
             continue
-        env = _envelope(raw) if raw.startswith(b'{"topic":') else None
+        env = _envelope(raw) if raw.startswith(_ENVELOPE) else None
         if env is None:
             raws.append(raw)
             where.append((label, 0, index, None))
@@ -268,10 +285,10 @@ def read_blocks(
                     if b"\n" not in block:
                         partial.append(block)
                         continue
-                    if partial:
-                        partial.append(block)
-                        block = b"".join(partial)
                     lines = block.split(b"\n")
+                    if partial:  # the line begun in an earlier block (not copying this one)
+                        partial.append(lines[0])
+                        lines[0] = b"".join(partial)
                     tail = lines.pop()
                     partial = [tail] if tail else []
                     yield Block(label, first, lines, _plain(block, lines), index)
@@ -538,6 +555,12 @@ class ReplayProgress:
 ProgressCallback = Callable[[ReplayProgress], None]
 
 
+_CATEGORY: Final[dict[type, Category]] = {
+    UsageEvent: Category.USAGE, Enrichment: Category.ACTION,
+    AccountCreated: Category.ACTION, AccountDeleted: Category.ACTION}
+"""The category of each meterable value's class (its ``category``)."""
+
+
 class _Seen:
     """One distinct :class:`Ignored` value and how often it was decoded."""
 
@@ -599,23 +622,35 @@ class FrontEnd:
             count += len(raws)
             values: list[Meterable] = []
             sources: list[Source] = []
-            for i, value in enumerate(decode_batch(raws, max_bytes, self.now_ms, max_skew_ms)):
-                if isinstance(value, Ignored):
-                    seen = ignored_seen.get(id(value))
+            decoded = decode_batch(raws, max_bytes, self.now_ms, max_skew_ms)
+            # most values are ignored: counted in bulk, without a loop over them
+            types = list(map(type, decoded))
+            of_type = Counter(types)
+            for cls, n in of_type.items():
+                if cls is not Ignored and cls is not Rejected:  # counted one by one
+                    by_category[_CATEGORY[cls]] += n
+            if of_type[Ignored]:
+                ignored = cast(list[Ignored],
+                               list(compress(decoded, map(is_, types, repeat(Ignored)))))
+                alike = dict(zip(map(id, ignored), ignored, strict=True))
+                for ident, n in Counter(map(id, ignored)).items():
+                    seen = ignored_seen.get(ident)
                     if seen is None:
-                        ignored_seen[id(value)] = _Seen(value)
-                    else:
-                        seen.n += 1
-                    continue
-                by_category[value.category] += 1
+                        seen = ignored_seen[ident] = _Seen(alike[ident])
+                        n -= 1
+                    seen.n += n
+            for i in compress(range(len(decoded)), map(is_not, types, repeat(Ignored))):
+                value = decoded[i]
                 topic, partition, offset, key = (
                     (name, 0, first + i, None) if where is None else where[i])
-                if isinstance(value, Rejected):
+                if type(value) is Rejected:
+                    by_category[value.category] += 1
                     summary.rejects[value.reason.value] += 1
                     if rejects_fh is not None:
                         rejects_fh.write(orjson.dumps(reject_record(
                             raws[i], value, topic, partition, offset, key)) + b"\n")
                     continue
+                value = cast(Meterable, value)
                 if until is not None and value.time_ms >= until:
                     summary.after_until += 1
                     continue
