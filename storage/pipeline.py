@@ -438,53 +438,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
         children.append(reader)
         writer = _start(ctx, "writer", _writer_main, stage, sends_to=True)
         children.append(writer)
-        meter = Engine(stage.policy)
-        domain_of = meter.accounts.domain_of
-        created: list[str] = []  # accounts created by records applied, domains not yet sent
-        progress = [0]  # input bytes read
-        key = [""]
-        regional = stage.regional
-
-        def blocks() -> Iterator[list[Record]]:
-            while True:
-                message = reader.recv(output)
-                tag = message[0]
-                if tag == "b":
-                    _, fields, kinds, where, records, bytes_read = message
-                    values: list[Meterable] = list(
-                        map(_new, map(_CLASSES.__getitem__, kinds), fields))
-                    yield records_of(values, list(map(_new, repeat(Source), where)))
-                    settle()
-                    summary.records, progress[0] = records, bytes_read
-                    report(records, bytes_read)
-                elif tag == "end":
-                    _merge_counters(summary, message[1])
-                    key[0] = message[2]
-                    return
-                else:
-                    raise reader.failed(message, output)
-
-        def batches() -> Iterator[list[Record]]:
-            for batch in rebatch(blocks()):
-                # drive() applies the batch, then emits its rows: the accounts it creates
-                # are applied by then (their domains go with those rows)
-                created.extend([record[0].account_id for record in batch
-                                if type(record[0]) is AccountCreated])
-                yield batch
-
-        def domains() -> list[tuple[str, str | None]]:
-            updates = [(account, domain_of(account)) for account in created]
-            created.clear()
-            return updates
-
-        def emit(rows: list[UsageInterval]) -> None:
-            rows = labelled(rows, regional)
-            for first in range(0, len(rows), SEND_ROWS):  # the writer starts on the first
-                chunk = rows[first:first + SEND_ROWS]     # while the next is encoded
-                writer.send(("rows", domains(), len(chunk), encode_columns(chunk)), output)
-
-        drive(meter, batches(), options.until_ms, emit)
-        writer.send(("close", domains(), key[0]), output)
+        bytes_read = _meter(stage, reader, writer, summary, report)
         done = writer.recv(output)
         if done[0] != "done":
             raise writer.failed(done, output)
@@ -494,11 +448,68 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
         summary.intervals.update(intervals)
         for name, h in hours.items():
             summary.hours[name] += h
-        add_outcomes(summary, meter)
-        return progress[0]
+        return bytes_read
     finally:
         for child in children:
             child.stop()
+
+
+def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
+           report: Report) -> int:
+    """The engine's part of :func:`run_pipeline`: the reader's records through the engine,
+    its rows to the writer, then the writer told to close; returns the input bytes read.
+    The engine's state (millions of objects) is freed when this returns, while the writer
+    sorts and writes the last parts, not after."""
+    output = stage.options.output
+    meter = Engine(stage.policy)
+    domain_of = meter.accounts.domain_of
+    created: list[str] = []  # accounts created by records applied, domains not yet sent
+    progress = [0]  # input bytes read
+    key = [""]
+    regional = stage.regional
+
+    def blocks() -> Iterator[list[Record]]:
+        while True:
+            message = reader.recv(output)
+            tag = message[0]
+            if tag == "b":
+                _, fields, kinds, where, records, bytes_read = message
+                values: list[Meterable] = list(
+                    map(_new, map(_CLASSES.__getitem__, kinds), fields))
+                yield records_of(values, list(map(_new, repeat(Source), where)))
+                settle()
+                summary.records, progress[0] = records, bytes_read
+                report(records, bytes_read)
+            elif tag == "end":
+                _merge_counters(summary, message[1])
+                key[0] = message[2]
+                return
+            else:
+                raise reader.failed(message, output)
+
+    def batches() -> Iterator[list[Record]]:
+        for batch in rebatch(blocks()):
+            # drive() applies the batch, then emits its rows: the accounts it creates
+            # are applied by then (their domains go with those rows)
+            created.extend([record[0].account_id for record in batch
+                            if type(record[0]) is AccountCreated])
+            yield batch
+
+    def domains() -> list[tuple[str, str | None]]:
+        updates = [(account, domain_of(account)) for account in created]
+        created.clear()
+        return updates
+
+    def emit(rows: list[UsageInterval]) -> None:
+        rows = labelled(rows, regional)
+        for first in range(0, len(rows), SEND_ROWS):  # the writer starts on the first
+            chunk = rows[first:first + SEND_ROWS]     # while the next is encoded
+            writer.send(("rows", domains(), len(chunk), encode_columns(chunk)), output)
+
+    drive(meter, batches(), stage.options.until_ms, emit)
+    writer.send(("close", domains(), key[0]), output)
+    add_outcomes(summary, meter)
+    return progress[0]
 
 
 def _merge_counters(summary: ReplaySummary, counters: tuple[Any, ...]) -> None:

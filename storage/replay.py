@@ -389,8 +389,8 @@ class DatasetWriter:
         """Rows in each date's current part, in batches."""
         self.parts: Counter[str] = Counter()
         self.pending: list[tuple[str, int, list[pa.RecordBatch]]] = []
-        self.tallies: dict[str, tuple[list[int], list[int]]] = {}
-        """Staged file name -> its rows' usage types and durations (ms), in file order."""
+        self.tallies: dict[str, Tally | None] = {}
+        """Staged file name -> its rows' count and hours by usage type (None: a null)."""
 
     def add(self, rows: Sequence[UsageInterval]) -> None:
         """Buffer ``rows`` under their ``usage_date`` s, in order."""
@@ -513,8 +513,7 @@ class DatasetWriter:
         table = sort_table(self._fill_domains(table))
         name = f"{date}-{part:05d}.parquet"
         write_atomic(table, tmpdir / name)
-        self.tallies[name] = (table.column("usage_type").to_pylist(),  # type: ignore[assignment]
-                              table.column("duration_ms").to_pylist())
+        self.tallies[name] = by_usage_type(table)
 
     def close(self, tmpdir: Path, summary: ReplaySummary) -> None:
         """Move spilled parts and write the remaining buffers under their final names."""
@@ -532,7 +531,7 @@ class DatasetWriter:
             # so the same names are reused and each is replaced atomically
             summary.bytes_written += publish(spilled, final)
             summary.files_written.append(str(final))
-            tally(summary, str(final), *self.tallies.pop(spilled.name))
+            tally(summary, str(final), self.tallies.pop(spilled.name))
 
 
 # ---------------------------------------------------------------------------- running
@@ -915,13 +914,43 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
     return summary
 
 
-def tally(summary: ReplaySummary, path: str, types: list[int], durations: list[int]) -> None:
-    """Count the rows of the part file ``path`` (their usage types and durations in ms, in
-    file order) into ``summary``'s intervals and hours by usage type."""
+Tally = dict[int, tuple[int, "pa.Array[Any]"]]
+"""The rows of a table by usage type: their number and their hours (``duration_ms /
+3 600 000``, in table order)."""
+
+
+def by_usage_type(table: pa.Table) -> Tally | None:
+    """:data:`Tally` of ``table`` (a part as written); None if a usage type or duration is
+    null (the columns are not nullable: a writer bug)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types, durations = table.column("usage_type"), table.column("duration_ms")
+    if types.null_count or durations.null_count:
+        return None
+    # int64 -> float64 is exact below 2**53 ms, and the division is IEEE's, as Python's
+    hours = pc.divide(durations.cast(pa.float64()), pa.scalar(3_600_000.0))
+    out: Tally = {}
+    for t in pc.unique(types).to_pylist():
+        mine = pc.equal(types, pa.scalar(t, pa.int32()))
+        out[int(t)] = (int(pc.sum(mine.cast(pa.int64())).as_py()),  # type: ignore[arg-type]
+                       pc.filter(hours, mine).combine_chunks())
+    return out
+
+
+def tally(summary: ReplaySummary, path: str, rows: Tally | None) -> None:
+    """Count the rows of the part file ``path`` (:func:`by_usage_type`) into ``summary``'s
+    intervals and hours by usage type; the hours are added one by one, in file order, to
+    the sums of the files counted before (as ``hours[name] += d / 3_600_000`` row by row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if rows is None:  # columns are non-nullable; a null is a writer bug
+        raise AssertionError(f"null usage_type/duration_ms in {path}")
     intervals, hours = summary.intervals, summary.hours
-    for t, d in zip(types, durations, strict=True):
-        if t is None or d is None:  # columns are non-nullable; a None is a writer bug
-            raise AssertionError(f"null usage_type/duration_ms in {path}")
+    for t, (n, values) in rows.items():
         name = NAMES[t]
-        intervals[name] += 1
-        hours[name] += d / 3_600_000
+        intervals[name] += n
+        sums = pc.cumulative_sum(pa.concat_arrays(
+            [pa.array([hours[name]], pa.float64()), values]))  # a sequential scan
+        hours[name] = sums[-1].as_py()
