@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import orjson
@@ -218,9 +218,16 @@ record this short is within orjson's nesting limit (1024): msgspec (whose limit 
 recursion limit) never accepts a nesting orjson rejects."""
 
 
+_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
+"""An identifier the fast path accepts: a string of at most :data:`MAX_ID_CHARS` characters
+(code points, as ``len``); a longer one fails the typed decode, and the full path rejects it
+(``field_too_long``) or ignores the record, as its category says."""
+
+
 class _Keys(msgspec.Struct, gc=False):
-    """The keys :func:`decode` reads. A value that is not a JSON string fails the typed
-    decode (the full path then decides); ``Raw`` fields only record presence."""
+    """The keys :func:`decode` reads. A value that is not a JSON string (or an identifier
+    longer than :data:`MAX_ID_CHARS`) fails the typed decode (the full path then decides);
+    ``Raw`` fields only record presence."""
 
     old_state: Raw | UnsetType = msgspec.field(name="old-state", default=UNSET)
     jobId: Raw | UnsetType = UNSET
@@ -228,16 +235,16 @@ class _Keys(msgspec.Struct, gc=False):
     user: Raw | UnsetType = UNSET
     event: str | UnsetType = UNSET
     status: str | UnsetType = UNSET
-    account: str | UnsetType = UNSET
+    account: _Id | UnsetType = UNSET
     eventDateTime: str | UnsetType = UNSET
-    id: str | UnsetType = UNSET
-    zone: str | UnsetType = UNSET
+    id: _Id | UnsetType = UNSET
+    zone: _Id | UnsetType = UNSET
     description: str | UnsetType = UNSET
-    entityuuid: str | UnsetType = UNSET
-    Domain: str | UnsetType = UNSET
-    ServiceOffering: str | UnsetType = UNSET
-    VirtualMachineTemplate: str | UnsetType = UNSET
-    DiskOffering: str | UnsetType = UNSET
+    entityuuid: _Id | UnsetType = UNSET
+    Domain: _Id | UnsetType = UNSET
+    ServiceOffering: _Id | UnsetType = UNSET
+    VirtualMachineTemplate: _Id | UnsetType = UNSET
+    DiskOffering: _Id | UnsetType = UNSET
 
 
 _read_keys: Final = msgspec.json.Decoder(_Keys).decode
@@ -303,6 +310,11 @@ def _decode_slow(raw: bytes, max_bytes: int, latest_ms: int | None) -> Decoded:
     return decode_full(raw, latest_ms)
 
 
+_new: Final = tuple.__new__
+"""Builds an event (a NamedTuple) from all its fields without the generated ``__new__``'s
+Python frame."""
+
+
 def _fast_usage(keys: _Keys, raw: bytes, latest_ms: int | None) -> Decoded:
     """:func:`_decode_usage` where it accepts or ignores the event; else the full path."""
     event, text = keys.event, keys.eventDateTime
@@ -311,15 +323,10 @@ def _fast_usage(keys: _Keys, raw: bytes, latest_ms: int | None) -> Decoded:
         return decode_full(raw, latest_ms)
     if event not in TRANSITIONS:
         return _ignored_usage(event)
-    resource, account, zone = keys.id, keys.account, keys.zone
-    if (not resource or not account or len(resource) > MAX_ID_CHARS
-            or len(account) > MAX_ID_CHARS):
+    resource, account, zone = keys.id, keys.account, keys.zone  # not too long (_Id)
+    if not resource or not account:
         return decode_full(raw, latest_ms)
-    if zone is UNSET:
-        return UsageEvent(event, account, resource, None, ms)
-    if len(zone) > MAX_ID_CHARS:
-        return decode_full(raw, latest_ms)
-    return UsageEvent(event, account, resource, zone or None, ms)
+    return _new(UsageEvent, (event, account, resource, zone or None, ms))
 
 
 def _fast_action(keys: _Keys, raw: bytes, latest_ms: int | None) -> Decoded:
@@ -332,27 +339,22 @@ def _fast_action(keys: _Keys, raw: bytes, latest_ms: int | None) -> Decoded:
     description = keys.description
     if description is not UNSET and description.startswith("Error"):
         return _IGNORED_ACTION_FAILED
-    entity, domain = keys.entityuuid, keys.Domain
-    offering, template, disk = keys.ServiceOffering, keys.VirtualMachineTemplate, keys.DiskOffering
-    if ((entity is not UNSET and len(entity) > MAX_ID_CHARS)
-            or (domain is not UNSET and len(domain) > MAX_ID_CHARS)
-            or (offering is not UNSET and len(offering) > MAX_ID_CHARS)
-            or (template is not UNSET and len(template) > MAX_ID_CHARS)
-            or (disk is not UNSET and len(disk) > MAX_ID_CHARS)):
-        return decode_full(raw, latest_ms)
+    entity = keys.entityuuid  # these identifiers are not too long (_Id)
     if event == "ACCOUNT.DELETE":
         if status != "Completed":
             return _IGNORED_ACCOUNT_DELETE_PENDING
         if not entity:
             return decode_full(raw, latest_ms)
-        return AccountDeleted(entity, ms)
+        return _new(AccountDeleted, (entity, ms))
     if not entity:
         return _IGNORED_ACTION
     if event == "ACCOUNT.CREATE":
-        return AccountCreated(entity, domain, ms) if domain else _IGNORED_ACTION
+        domain = keys.Domain
+        return _new(AccountCreated, (entity, domain, ms)) if domain else _IGNORED_ACTION
+    offering, template, disk = keys.ServiceOffering, keys.VirtualMachineTemplate, keys.DiskOffering
     if not (offering or template or disk):
         return _IGNORED_ACTION
-    return Enrichment(entity, ms, offering or None, template or None, disk or None)
+    return _new(Enrichment, (entity, ms, offering or None, template or None, disk or None))
 
 
 def decode_full(raw: bytes, latest_ms: int | None) -> Decoded:

@@ -10,11 +10,12 @@ they take their sum, run as a pipeline on two or more cores about the longest on
   the progress so far; at the end the counters and the run key (input digest).
 * **Engine** (this process, :func:`run_pipeline`): :class:`~metering.engine.Engine` driven
   by :func:`~storage.replay.drive` exactly as in one process (same records, same order, same
-  batches). Each batch's rows go to the writer grouped by date, column by column, as one
-  ``orjson`` document (pickle if a value has no JSON form), with the domains of the
-  accounts created since the last batch.
+  batches). Each batch's rows go to the writer column by column, each column in the form
+  Arrow keeps it in memory (:func:`encode_columns`; at most :data:`SEND_ROWS` rows a
+  message), with the domains of the accounts created since the last batch.
 * **Writer** (a child process, :func:`_writer_main`): :class:`~storage.replay.DatasetWriter`
-  (per-date column buffers, Arrow batches, spills, the final parts, publishing) and the summary's
+  (the rows' Arrow batches, from :func:`decode_columns`, by date; spills, the final parts,
+  publishing) and the summary's
   intervals and hours. It keeps a copy of the account -> domain map as of the batch it
   writes, so domains are filled exactly as in one process.
 
@@ -30,19 +31,18 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import pickle
 import signal
 import sys
 import traceback
 import types
+from array import array
 from collections.abc import Callable, Iterator
 from itertools import repeat
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from operator import is_not
 from pathlib import Path
-from typing import Any, Final
-
-import orjson
+from typing import TYPE_CHECKING, Any, Final
 
 from metering.engine import Engine, Record
 from metering.events import (
@@ -54,18 +54,17 @@ from metering.events import (
     UsageEvent,
 )
 from metering.intervals import UsageInterval
+from metering.usage_schema import INTERVAL_FIELDS, Kind
 from storage.errors import InputError, OutputError, ReplayProcessError
 from storage.gctune import bulk_gc, settle
 from storage.replay import (
     DatasetWriter,
-    DateOf,
     FrontEnd,
     ReplaySummary,
     Report,
     Stage,
     _run_key,
     add_outcomes,
-    by_date,
     drive,
     labelled,
     rebatch,
@@ -74,11 +73,18 @@ from storage.replay import (
     write_failure,
 )
 
+if TYPE_CHECKING:  # pyarrow is imported where rows are written: reader and engine need none
+    import pyarrow as pa
+
 _CLASSES: Final[tuple[type, ...]] = (UsageEvent, Enrichment, AccountCreated, AccountDeleted)
 """Meterable value classes; a value travels as its plain tuple and its class's index."""
 _KIND: Final = {cls: index for index, cls in enumerate(_CLASSES)}
 _CREATED: Final = _KIND[AccountCreated]
 _new: Final = tuple.__new__
+SEND_ROWS: Final = 16_384
+"""Rows sent to the writer per message at most: the rows the engine emits at once (all that
+is open when the input ends, ~35 % of a month's daily rows) then cross in pieces, and the
+writer converts one while the engine encodes the next."""
 STOP_TIMEOUT_S: Final = 5.0
 """Seconds a child is given to end after it was told to (or finished), before it is killed."""
 
@@ -142,7 +148,8 @@ def _reader_main(conn: Connection, stage: Stage) -> None:
 
 
 def _writer_main(conn: Connection, inbox: Connection, stage: Stage) -> None:
-    """The writer process: ``("rows", domains, format, payload)`` messages into a
+    """The writer process: ``("rows", domains, n, columns)`` messages (n rows, their
+    columns as :func:`encode_columns` makes them) into a
     :class:`~storage.replay.DatasetWriter`; ``("close", domains, run key)`` writes and
     publishes the last parts and answers ``("done", files, bytes, intervals, hours)``."""
     output = stage.options.output
@@ -156,12 +163,9 @@ def _writer_main(conn: Connection, inbox: Connection, stage: Stage) -> None:
             while True:
                 message = recv()
                 if message[0] == "rows":
-                    _, updates, fmt, payload = message
+                    _, updates, n, columns = message
                     domains.update(updates)
-                    groups = (orjson.loads(payload) if fmt == "j"
-                              else pickle.loads(payload))  # noqa: S301 (our own pickle)
-                    for date, columns in groups.items():
-                        writer.add_columns(date, columns)
+                    writer.add_batch(decode_columns(n, columns))
                     if writer.pending:
                         writer.spill(tmpdir)
                     settle()
@@ -185,16 +189,107 @@ def _writer_main(conn: Connection, inbox: Connection, stage: Stage) -> None:
 # ---------------------------------------------------------------------------- parent
 
 
-def _encode_rows(rows: list[UsageInterval], date_of: DateOf) -> tuple[str, bytes]:
-    """Rows as the writer receives them, grouped by date, column by column (:func:`by_date`):
-    ("j", JSON), or ("p", a pickle) when a value has no JSON form (a string with a lone
-    surrogate, an integer beyond 64 bits). JSON round-trips every value of a row exactly
-    (floats in shortest form; the writer's Arrow types restore timestamps and int32)."""
-    groups = by_date(rows, date_of)
+# ------------------------------------------------------------------ rows, engine -> writer
+#
+# The engine's rows cross to the writer column by column, each column in a form the writer
+# makes its Arrow array of without a Python object per value, and that is made here at C
+# speed: the engine's process is the pipeline's busiest, so it does as little per value as
+# it can. A column is one of
+#
+#   ("s", text, valid)   strings: UTF-8, joined by NUL (no value holds one); valid: None, or
+#                        one byte per row (0: null; a null is joined as "")
+#   ("n", data)          numbers: int64 / int32 / float64 values (native byte order), or one
+#                        byte per bool
+#   ("0",)               every value null
+#   ("l", values)        anything else, the values themselves (converted by the writer as
+#                        they always were, ``pa.array(values, type)``)
+#
+# Every value arrives as it left; "l" carries whatever the other forms do not take (a string
+# with NUL or a lone surrogate, an integer out of range, a value of another type), and the
+# writer's conversion then accepts or refuses it as before.
+
+_KINDS: Final = tuple(spec.kind for spec in INTERVAL_FIELDS)
+_NUMBER_CODES: Final = {Kind.INT64: "q", Kind.TIMESTAMP_MS: "q", Kind.INT32: "i",
+                        Kind.FLOAT64: "d"}
+if array("q").itemsize != 8 or array("i").itemsize != 4 or array("d").itemsize != 8:
+    raise ImportError("storage.pipeline needs 8-byte 'q'/'d' and 4-byte 'i' arrays")
+_MAX_TEXT: Final = 2**31 - 1
+"""Longest joined text of a string column (Arrow ``string`` has int32 offsets)."""
+
+Column = tuple[Any, ...]
+"""One column of a batch of rows on its way to the writer (see above)."""
+
+
+def _encode_column(values: tuple[Any, ...], kind: Kind) -> Column:
+    """``values`` (one column of a batch of rows, at least one) in their wire form."""
+    n = len(values)
     try:
-        return "j", orjson.dumps(groups)
-    except TypeError:  # orjson.JSONEncodeError
-        return "p", pickle.dumps(groups, protocol=pickle.HIGHEST_PROTOCOL)
+        if kind is Kind.STRING:
+            try:
+                text, valid = "\0".join(values), None
+            except TypeError:  # a null (or a value that is no string: "l" below)
+                nulls = values.count(None)
+                if nulls == n:
+                    return ("0",)
+                text = "\0".join(["" if v is None else v for v in values])
+                valid = bytes(map(is_not, values, repeat(None)))
+            if text.count("\0") == n - 1:  # no value holds a NUL
+                data = text.encode()  # UnicodeEncodeError (a lone surrogate): "l" below
+                if len(data) <= _MAX_TEXT:
+                    return "s", data, valid
+        elif kind is Kind.BOOL:
+            if set(map(type, values)) == {bool}:
+                return "n", bytes(values)
+        elif type(values[0]) is not bool:  # the engine's numbers are never bools
+            return "n", array(_NUMBER_CODES[kind], values).tobytes()
+    except (TypeError, OverflowError, ValueError):  # UnicodeEncodeError is a ValueError
+        pass
+    if values.count(None) == n:
+        return ("0",)
+    return "l", list(values)
+
+
+def encode_columns(rows: list[UsageInterval]) -> list[Column]:
+    """The columns of ``rows`` (at least one) as the writer receives them
+    (:func:`decode_columns`)."""
+    return list(map(_encode_column, zip(*rows, strict=True), _KINDS))
+
+
+def decode_columns(n: int, columns: list[Column]) -> pa.RecordBatch:
+    """The batch of ``n`` rows sent as :func:`encode_columns` (:data:`ARROW_SCHEMA`): equal,
+    value for value, to :func:`storage.dataset.columns_to_batch` of the rows' columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from storage.dataset import ARROW_SCHEMA
+
+    zero = pa.scalar(0, pa.uint8())
+
+    def flags(data: bytes) -> pa.BooleanArray:
+        """One byte per row -> booleans (Arrow keeps them as bits: a validity bitmap)."""
+        return pc.not_equal(pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(data)]),
+                            zero)
+
+    arrays = []
+    for column, field in zip(columns, ARROW_SCHEMA, strict=True):
+        tag, typ = column[0], field.type
+        if tag == "s":
+            _, text, valid = column
+            whole = pa.Array.from_buffers(pa.string(), 1, [
+                None, pa.array([0, len(text)], pa.int32()).buffers()[1], pa.py_buffer(text)])
+            values = pc.split_pattern(whole, "\0").flatten()  # n strings, offset 0
+            if valid is not None:
+                values = pa.Array.from_buffers(typ, n, [flags(valid).buffers()[1],
+                                                        *values.buffers()[1:]])
+            arrays.append(values)
+        elif tag == "n":
+            arrays.append(flags(column[1]) if typ == pa.bool_() else
+                          pa.Array.from_buffers(typ, n, [None, pa.py_buffer(column[1])]))
+        elif tag == "0":
+            arrays.append(pa.nulls(n, typ))
+        else:
+            arrays.append(pa.array(column[1], typ))
+    return pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
 def _widen(conn: Connection) -> None:
@@ -343,53 +438,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
         children.append(reader)
         writer = _start(ctx, "writer", _writer_main, stage, sends_to=True)
         children.append(writer)
-        meter = Engine(stage.policy)
-        domain_of = meter.accounts.domain_of
-        created: list[str] = []  # accounts created by records applied, domains not yet sent
-        progress = [0]  # input bytes read
-        key = [""]
-        regional = stage.regional
-        date_of = DateOf(stage.grid)
-
-        def blocks() -> Iterator[list[Record]]:
-            while True:
-                message = reader.recv(output)
-                tag = message[0]
-                if tag == "b":
-                    _, fields, kinds, where, records, bytes_read = message
-                    values: list[Meterable] = list(
-                        map(_new, map(_CLASSES.__getitem__, kinds), fields))
-                    yield records_of(values, list(map(_new, repeat(Source), where)))
-                    settle()
-                    summary.records, progress[0] = records, bytes_read
-                    report(records, bytes_read)
-                elif tag == "end":
-                    _merge_counters(summary, message[1])
-                    key[0] = message[2]
-                    return
-                else:
-                    raise reader.failed(message, output)
-
-        def batches() -> Iterator[list[Record]]:
-            for batch in rebatch(blocks()):
-                # drive() applies the batch, then emits its rows: the accounts it creates
-                # are applied by then (their domains go with those rows)
-                created.extend([record[0].account_id for record in batch
-                                if type(record[0]) is AccountCreated])
-                yield batch
-
-        def domains() -> list[tuple[str, str | None]]:
-            updates = [(account, domain_of(account)) for account in created]
-            created.clear()
-            return updates
-
-        def emit(rows: list[UsageInterval]) -> None:
-            if rows:
-                writer.send(("rows", domains(), *_encode_rows(labelled(rows, regional), date_of)),
-                            output)
-
-        drive(meter, batches(), options.until_ms, emit)
-        writer.send(("close", domains(), key[0]), output)
+        bytes_read = _meter(stage, reader, writer, summary, report)
         done = writer.recv(output)
         if done[0] != "done":
             raise writer.failed(done, output)
@@ -399,11 +448,68 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
         summary.intervals.update(intervals)
         for name, h in hours.items():
             summary.hours[name] += h
-        add_outcomes(summary, meter)
-        return progress[0]
+        return bytes_read
     finally:
         for child in children:
             child.stop()
+
+
+def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
+           report: Report) -> int:
+    """The engine's part of :func:`run_pipeline`: the reader's records through the engine,
+    its rows to the writer, then the writer told to close; returns the input bytes read.
+    The engine's state (millions of objects) is freed when this returns, while the writer
+    sorts and writes the last parts, not after."""
+    output = stage.options.output
+    meter = Engine(stage.policy)
+    domain_of = meter.accounts.domain_of
+    created: list[str] = []  # accounts created by records applied, domains not yet sent
+    progress = [0]  # input bytes read
+    key = [""]
+    regional = stage.regional
+
+    def blocks() -> Iterator[list[Record]]:
+        while True:
+            message = reader.recv(output)
+            tag = message[0]
+            if tag == "b":
+                _, fields, kinds, where, records, bytes_read = message
+                values: list[Meterable] = list(
+                    map(_new, map(_CLASSES.__getitem__, kinds), fields))
+                yield records_of(values, list(map(_new, repeat(Source), where)))
+                settle()
+                summary.records, progress[0] = records, bytes_read
+                report(records, bytes_read)
+            elif tag == "end":
+                _merge_counters(summary, message[1])
+                key[0] = message[2]
+                return
+            else:
+                raise reader.failed(message, output)
+
+    def batches() -> Iterator[list[Record]]:
+        for batch in rebatch(blocks()):
+            # drive() applies the batch, then emits its rows: the accounts it creates
+            # are applied by then (their domains go with those rows)
+            created.extend([record[0].account_id for record in batch
+                            if type(record[0]) is AccountCreated])
+            yield batch
+
+    def domains() -> list[tuple[str, str | None]]:
+        updates = [(account, domain_of(account)) for account in created]
+        created.clear()
+        return updates
+
+    def emit(rows: list[UsageInterval]) -> None:
+        rows = labelled(rows, regional)
+        for first in range(0, len(rows), SEND_ROWS):  # the writer starts on the first
+            chunk = rows[first:first + SEND_ROWS]     # while the next is encoded
+            writer.send(("rows", domains(), len(chunk), encode_columns(chunk)), output)
+
+    drive(meter, batches(), stage.options.until_ms, emit)
+    writer.send(("close", domains(), key[0]), output)
+    add_outcomes(summary, meter)
+    return progress[0]
 
 
 def _merge_counters(summary: ReplaySummary, counters: tuple[Any, ...]) -> None:

@@ -29,15 +29,26 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
+from operator import is_, is_not
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode_batch
 from metering.engine import Engine, Policy, Record
-from metering.events import Category, Ignored, Meterable, Rejected, Source
+from metering.events import (
+    AccountCreated,
+    AccountDeleted,
+    Category,
+    Enrichment,
+    Ignored,
+    Meterable,
+    Rejected,
+    Source,
+    UsageEvent,
+)
 from metering.intervals import UsageInterval
 from metering.periods import PeriodGrid, as_period
 from metering.regions import label as label_row
@@ -60,6 +71,7 @@ BATCH_ROWS: Final = 4096
 still cut at whole multiples of it (:data:`PART_ROWS`), so that file contents stay as they
 were."""
 PART_ROWS: Final = -(-FLUSH_ROWS // BATCH_ROWS) * BATCH_ROWS
+_PERIOD_START: Final = UsageInterval._fields.index("period_start")
 """Rows of each part file of a ``usage_date`` but its last (:data:`FLUSH_ROWS` rounded up to
 whole :data:`BATCH_ROWS`: 253 952)."""
 
@@ -205,9 +217,15 @@ class _Hasher:
             self._last.result()
 
 
+_ENVELOPE: Final = b'{"topic":'
+"""How a kcat ``-J`` envelope line starts (:func:`block_records` opens only those)."""
+
+
 def _plain(data: bytes, lines: list[bytes]) -> bool:
-    """:attr:`Block.plain` for ``lines`` split from ``data`` (C-speed scans, no loop)."""
-    return (b"\r" not in data and b'{"topic":' not in data and all(lines)
+    """:attr:`Block.plain` for ``lines``, which are ``data`` split at ``\n`` but for a
+    first line that may start with the end of an earlier block (C-speed scans, no loop)."""
+    return (b"\r" not in data and b"\r" not in lines[0] and all(lines)
+            and not any(map(bytes.startswith, lines, repeat(_ENVELOPE)))
             and not any(map(bytes.isspace, lines)))
 
 
@@ -231,7 +249,7 @@ def block_records(block: Block, counters: ReplaySummary
         if not raw or raw.isspace():
             counters.blank_lines += 1
             continue
-        env = _envelope(raw) if raw.startswith(b'{"topic":') else None
+        env = _envelope(raw) if raw.startswith(_ENVELOPE) else None
         if env is None:
             raws.append(raw)
             where.append((label, 0, index, None))
@@ -267,10 +285,10 @@ def read_blocks(
                     if b"\n" not in block:
                         partial.append(block)
                         continue
-                    if partial:
-                        partial.append(block)
-                        block = b"".join(partial)
                     lines = block.split(b"\n")
+                    if partial:  # the line begun in an earlier block (not copying this one)
+                        partial.append(lines[0])
+                        lines[0] = b"".join(partial)
                     tail = lines.pop()
                     partial = [tail] if tail else []
                     yield Block(label, first, lines, _plain(block, lines), index)
@@ -371,8 +389,8 @@ class DatasetWriter:
         """Rows in each date's current part, in batches."""
         self.parts: Counter[str] = Counter()
         self.pending: list[tuple[str, int, list[pa.RecordBatch]]] = []
-        self.tallies: dict[str, tuple[list[int], list[int]]] = {}
-        """Staged file name -> its rows' usage types and durations (ms), in file order."""
+        self.tallies: dict[str, Tally | None] = {}
+        """Staged file name -> its rows' count and hours by usage type (None: a null)."""
 
     def add(self, rows: Sequence[UsageInterval]) -> None:
         """Buffer ``rows`` under their ``usage_date`` s, in order."""
@@ -391,6 +409,35 @@ class DatasetWriter:
         self.buffered[date] = n = self.buffered[date] + len(columns[0])
         if n >= BATCH_ROWS or self.rows[date] + n >= PART_ROWS:
             self._convert(date)
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Buffer the rows of ``batch`` (:data:`~storage.dataset.ARROW_SCHEMA`) under their
+        ``usage_date`` s, in order (as :meth:`add` buffers them)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        starts = batch.column(_PERIOD_START).view(pa.int64())
+        distinct = pc.unique(starts)
+        instants: list[int] = distinct.to_pylist()  # type: ignore[assignment]  # no nulls
+        dates = list(map(self.date_of, instants))
+        if len(set(dates)) > 1:  # rows of each date together, in order (a stable sort)
+            names = sorted(set(dates))
+            number = pa.array(list(map(names.index, dates)), pa.int32())
+            of_row = pc.take(number, pc.index_in(starts, value_set=distinct))
+            batch = batch.take(pc.sort_indices(of_row))
+            counts = pc.value_counts(of_row)
+            numbers: list[int] = counts.field(0).to_pylist()  # type: ignore[assignment]
+            sizes: dict[int, int] = dict(zip(
+                numbers, counts.field(1).to_pylist(), strict=True))  # type: ignore[arg-type]
+        else:
+            names, sizes = dates[:1], {0: batch.num_rows}
+        first = 0
+        for number_of_date, date in enumerate(names):
+            if date in self.buffers:  # rows added as columns come first
+                self._convert(date)
+            size = sizes[number_of_date]
+            self._append(date, batch.slice(first, size))
+            first += size
 
     def _convert(self, date: str) -> None:
         """Turn the buffered columns of ``date`` into a batch of its current part."""
@@ -466,8 +513,7 @@ class DatasetWriter:
         table = sort_table(self._fill_domains(table))
         name = f"{date}-{part:05d}.parquet"
         write_atomic(table, tmpdir / name)
-        self.tallies[name] = (table.column("usage_type").to_pylist(),  # type: ignore[assignment]
-                              table.column("duration_ms").to_pylist())
+        self.tallies[name] = by_usage_type(table)
 
     def close(self, tmpdir: Path, summary: ReplaySummary) -> None:
         """Move spilled parts and write the remaining buffers under their final names."""
@@ -485,7 +531,7 @@ class DatasetWriter:
             # so the same names are reused and each is replaced atomically
             summary.bytes_written += publish(spilled, final)
             summary.files_written.append(str(final))
-            tally(summary, str(final), *self.tallies.pop(spilled.name))
+            tally(summary, str(final), self.tallies.pop(spilled.name))
 
 
 # ---------------------------------------------------------------------------- running
@@ -506,6 +552,12 @@ class ReplayProgress:
 
 
 ProgressCallback = Callable[[ReplayProgress], None]
+
+
+_CATEGORY: Final[dict[type, Category]] = {
+    UsageEvent: Category.USAGE, Enrichment: Category.ACTION,
+    AccountCreated: Category.ACTION, AccountDeleted: Category.ACTION}
+"""The category of each meterable value's class (its ``category``)."""
 
 
 class _Seen:
@@ -569,23 +621,35 @@ class FrontEnd:
             count += len(raws)
             values: list[Meterable] = []
             sources: list[Source] = []
-            for i, value in enumerate(decode_batch(raws, max_bytes, self.now_ms, max_skew_ms)):
-                if isinstance(value, Ignored):
-                    seen = ignored_seen.get(id(value))
+            decoded = decode_batch(raws, max_bytes, self.now_ms, max_skew_ms)
+            # most values are ignored: counted in bulk, without a loop over them
+            types = list(map(type, decoded))
+            of_type = Counter(types)
+            for cls, n in of_type.items():
+                if cls is not Ignored and cls is not Rejected:  # counted one by one
+                    by_category[_CATEGORY[cls]] += n
+            if of_type[Ignored]:
+                ignored = cast(list[Ignored],
+                               list(compress(decoded, map(is_, types, repeat(Ignored)))))
+                alike = dict(zip(map(id, ignored), ignored, strict=True))
+                for ident, n in Counter(map(id, ignored)).items():
+                    seen = ignored_seen.get(ident)
                     if seen is None:
-                        ignored_seen[id(value)] = _Seen(value)
-                    else:
-                        seen.n += 1
-                    continue
-                by_category[value.category] += 1
+                        seen = ignored_seen[ident] = _Seen(alike[ident])
+                        n -= 1
+                    seen.n += n
+            for i in compress(range(len(decoded)), map(is_not, types, repeat(Ignored))):
+                value = decoded[i]
                 topic, partition, offset, key = (
                     (name, 0, first + i, None) if where is None else where[i])
-                if isinstance(value, Rejected):
+                if type(value) is Rejected:
+                    by_category[value.category] += 1
                     summary.rejects[value.reason.value] += 1
                     if rejects_fh is not None:
                         rejects_fh.write(orjson.dumps(reject_record(
                             raws[i], value, topic, partition, offset, key)) + b"\n")
                     continue
+                value = cast(Meterable, value)
                 if until is not None and value.time_ms >= until:
                     summary.after_until += 1
                     continue
@@ -850,13 +914,43 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
     return summary
 
 
-def tally(summary: ReplaySummary, path: str, types: list[int], durations: list[int]) -> None:
-    """Count the rows of the part file ``path`` (their usage types and durations in ms, in
-    file order) into ``summary``'s intervals and hours by usage type."""
+Tally = dict[int, tuple[int, "pa.Array[Any]"]]
+"""The rows of a table by usage type: their number and their hours (``duration_ms /
+3 600 000``, in table order)."""
+
+
+def by_usage_type(table: pa.Table) -> Tally | None:
+    """:data:`Tally` of ``table`` (a part as written); None if a usage type or duration is
+    null (the columns are not nullable: a writer bug)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types, durations = table.column("usage_type"), table.column("duration_ms")
+    if types.null_count or durations.null_count:
+        return None
+    # int64 -> float64 is exact below 2**53 ms, and the division is IEEE's, as Python's
+    hours = pc.divide(durations.cast(pa.float64()), pa.scalar(3_600_000.0))
+    out: Tally = {}
+    for t in pc.unique(types).to_pylist():
+        mine = pc.equal(types, pa.scalar(t, pa.int32()))
+        out[int(t)] = (int(pc.sum(mine.cast(pa.int64())).as_py()),  # type: ignore[arg-type]
+                       pc.filter(hours, mine).combine_chunks())
+    return out
+
+
+def tally(summary: ReplaySummary, path: str, rows: Tally | None) -> None:
+    """Count the rows of the part file ``path`` (:func:`by_usage_type`) into ``summary``'s
+    intervals and hours by usage type; the hours are added one by one, in file order, to
+    the sums of the files counted before (as ``hours[name] += d / 3_600_000`` row by row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if rows is None:  # columns are non-nullable; a null is a writer bug
+        raise AssertionError(f"null usage_type/duration_ms in {path}")
     intervals, hours = summary.intervals, summary.hours
-    for t, d in zip(types, durations, strict=True):
-        if t is None or d is None:  # columns are non-nullable; a None is a writer bug
-            raise AssertionError(f"null usage_type/duration_ms in {path}")
+    for t, (n, values) in rows.items():
         name = NAMES[t]
-        intervals[name] += 1
-        hours[name] += d / 3_600_000
+        intervals[name] += n
+        sums = pc.cumulative_sum(pa.concat_arrays(
+            [pa.array([hours[name]], pa.float64()), values]))  # a sequential scan
+        hours[name] = sums[-1].as_py()

@@ -232,3 +232,67 @@ def test_parts_are_cut_at_part_rows_in_arrival_order(tmp_path: Path,
     arrival = [f"vm-{i:05d}" for i in range(n)]  # the engine emits in record order
     for k, part in enumerate(parts):
         assert sorted(part) == arrival[k * 3 * 4096:(k + 1) * 3 * 4096]
+
+
+def _wire_rows() -> list[UsageInterval]:
+    from metering.intervals import make_interval
+
+    base = make_interval(usage_type=1, resource_id="vm-1", zone_id="z1", account_id=ACCT,
+                         domain_id="d1", offering_id="o1", template_id=None, start=T0,
+                         end=T0 + HOUR, period_start=T0, final=True, close_reason="VM.STOP",
+                         source_topic="t", source_partition=0, source_offset=7)
+    return [base, base._replace(domain_id=None, zone_id="", offering_id="ö-𝄞", final=False,
+                                region="r1", source_offset=2**40, raw_usage_hours=0.1),
+            base._replace(account_id="", resource_id="x" * 300, region=None)]
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"account_id": "a\0b"}, {"account_id": "lone \ud800"}, {"source_partition": 2**31},
+    {"source_offset": 2**63}, {"template_id": 5}, {"final": 1}, {"raw_usage_hours": 1},
+    {"domain_id": None, "zone_id": None, "offering_id": None, "template_id": None},
+])
+def test_rows_cross_to_the_writer_as_they_left(change: dict[str, Any]) -> None:
+    """The engine's rows, encoded column by column for the writer's process and decoded
+    there, are the batch the rows' values convert to (or fail as they fail)."""
+    from storage.dataset import columns_to_batch
+    from storage.pipeline import decode_columns, encode_columns
+
+    rows = _wire_rows()
+    rows[1] = rows[1]._replace(**change)
+    columns = list(zip(*rows, strict=True))
+    try:
+        want: Any = columns_to_batch(columns)
+    except Exception as exc:  # the same failure is expected
+        want = type(exc)
+    try:
+        got: Any = decode_columns(len(rows), encode_columns(rows))
+    except Exception as exc:
+        got = type(exc)
+    if isinstance(want, type):
+        assert got is want
+    else:
+        assert got.equals(want)
+        assert got.to_pylist() == want.to_pylist()
+
+
+def test_a_batch_of_many_dates_is_buffered_as_its_rows(tmp_path: Path) -> None:
+    """``add_batch`` (the writer process) buffers what ``add`` (one process) buffers."""
+    from metering.periods import PeriodGrid, as_period
+    from storage.pipeline import decode_columns, encode_columns
+    from storage.replay import DatasetWriter
+
+    grid = PeriodGrid(as_period("day"), "Asia/Kolkata")
+    rows = [r._replace(period_start=T0 + (i * 7 % 5) * 24 * HOUR, source_offset=i)
+            for i, r in enumerate(_wire_rows() * 7)]
+    one, three = (DatasetWriter(tmp_path, grid, lambda: "k") for _ in range(2))
+    one.add(rows)
+    one.add(rows[:4])
+    three.add_batch(to_batch(rows))
+    three.add_batch(decode_columns(4, encode_columns(rows[:4])))
+    for w in (one, three):
+        for date in list(w.buffers):
+            w._convert(date)  # the buffered parts are what is compared
+    assert sorted(one.batches) == sorted(three.batches)
+    assert len(three.batches) == 5
+    for date, batches in one.batches.items():
+        assert pa.Table.from_batches(batches).equals(pa.Table.from_batches(three.batches[date]))
