@@ -38,17 +38,7 @@ import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode_batch
 from metering.engine import Engine, Policy, Record
-from metering.events import (
-    AccountCreated,
-    AccountDeleted,
-    Category,
-    Enrichment,
-    Ignored,
-    Meterable,
-    Rejected,
-    Source,
-    UsageEvent,
-)
+from metering.events import Category, Ignored, Meterable, Rejected, Source
 from metering.intervals import UsageInterval
 from metering.periods import PeriodGrid, as_period
 from metering.regions import label as label_row
@@ -71,9 +61,9 @@ BATCH_ROWS: Final = 4096
 still cut at whole multiples of it (:data:`PART_ROWS`), so that file contents stay as they
 were."""
 PART_ROWS: Final = -(-FLUSH_ROWS // BATCH_ROWS) * BATCH_ROWS
-_PERIOD_START: Final = UsageInterval._fields.index("period_start")
 """Rows of each part file of a ``usage_date`` but its last (:data:`FLUSH_ROWS` rounded up to
 whole :data:`BATCH_ROWS`: 253 952)."""
+_PERIOD_START: Final = UsageInterval._fields.index("period_start")
 
 
 @dataclass
@@ -339,29 +329,14 @@ class DateOf:
         return date
 
 
-def by_date(rows: Sequence[UsageInterval], date_of: DateOf
-            ) -> dict[str, list[tuple[Any, ...]]]:
-    """``rows`` grouped by ``usage_date``, each group column by column (the values of each
-    field of :data:`~metering.intervals.FIELDS` in order), rows in their order."""
-    groups: dict[str, list[UsageInterval]] = {}
-    for row in rows:
-        date = date_of(row.period_start)
-        group = groups.get(date)
-        if group is None:
-            groups[date] = [row]
-        else:
-            group.append(row)
-    return {date: list(zip(*group, strict=True)) for date, group in groups.items()}
-
-
 class DatasetWriter:
     """Buffers intervals per ``usage_date`` and writes deterministic, atomic part files.
 
-    Rows arrive grouped by date, column by column (:meth:`add_columns`; :meth:`add` groups
-    the rows of one engine batch). A date's columns are converted to an Arrow batch once
-    :data:`BATCH_ROWS` are buffered (while fresh in the CPU caches: converting 250 000 rows
-    long after they were made cost three times as much). A part is :data:`PART_ROWS` rows of
-    a date (the last one fewer), in arrival order; it is sorted when written.
+    Rows arrive as Arrow batches (:meth:`add_batch`; :meth:`add` converts the rows of one
+    engine batch at once, while fresh in the CPU caches: converting 250 000 rows long after
+    they were made cost three times as much) and are grouped by date. A part is
+    :data:`PART_ROWS` rows of a date (the last one fewer), in arrival order; it is sorted
+    when written.
     """
 
     def __init__(
@@ -379,10 +354,6 @@ class DatasetWriter:
         self.grid = grid
         self.date_of = DateOf(grid)
         self.run_key = run_key
-        self.buffers: dict[str, list[list[Any]]] = {}
-        """Columns of each date's rows not yet in a batch."""
-        self.buffered: Counter[str] = Counter()
-        """Rows in :attr:`buffers`, by date."""
         self.batches: dict[str, list[pa.RecordBatch]] = defaultdict(list)
         """Batches of each date's current part."""
         self.rows: Counter[str] = Counter()
@@ -393,26 +364,16 @@ class DatasetWriter:
         """Staged file name -> its rows' count and hours by usage type (None: a null)."""
 
     def add(self, rows: Sequence[UsageInterval]) -> None:
-        """Buffer ``rows`` under their ``usage_date`` s, in order."""
-        for date, columns in by_date(rows, self.date_of).items():
-            self.add_columns(date, columns)
+        """Buffer ``rows`` under their ``usage_date`` s, in order (:meth:`add_batch`)."""
+        if rows:
+            from storage.dataset import to_batch
 
-    def add_columns(self, date: str, columns: Sequence[Sequence[Any]]) -> None:
-        """Buffer rows of ``date``, given column by column (see :func:`by_date`); a part
-        that fills up is closed at once (queued for :meth:`spill`)."""
-        buf = self.buffers.get(date)
-        if buf is None:
-            self.buffers[date] = [list(column) for column in columns]
-        else:
-            for column, values in zip(buf, columns, strict=True):
-                column.extend(values)
-        self.buffered[date] = n = self.buffered[date] + len(columns[0])
-        if n >= BATCH_ROWS or self.rows[date] + n >= PART_ROWS:
-            self._convert(date)
+            self.add_batch(to_batch(rows))
 
     def add_batch(self, batch: pa.RecordBatch) -> None:
         """Buffer the rows of ``batch`` (:data:`~storage.dataset.ARROW_SCHEMA`) under their
-        ``usage_date`` s, in order (as :meth:`add` buffers them)."""
+        ``usage_date`` s, in order; a part that fills up is closed at once (queued for
+        :meth:`spill`)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -433,18 +394,9 @@ class DatasetWriter:
             names, sizes = dates[:1], {0: batch.num_rows}
         first = 0
         for number_of_date, date in enumerate(names):
-            if date in self.buffers:  # rows added as columns come first
-                self._convert(date)
             size = sizes[number_of_date]
             self._append(date, batch.slice(first, size))
             first += size
-
-    def _convert(self, date: str) -> None:
-        """Turn the buffered columns of ``date`` into a batch of its current part."""
-        self.buffered[date] = 0
-        from storage.dataset import columns_to_batch
-
-        self._append(date, columns_to_batch(self.buffers.pop(date)))
 
     def _append(self, date: str, batch: pa.RecordBatch) -> None:
         """Add rows of ``date`` to its current part, closing each part that fills up."""
@@ -518,8 +470,6 @@ class DatasetWriter:
     def close(self, tmpdir: Path, summary: ReplaySummary) -> None:
         """Move spilled parts and write the remaining buffers under their final names."""
         key = self.run_key()
-        for date in list(self.buffers):
-            self._convert(date)
         for date in list(self.batches):
             if self.rows[date]:
                 self._end_part(date)
@@ -552,12 +502,6 @@ class ReplayProgress:
 
 
 ProgressCallback = Callable[[ReplayProgress], None]
-
-
-_CATEGORY: Final[dict[type, Category]] = {
-    UsageEvent: Category.USAGE, Enrichment: Category.ACTION,
-    AccountCreated: Category.ACTION, AccountDeleted: Category.ACTION}
-"""The category of each meterable value's class (its ``category``)."""
 
 
 class _Seen:
@@ -625,9 +569,10 @@ class FrontEnd:
             # most values are ignored: counted in bulk, without a loop over them
             types = list(map(type, decoded))
             of_type = Counter(types)
+            one_of = dict(zip(types, decoded, strict=True))  # a value of each class
             for cls, n in of_type.items():
                 if cls is not Ignored and cls is not Rejected:  # counted one by one
-                    by_category[_CATEGORY[cls]] += n
+                    by_category[one_of[cls].category] += n
             if of_type[Ignored]:
                 ignored = cast(list[Ignored],
                                list(compress(decoded, map(is_, types, repeat(Ignored)))))
