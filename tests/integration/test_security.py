@@ -38,9 +38,10 @@ from tests.integration.workerproc import WorkerProc
 
 PARTITIONS = 4
 USERS = {name: f"pw-{name}-{os.urandom(6).hex()}" for name in (
-    "w1", "a1", "s1", "limited", "nogroup", "tenant-a", "tenant-b")}
+    "w1", "a1", "s1", "limited", "nogroup", "tenant-a", "tenant-b", "declarer")}
 """SCRAM users (made at format time): worker, archive, simulate of the SASL run; two for
-the missing-ACL cases. The mutual-TLS run uses client certificates CN=w2, a2, s2."""
+the missing-ACL cases; the two tenants; the worker that declares its topics in process.
+The mutual-TLS run uses client certificates CN=w2, a2, s2."""
 DEADLINE_S = 30.0
 """A start-up failure must end the process within this (the broker wait is 18 s here)."""
 
@@ -225,6 +226,49 @@ def _refused(env: dict[str, str], tmp_path: Path, command: str = "worker") -> st
     assert "Traceback" not in out.stderr
     print(refusals[0])
     return refusals[0]
+
+
+def test_worker_declares_its_topics_without_create_on_the_existing_ones(
+        secure_kafka: LocalKafka, tmp_path: Path) -> None:
+    """The worker's start-up declaration of its output topics, in process, as a principal
+    with exactly the worker's documented ACLs (no CREATE on the usage and rejects topics,
+    which the operator created). The producer's metadata holds only the topics it tracks:
+    here the input topic alone, as happens when the declaration runs after the producer's
+    first refresh. Faust's own existence check reads that metadata, so it asked the broker
+    to create the rejects topic and the broker refused (CI, 2026-11-29: the worker exited
+    with TopicAuthorizationFailedError in one run of the end-to-end test above). The
+    internal events topic, which the worker may create, is created."""
+    from agents.faustapi import kafka_producer, use_batch_fetches
+    from agents.faustapp import make_app
+    from agents.pipeline import register
+
+    broker = secure_kafka
+    topics = names(f"decl-{os.urandom(3).hex()}")
+    env = {**broker.sasl_env("declarer"), **topics, "METERING_DATA_DIR": str(tmp_path)}
+    grant(broker, "declarer", "worker", env)
+    create_topics(broker, [topics["METERING_INPUT_TOPIC"], topics["METERING_USAGE_TOPIC"],
+                           topics["METERING_REJECTS_TOPIC"]])
+    settings = load_settings(env=env)
+
+    async def run() -> set[str]:
+        app = make_app(settings)
+        use_batch_fetches(app, [(settings.input_topic,), settings.events_topic])
+        pipeline = register(app, settings)
+        await app.producer.start()
+        try:
+            client = kafka_producer(app).client
+            await client.add_topic(settings.input_topic)
+            await client.force_metadata_update()
+            known = set(client.cluster.topics())
+            assert settings.input_topic in known  # the precondition of the refusal
+            assert settings.rejects_topic not in known
+            await asyncio.wait_for(pipeline.declare_output_topics(), 60)
+            return set((await client.fetch_all_metadata()).topics())
+        finally:
+            await app.producer.stop()
+
+    after = asyncio.run(run())
+    assert {settings.usage_topic, settings.rejects_topic, settings.events_topic} <= after
 
 
 def test_wrong_password_is_named_and_never_shown(secure_kafka: LocalKafka,
