@@ -36,8 +36,10 @@ Private Faust internals (faust-streaming 0.15.3; each pinned by
   ``flush`` (a commit waits for every buffered changelog record; an undelivered one exits
   70), ``Worker._disable_spinner_if_level_below_WARN`` (no spinner),
   ``Worker._schedule_shutdown`` (a stop bounded by :data:`SHUTDOWN_GRACE`),
-  ``Worker.on_setup_root_logger`` (:mod:`agents.logfilter` on the root handlers) and
-  ``Recovery.on_recovery_completed`` (seek before resume).
+  ``Worker.on_setup_root_logger`` (:mod:`agents.logfilter` on the root handlers),
+  ``Recovery.on_recovery_completed`` (seek before resume) and the aiokafka transport's
+  ``_really_create_topic`` (an existing topic is never created again: the broker is asked
+  which topics exist, not the producer's metadata).
 
 :data:`PRIVATE_INTERNALS` lists every private method of those libraries this module relies
 on; tests/unit/test_faust_internals.py pins each by the digest of its source, so an upgrade
@@ -62,6 +64,7 @@ from typing import Any, cast
 
 import aiokafka
 import faust
+from aiokafka.errors import KafkaError
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -444,6 +447,33 @@ FAUST_ON_SETUP_ROOT_LOGGER = FaustWorker.on_setup_root_logger
 """faust-streaming's ``Worker.on_setup_root_logger`` (wrapped by :func:`_setup_root_logger`)."""
 FAUST_ON_RECOVERY_COMPLETED = Recovery.on_recovery_completed
 """faust-streaming's ``Recovery.on_recovery_completed`` (replaced by :func:`_seek_then_resume`)."""
+FAUST_REALLY_CREATE_TOPIC = AIOKafkaTransport._really_create_topic
+"""faust-streaming's aiokafka ``Transport._really_create_topic`` (wrapped by
+:func:`_create_unless_present`)."""
+
+
+async def _create_unless_present(self: AIOKafkaTransport, owner: Any, client: Any, topic: str,
+                                 partitions: int, replication: int, **kwargs: Any) -> None:
+    """Faust's topic creation, skipped when the broker already has the topic.
+
+    Faust decides that a topic exists from the client's metadata, which holds only the
+    topics that client tracks, and otherwise asks the broker to create it. A broker refuses
+    to create an existing topic the principal may not create (``TopicAuthorizationFailed``,
+    not "exists"): the documented ACLs give the worker no CREATE on the usage and rejects
+    topics and the archive none on the usage topic, which the operator created. So a
+    worker or archive whose producer had not yet tracked one of them exited at start (a CI
+    run of 2026-11-29). The broker's full topic list (a metadata request for every topic,
+    which never creates one) decides instead; creation proceeds as Faust's when the topic
+    is missing, or when the caller insists (``ensure_created``).
+    """
+    if not kwargs.get("ensure_created") and topic not in client.cluster.topics():
+        with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+            present = (await asyncio.wait_for(client.fetch_all_metadata(), 30)).topics()
+            if topic in present:
+                owner.log.debug("Topic %r exists, skipping creation.", topic)
+                return
+    await FAUST_REALLY_CREATE_TOPIC(self, owner, client, topic, partitions, replication,
+                                    **kwargs)
 
 _in_flight: weakref.WeakKeyDictionary[ProducerBuffer, int] = weakref.WeakKeyDictionary()
 """Buffer -> messages its sender took off the queue and has not yet handed to aiokafka."""
@@ -588,6 +618,7 @@ PATCHES: tuple[tuple[type, str, Any], ...] = (
     (FaustWorker, "_schedule_shutdown", _schedule_bounded_shutdown),
     (FaustWorker, "on_setup_root_logger", _setup_root_logger),
     (Recovery, "on_recovery_completed", _seek_then_resume),
+    (AIOKafkaTransport, "_really_create_topic", _create_unless_present),
 )
 """(class, method name, replacement) of every Faust method :func:`install_patches` replaces."""
 
@@ -623,6 +654,8 @@ PRIVATE_INTERNALS: dict[str, str] = {
         "wrapped by _schedule_bounded_shutdown (reads _signal_stop_time)",
     "faust.tables.recovery:Recovery.on_recovery_completed":
         "copied by _seek_then_resume with the seek moved before the resume",
+    "faust.transport.drivers.aiokafka:Transport._really_create_topic":
+        "wrapped by _create_unless_present (asks the broker whether the topic exists)",
     "faust.transport.consumer:Consumer._drain_messages":
         "overridden by BatchConsumer._drain_messages (whole fetches to channels)",
     "faust.transport.consumer:Consumer._new_offset":

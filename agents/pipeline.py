@@ -226,18 +226,12 @@ class Pipeline:
         """Create the usage, rejects and internal topics if missing (preflight created them
         before the worker started; brokers may disable auto-creation); the producer then
         tracks the internal topic the ticks go to (an untracked topic can drop out of its
-        metadata with a batch of it waiting: :mod:`agents.sender`).
-
-        Existence is asked of the broker first: Faust's own check reads the producer's
-        metadata, which holds only the topics it tracks, and asking a broker to create an
-        existing topic the worker may not create (the documented ACLs grant the worker no
-        CREATE on the usage and rejects topics) is refused, not "exists"."""
-        client = kafka_producer(self.app).client
-        existing = set((await client.fetch_all_metadata()).topics())
+        metadata with a batch of it waiting: :mod:`agents.sender`). Existing topics are
+        left alone, whatever the producer tracks (:func:`agents.faustapi.install_patches`:
+        the worker may not create the usage and rejects topics)."""
         for topic in (self.usage_topic, self.rejects_topic, self.events_topic):
-            if topic.get_topic_name() not in existing:
-                await topic.maybe_declare()
-        await client.add_topic(self.events_topic.get_topic_name())
+            await topic.maybe_declare()
+        await kafka_producer(self.app).client.add_topic(self.events_topic.get_topic_name())
 
     async def _fetches(self, topic: str) -> AsyncIterator[list[Fetch]]:
         """The fetches of ``topic``'s assigned partitions, in order, each time every fetch

@@ -38,10 +38,11 @@ from tests.integration.workerproc import WorkerProc
 
 PARTITIONS = 4
 USERS = {name: f"pw-{name}-{os.urandom(6).hex()}" for name in (
-    "w1", "a1", "s1", "limited", "nogroup", "tenant-a", "tenant-b", "declarer")}
+    "w1", "a1", "s1", "limited", "nogroup", "tenant-a", "tenant-b", "declare-worker",
+    "declare-archive")}
 """SCRAM users (made at format time): worker, archive, simulate of the SASL run; two for
-the missing-ACL cases; the two tenants; the worker that declares its topics in process.
-The mutual-TLS run uses client certificates CN=w2, a2, s2."""
+the missing-ACL cases; the two tenants; a worker and an archive declaring their topics
+in process. The mutual-TLS run uses client certificates CN=w2, a2, s2."""
 DEADLINE_S = 30.0
 """A start-up failure must end the process within this (the broker wait is 18 s here)."""
 
@@ -228,47 +229,63 @@ def _refused(env: dict[str, str], tmp_path: Path, command: str = "worker") -> st
     return refusals[0]
 
 
-def test_worker_declares_its_topics_without_create_on_the_existing_ones(
-        secure_kafka: LocalKafka, tmp_path: Path) -> None:
-    """The worker's start-up declaration of its output topics, in process, as a principal
-    with exactly the worker's documented ACLs (no CREATE on the usage and rejects topics,
-    which the operator created). The producer's metadata holds only the topics it tracks:
-    here the input topic alone, as happens when the declaration runs after the producer's
-    first refresh. Faust's own existence check reads that metadata, so it asked the broker
-    to create the rejects topic and the broker refused (CI, 2026-11-29: the worker exited
-    with TopicAuthorizationFailedError in one run of the end-to-end test above). The
-    internal events topic, which the worker may create, is created."""
+@pytest.mark.parametrize("role", ["worker", "archive"])
+def test_existing_topics_are_not_created_again_without_create(
+        secure_kafka: LocalKafka, tmp_path: Path, role: str) -> None:
+    """The start-up declaration of topics, in process, as a principal with exactly the
+    role's documented ACLs: the worker has no CREATE on the usage and rejects topics, the
+    archive none on the usage topic; the operator created them. The producer's metadata
+    holds only the topics it tracks: here one other topic, as after its first refresh.
+    Faust's own existence check reads that metadata, so it asked the broker to create the
+    topic and the broker refused (CI, 2026-11-29: the worker exited with
+    TopicAuthorizationFailedError in one run of the end-to-end test above; the archive
+    declares the usage topic the same way). The worker's events topic, which it may
+    create, is created."""
+    from agents.archive import create_app as archive_app
     from agents.faustapi import kafka_producer, use_batch_fetches
     from agents.faustapp import make_app
     from agents.pipeline import register
 
     broker = secure_kafka
     topics = names(f"decl-{os.urandom(3).hex()}")
-    env = {**broker.sasl_env("declarer"), **topics, "METERING_DATA_DIR": str(tmp_path)}
-    grant(broker, "declarer", "worker", env)
-    create_topics(broker, [topics["METERING_INPUT_TOPIC"], topics["METERING_USAGE_TOPIC"],
-                           topics["METERING_REJECTS_TOPIC"]])
+    env = {**broker.sasl_env(f"declare-{role}"), **topics, "METERING_DATA_DIR": str(tmp_path),
+           "METERING_ARCHIVE_DIR": str(tmp_path / "archive")}
+    grant(broker, f"declare-{role}", role, env)
     settings = load_settings(env=env)
+    # a topic the principal may describe, for its producer to track
+    tracked = settings.input_topic if role == "worker" else f"{settings.app_id}-archive-x"
+    create_topics(broker, sorted({settings.input_topic, settings.usage_topic,
+                                  settings.rejects_topic, tracked}))
+    expected = {settings.usage_topic}
+    if role == "worker":
+        expected |= {settings.rejects_topic, settings.events_topic}
 
     async def run() -> set[str]:
-        app = make_app(settings)
-        use_batch_fetches(app, [(settings.input_topic,), settings.events_topic])
-        pipeline = register(app, settings)
+        if role == "worker":
+            app = make_app(settings)
+            use_batch_fetches(app, [(settings.input_topic,), settings.events_topic])
+            declare = register(app, settings).declare_output_topics
+        else:
+            app = archive_app(settings)
+            usage = app.agents["agents.archive.archive"].channel
+            assert usage.get_topic_name() == settings.usage_topic
+            assert usage.internal
+            declare = usage.maybe_declare  # what Faust's conductor does at start
         await app.producer.start()
         try:
             client = kafka_producer(app).client
-            await client.add_topic(settings.input_topic)
+            await client.add_topic(tracked)
             await client.force_metadata_update()
             known = set(client.cluster.topics())
-            assert settings.input_topic in known  # the precondition of the refusal
-            assert settings.rejects_topic not in known
-            await asyncio.wait_for(pipeline.declare_output_topics(), 60)
+            assert tracked in known  # the precondition of the refusal
+            assert not expected & known
+            await asyncio.wait_for(declare(), 60)
             return set((await client.fetch_all_metadata()).topics())
         finally:
             await app.producer.stop()
 
     after = asyncio.run(run())
-    assert {settings.usage_topic, settings.rejects_topic, settings.events_topic} <= after
+    assert expected <= after
 
 
 def test_wrong_password_is_named_and_never_shown(secure_kafka: LocalKafka,

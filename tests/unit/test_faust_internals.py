@@ -246,6 +246,8 @@ PINNED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-stre
 """faust-streaming, aiokafka and mode-streaming versions the digests below were taken on."""
 
 PINNED_SOURCES = {
+    "faust.transport.drivers.aiokafka:Transport._really_create_topic":
+        "698806ec237ce0d79243e063ca3913ebed5205e37095932282bf130ee5483fbd",
     "faust.transport.producer:ProducerBuffer._send_pending":
         "4a9d5f932b56bc6842151bfc868aec1570d53cab7ff129ece408d966ac7f7da8",
     "faust.transport.producer:ProducerBuffer.flush":
@@ -303,6 +305,8 @@ def _original(path: str) -> Any:
         "faust.worker:Worker.on_setup_root_logger": faustapi.FAUST_ON_SETUP_ROOT_LOGGER,
         "faust.tables.recovery:Recovery.on_recovery_completed":
             faustapi.FAUST_ON_RECOVERY_COMPLETED,
+        "faust.transport.drivers.aiokafka:Transport._really_create_topic":
+            faustapi.FAUST_REALLY_CREATE_TOPIC,
     }
     return originals.get(path) or _resolve(path)
 
