@@ -1,17 +1,19 @@
 """The archive worker: the ``usage`` topic -> the Parquet dataset (its own consumer group).
 
 ``metering archive`` (or ``faust -A agents.archive worker``) runs a Faust app whose id is
-``<app_id>-archive``, so it reads the usage topic independently of billing consumers. One
-agent takes batches (at most ``archive_batch_records`` records, at most
-``archive_flush_seconds`` old) and hands each topic-partition's share to
+``<app_id>-archive``, so it reads the usage topic independently of billing consumers. Its
+consumer hands whole fetches to a channel (:class:`agents.faustapi.BatchConsumer`, as the
+worker's), not one Faust event per record; one task (:meth:`Archive.consume`) takes batches
+of them (:class:`agents.fetches.FetchBatches`: at most ``archive_batch_records`` records, at
+most ``archive_flush_seconds`` old) and hands each topic-partition's share to
 :class:`storage.archive.ArchiveWriter`, which writes the files and the checkpoint. The
-batch body returns (and Faust acks the records, then commits) only once every file is on
-disk:
+batch's partitions are marked processed (the offsets the consumer commits) only once every
+file is on disk:
 
-* a disk error (``OSError``) is retried with backoff inside the body, for as long as it
-  takes: offsets stop advancing, nothing is acked, ``metering_archive_write_failures_total``
+* a disk error (``OSError``) is retried with backoff, for as long as it takes: offsets
+  stop advancing, nothing is marked, ``metering_archive_write_failures_total``
   grows and the log says what failed and what to fix;
-* anything else is a bug: the process exits at once (code 70) without acking.
+* anything else is a bug: the process exits at once (code 70) without marking.
 
 One archive process per directory: at start-up (before it contacts Kafka) the process takes
 an exclusive lock on ``<archive_dir>/.metering-archive.lock`` and holds it until it exits. A
@@ -22,7 +24,7 @@ compact``), naming the directory and the holder; a lock file that cannot be crea
 On the first assignment of a partition, part files past its checkpoint (a batch interrupted
 by a crash) are removed before consuming; Kafka re-delivers their records.
 
-Layout: :func:`create_app` builds the app from settings and registers on it the agent, the
+Layout: :func:`create_app` builds the app from settings and registers on it the task, the
 signal handlers and the metrics of one :class:`Archive` (the writer, the lock, the
 counters). Importing this module builds nothing; ``faust -A agents.archive worker`` reads
 :data:`app`, built on first use by ``create_app(load_settings())``.
@@ -37,7 +39,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -47,12 +49,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from agents.cli.exits import EXIT_FAILED, EXIT_OUTPUT
 from agents.faustapi import (
     EXIT_STUCK,
+    batch_consumer,
+    fetch_channel,
     on_partitions_assigned,
     on_partitions_revoked,
     on_worker_init,
-    take_events,
+    subscribe,
+    task,
+    use_batch_fetches,
 )
 from agents.faustapp import make_app
+from agents.fetches import FetchBatches
 from agents.observe import Observability, family
 from metering.periods import PeriodGrid, as_period
 from metering.settings import Settings, load_settings
@@ -151,26 +158,43 @@ class Archive:
                             records[-1][0], writer.root)
             return
 
-    async def archive(self, stream: faust.StreamT[bytes]) -> None:
-        """The agent: batches of usage intervals -> Parquet files, durable before the batch
-        is acked; anything but a disk error exits the process (:data:`EXIT_STUCK`)."""
-        async for batch in take_events(stream, self.settings.archive_batch_records,
-                                       self.settings.archive_flush_seconds):
+    async def consume(self, batches: FetchBatches, mark: Callable[[TP, int], None],
+                      generation: Callable[[], int]) -> None:
+        """The archive's loop: batches of usage intervals (whole fetches) -> Parquet files,
+        durable before the batch's partitions are marked processed (``mark(tp, next
+        offset)``: what the consumer commits). Fetches read in an older consumer group
+        generation than ``generation()`` are dropped (read again from the committed
+        offsets). Anything but a disk error exits the process (:data:`EXIT_STUCK`)."""
+        while True:
+            batch = await batches.next()
             try:
+                current = [f for f in batch.fetches if f.generation == generation()]
                 shares: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
-                for event in batch:
-                    msg = event.message
-                    value = event.value if isinstance(event.value, bytes) else b""
-                    shares.setdefault((msg.topic, msg.partition), []).append(
-                        (msg.offset, value))
+                for fetch in current:
+                    shares.setdefault((fetch.tp.topic, fetch.tp.partition), []).extend(
+                        (r.offset, r.value if isinstance(r.value, bytes) else b"")
+                        for r in fetch.records)
                 for (topic, partition), records in sorted(shares.items()):
                     records.sort()
                     await self.write_durably(topic, partition, records)
+                for fetch in current:
+                    mark(fetch.tp, fetch.next_offset)
             except Exception:
                 log.critical("archive batch failed: exiting without committing (restart to "
                              "resume)", exc_info=True)
                 logging.shutdown()
                 os._exit(EXIT_STUCK)
+            batch.done()
+
+    async def run(self, app: faust.App) -> None:
+        """:meth:`consume` on ``app``'s usage topic fetches (a task of the running app)."""
+        settings = self.settings
+        consumer = batch_consumer(app)
+        batches = FetchBatches(fetch_channel(app, settings.usage_topic),
+                               settings.archive_batch_records, settings.archive_flush_seconds,
+                               consumer.suspend_flow)
+        await self.consume(batches, consumer.mark_processed,
+                           lambda: app.consumer_generation_id)
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Remove part files past the checkpoint of each newly assigned usage partition."""
@@ -230,7 +254,14 @@ def create_app(settings: Settings, archive: Archive | None = None) -> faust.App:
     usage_topic = app.topic(settings.usage_topic, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw", allow_empty=True,
                             internal=True, partitions=settings.partitions)
-    app.agent(usage_topic, name="agents.archive.archive", concurrency=1)(archive.archive)
+    # Whole fetches, not a Faust event per record (agents.fetches): one task reads them.
+    use_batch_fetches(app, [settings.usage_topic])
+    subscribe(app, usage_topic)
+
+    async def archive_usage() -> None:
+        await archive.run(app)
+
+    task(app)(archive_usage)
     on_worker_init(app)(archive.take_lock)
     on_partitions_assigned(app)(archive.on_assigned)
     on_partitions_revoked(app)(archive.on_revoked)

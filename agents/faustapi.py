@@ -5,8 +5,6 @@ loosely typed for mypy strict or missing from its abstract types:
 
 * ``App.task`` and ``App.timer`` return a bare ``Callable``, so a function they decorate
   loses its type (:func:`task`, :func:`timer`);
-* an agent is declared over ``StreamT``, which lacks ``take_events``; the stream it
-  receives is a :class:`faust.Stream`, which has it (:func:`take_events`);
 * signal receivers must accept ``(sender, *args, signal=..., **kwargs)``; the handlers
   here take just what they use (:func:`on_partitions_assigned`,
   :func:`on_partitions_revoked`, :func:`on_worker_init`);
@@ -59,7 +57,7 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import aiokafka
@@ -72,7 +70,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.transport.producer import ProducerBuffer
-from faust.types import TP, EventT
+from faust.types import TP
 from faust.worker import Worker as FaustWorker
 from mode.worker import Worker as ModeWorker
 
@@ -99,14 +97,6 @@ def timer(app: faust.App, interval: float,
     # App.timer returns a bare Callable: a decorator that registers a nullary wrapper
     # (``around_timer(*args)``) of the function as a task and returns that wrapper.
     return cast(Callable[[TaskFun], TaskFun], app.timer(interval, name=name))
-
-
-def take_events(stream: faust.StreamT[bytes], max_: int,
-                within: float) -> AsyncGenerator[Sequence[EventT[Any]], None]:
-    """``stream.take_events(max_, within=within)``: batches of at most ``max_`` events, each
-    yielded at the latest ``within`` seconds after its first event."""
-    # App.agent declares the agent's argument as StreamT; Faust passes a faust.Stream.
-    return cast(faust.Stream[bytes], stream).take_events(max_, within=within)
 
 
 def kafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:

@@ -119,3 +119,102 @@ class FetchChannel:
     async def wait_idle(self) -> None:
         """Return once every fetch taken by the reader is done and none is queued."""
         await self._idle_event().wait()
+
+
+class Batch:
+    """Fetches taken from a :class:`FetchChannel` by :class:`FetchBatches`, to process as
+    one batch; :meth:`done` once processed (or abandoned)."""
+
+    __slots__ = ("_channel", "_completes", "fetches")
+
+    def __init__(self, channel: FetchChannel, fetches: list[Fetch], completes: int) -> None:
+        self._channel = channel
+        self._completes = completes
+        self.fetches = fetches
+        """In the order taken (per partition, offset order)."""
+
+    @property
+    def records(self) -> int:
+        return sum(len(f.records) for f in self.fetches)
+
+    def done(self) -> None:
+        """Tell the channel: every take whose fetches all were in this batch is done (a
+        take split at the batch's end is done with the batch that holds its rest)."""
+        for _ in range(self._completes):
+            self._channel.done()
+        self._completes = 0
+
+
+class FetchBatches:
+    """Batches of at most ``max_records`` records from one :class:`FetchChannel`: a batch
+    starts with the next fetch and ends when it is full, ``within_s`` seconds after it
+    started, or as soon as ``stop`` is set (a rebalance: what was taken is processed at
+    once). A fetch that does not fit is split; its rest starts the next batch. One reader.
+
+    Args:
+        channel: the channel of the topic (or topics) read.
+        max_records: most records per batch (>= 1).
+        within_s: most seconds a batch waits for more records after its first (>= 0).
+        stop: when set, a batch waits for nothing more (Faust's ``suspend_flow``).
+    """
+
+    def __init__(self, channel: FetchChannel, max_records: int, within_s: float,
+                 stop: asyncio.Event) -> None:
+        if max_records < 1:
+            raise ValueError(f"max_records {max_records} < 1")
+        self.channel = channel
+        self.max_records = max_records
+        self.within_s = within_s
+        self.stop = stop
+        self._carry: list[Fetch] = []
+        """The rest of a take split at the end of the last batch (its done is pending)."""
+
+    async def next(self) -> Batch:
+        """The next batch (waits for the first fetch as long as it takes)."""
+        loop = asyncio.get_running_loop()
+        take, self._carry = self._carry or await self.channel.get_all(), []
+        deadline = loop.time() + self.within_s
+        fetches: list[Fetch] = []
+        n = completes = 0
+        while True:
+            for i, fetch in enumerate(take):
+                room = self.max_records - n
+                if len(fetch.records) > room:  # full: the rest starts the next batch
+                    if not room:
+                        self._carry = take[i:]
+                        return Batch(self.channel, fetches, completes)
+                    records = fetch.records
+                    fetches.append(Fetch(fetch.tp, records[:room], fetch.generation))
+                    self._carry = [Fetch(fetch.tp, records[room:], fetch.generation),
+                                   *take[i + 1:]]
+                    return Batch(self.channel, fetches, completes)
+                fetches.append(fetch)
+                n += len(fetch.records)
+            completes += 1
+            if n >= self.max_records:
+                return Batch(self.channel, fetches, completes)
+            more = await self._more(deadline - loop.time())
+            if more is None:
+                return Batch(self.channel, fetches, completes)
+            take = more
+
+    async def _more(self, timeout: float) -> list[Fetch] | None:
+        """The next take within ``timeout`` seconds, or None (timed out, or ``stop``)."""
+        if timeout <= 0 or self.stop.is_set():
+            return None
+        get = asyncio.ensure_future(self.channel.get_all())
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({get, stop}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not get.done():
+                get.cancel()  # before it took anything: get_all takes only when it returns
+        try:
+            return await get
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this reader is cancelled, not just the wait for more
+            return None

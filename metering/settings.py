@@ -67,7 +67,8 @@ class Settings:
         "partition's progress, so an interval closed by an event waits for up to one tick "
         "(contract rule 8), and periods close on them"})
     batch_size: int = field(default=2000, metadata={
-        "help": "records per processing batch (take_events)"})
+        "help": "most records per fetch (Faust's broker_max_poll_records; the worker "
+        "processes each partition's part of a fetch as one batch)"})
     batch_within: float = field(default=0.5, metadata={
         "help": "seconds to wait for a batch to fill"})
     max_record_bytes: int = field(default=1_000_000, metadata={

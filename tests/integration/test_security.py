@@ -267,7 +267,7 @@ def test_existing_topics_are_not_created_again_without_create(
             declare = register(app, settings).declare_output_topics
         else:
             app = archive_app(settings)
-            usage = app.agents["agents.archive.archive"].channel
+            usage = next(t for t in app.topics if t.get_topic_name() == settings.usage_topic)
             assert usage.get_topic_name() == settings.usage_topic
             assert usage.internal
             declare = usage.maybe_declare  # what Faust's conductor does at start

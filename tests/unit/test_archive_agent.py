@@ -1,17 +1,16 @@
-"""The archive's agent in process (Faust's ``agent.test_context()``, no broker).
-
-:func:`agents.archive.create_app` builds the app around an :class:`agents.archive.Archive`;
-the test context feeds the agent's stream from an in-memory channel (each record with the
-usage topic's name, partition 0 and the next offset), so the agent body runs as it does in
-the worker: batches of at most ``archive_batch_records`` records, written to Parquet and
-checkpointed before the batch is done. The real-broker runs (redelivery, kill -9 between
-files and checkpoint, disk trouble) are in tests/integration/test_archive.py and
-test_disk_trouble.py.
+"""The archive's loop in process (no broker): :meth:`agents.archive.Archive.consume` over a
+real :class:`agents.fetches.FetchChannel` fed with fetches as the consumer hands them over
+(aiokafka ``ConsumerRecord`` s of the usage topic, partition 0, offsets 0..n-1), batched by
+:class:`agents.fetches.FetchBatches` as in the archive app: batches of at most
+``archive_batch_records`` records, written to Parquet and checkpointed before their
+partitions are marked processed. The real-broker runs (redelivery, kill -9 between files and
+checkpoint, disk trouble) are in tests/integration/test_archive.py and test_disk_trouble.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -22,11 +21,14 @@ from typing import Any
 import orjson
 import pyarrow.dataset as ds
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
 
 import agents.archive
-from agents.archive import Archive, create_app
+from agents.archive import Archive
 from agents.cli.exits import EXIT_FAILED
 from agents.faustapi import EXIT_STUCK
+from agents.fetches import Fetch, FetchBatches, FetchChannel
 from metering.intervals import UsageInterval, make_interval
 from metering.settings import Settings
 from storage.archive import BatchResult
@@ -58,31 +60,52 @@ async def _until(done: Any, deadline_s: float = 20.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def _feed(archive: Archive, values: Sequence[bytes], done: Any) -> None:
-    """Run the archive app's agent in a test context, put ``values`` (partition 0, offsets
-    0..n-1), and wait until ``done()``."""
-    app = create_app(archive.settings, archive)
-    app.conf.store = "memory://"
-    agent = app.agents["agents.archive.archive"]
+def _records(values: Sequence[bytes], topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    return [ConsumerRecord(topic, 0, i, 0, 0, b"k", v, None, 1, len(v), [])
+            for i, v in enumerate(values)]
+
+
+def _feed(archive: Archive, values: Sequence[bytes], done: Any, fetch_records: int = 7,
+          generation: int = 1, current: int = 1) -> list[tuple[TP, int]]:
+    """Run :meth:`Archive.consume` with ``values`` (partition 0, offsets 0..n-1) handed over
+    in fetches of ``fetch_records`` records read in consumer generation ``generation``
+    (``current``: the group's generation now) until ``done()``; returns the marks made."""
+    settings = archive.settings
+    tp = TP(settings.usage_topic, 0)
+    marks: list[tuple[TP, int]] = []
 
     async def run() -> None:
-        app.finalize()
-        app.flow_control.resume()
-        async with agent.test_context() as context:
-            for value in values:
-                await context.put(value, key=b"k", partition=0, wait=False)
+        channel = FetchChannel(settings.usage_topic)
+        batches = FetchBatches(channel, settings.archive_batch_records,
+                               settings.archive_flush_seconds, asyncio.Event())
+        loop = asyncio.create_task(archive.consume(
+            batches, lambda tp, offset: marks.append((tp, offset)), lambda: current))
+        records = _records(values, settings.usage_topic)
+        for first in range(0, len(records), fetch_records):
+            await channel.put(Fetch(tp, records[first:first + fetch_records], generation))
+        try:
             await _until(done)
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
 
     asyncio.run(run())
+    return marks
 
 
 def test_the_agent_writes_batches_to_parquet_and_checkpoints_them(tmp_path: Path) -> None:
     settings = _settings(tmp_path, batch=10)
     archive = Archive(settings)
     rows = _rows(25)
-    _feed(archive, [orjson.dumps(r.to_dict()) for r in rows],
-          lambda: archive.writer.checkpoint(settings.usage_topic, 0) == 24)
+    marks = _feed(archive, [orjson.dumps(r.to_dict()) for r in rows],
+                  lambda: archive.writer.checkpoint(settings.usage_topic, 0) == 24)
 
+    tp = TP(settings.usage_topic, 0)
+    offsets = [offset for t, offset in marks if t == tp]
+    assert len(offsets) == len(marks)
+    assert offsets == sorted(offsets)
+    assert {10, 20, 25} <= set(offsets)  # fetches of 7 records, split at batches of 10
     assert archive.stats.rows == 25
     assert archive.stats.failures == 0
     assert not archive.stats.failing
@@ -141,11 +164,37 @@ def test_a_batch_failing_otherwise_exits_without_checkpoint(
         raise ValueError("a bug")
 
     monkeypatch.setattr(archive.writer, "write_batch", broken)
-    _feed(archive, [orjson.dumps(_rows(1)[0].to_dict())], lambda: exits)
+    marks = _feed(archive, [orjson.dumps(_rows(1)[0].to_dict())], lambda: exits)
 
     assert exits == [EXIT_STUCK]
+    assert marks == []  # nothing may be committed past the batch
     assert archive.writer.checkpoint(settings.usage_topic, 0) == -1
     assert archive.stats.rows == 0
+
+
+def test_fetches_of_an_older_generation_are_neither_written_nor_marked(
+        tmp_path: Path) -> None:
+    """Fetches read before a rebalance (an older consumer group generation) are read again
+    from the committed offsets, maybe by another archive: writing them here would write
+    their rows twice."""
+    settings = _settings(tmp_path, batch=100)
+    archive = Archive(settings)
+    calls: list[int] = []
+    real_next = FetchBatches.next
+
+    async def counted(self: FetchBatches) -> Any:
+        calls.append(1)  # the second call: the first batch was handled in full
+        return await real_next(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FetchBatches, "next", counted)
+        marks = _feed(archive, [orjson.dumps(r.to_dict()) for r in _rows(5)],
+                      lambda: len(calls) >= 2, generation=1, current=2)
+
+    assert marks == []
+    assert archive.stats.rows == 0
+    assert archive.writer.checkpoint(settings.usage_topic, 0) == -1
+    assert not list(settings.archive_dir.rglob("*.parquet"))
 
 
 def test_a_second_archive_on_the_same_directory_exits_1(
