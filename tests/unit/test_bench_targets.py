@@ -6,6 +6,10 @@ lines are checked (a wrong rule would print a wrong met/missed).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import pytest
+
 from bench import ceiling
 from bench.__main__ import targets
 from bench.common import Results
@@ -32,6 +36,24 @@ def test_median_run_and_spread() -> None:
     assert median_run(runs).records == 20_000
     assert spread(runs) == "3 runs: 1,000-3,000/s (±50 %)"
     assert spread(runs[:1]) == "1 run"
+
+
+def test_runs_are_repeated_to_an_odd_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two long runs would make the median the slower one: a ratio of medians (two
+    workers against one) would favour the side with two runs; a third is run."""
+    from bench import streaming
+
+    made: list[bool] = []
+
+    def fake_run(prep: Any, period: str, n: int = 1, output: bool = False) -> CatchUp:
+        made.append(output)
+        return CatchUp(30.0, None, 0, records=1_000_000)  # 30 s each: 2 pass MIN_TOTAL_S
+
+    monkeypatch.setattr(streaming, "run_workers", fake_run)
+    assert len(streaming.repeated(cast(Any, None), "day")) == 3
+    assert made == [True, False, False]  # the output is measured once
+    monkeypatch.setattr(streaming, "MAX_RUNS", 2)
+    assert len(streaming.repeated(cast(Any, None), "day")) == 2  # the cap wins
 
 
 def test_ceiling_rate_is_input_records_over_read_plus_write() -> None:
