@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metering.events import Source
 from metering.intervals import (
@@ -12,6 +17,7 @@ from metering.intervals import (
     UsageInterval,
     build_row,
     decode_interval,
+    decode_interval_full,
     encode_interval,
     encode_intervals,
     make_interval,
@@ -190,3 +196,56 @@ def test_make_interval_is_the_builder_with_the_id_computed() -> None:
             usage_type=1, resource_id="vm-1", zone_id=None, account_id="a", domain_id=None,
             offering_id=None, template_id=None, start=6, end=5, period_start=0, final=True,
             close_reason="VM.STOP", source_topic="cs", source_partition=0, source_offset=9)
+
+
+# --- the decoder's fast path gives the full path's answer ----------------------------------
+
+_JSON_VALUES = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 0, 1]),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.5, -0.0, 1e300]),
+    st.text(max_size=8), st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+"""Values a field may hold on a usage topic anyone can write to."""
+_ODD_TOKENS = (b"1e400", b"-1e400", b"1.0", b"[[[[]]]]", b'"\\ud800"', b'"\\u00e9"', b"true",
+               b"18446744073709551616", b"9223372036854775808", b"-9223372036854775809")
+"""JSON texts orjson and msgspec could read differently: out-of-range numbers, a lone
+surrogate, escapes, nesting, integers around the 64-bit limits."""
+
+
+def _outcome(decode: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        row = decode(raw)
+    except IntervalDecodeError as exc:
+        return "refused", str(exc)
+    return "row", (tuple(row), tuple(type(v) for v in row))
+
+
+@settings(max_examples=400, deadline=None)
+@given(base=st.sampled_from(engine_rows()[:50]), changes=st.dictionaries(
+    st.sampled_from([*FIELDS, "extra"]), _JSON_VALUES, max_size=1),
+    drop=st.sets(st.sampled_from(FIELDS), max_size=1))
+def test_the_fast_decoder_answers_as_the_full_one(
+        base: UsageInterval, changes: dict[str, Any], drop: set[str]) -> None:
+    obj = {k: v for k, v in {**base.to_dict(), **changes}.items() if k not in drop}
+    raw = json.dumps(obj).encode()  # any integer size; ASCII, escapes for the rest
+    assert _outcome(decode_interval, raw) == _outcome(decode_interval_full, raw)
+
+
+@pytest.mark.parametrize("token", _ODD_TOKENS)
+@pytest.mark.parametrize("field", ["source_offset", "start", "usage_type", "raw_usage_hours",
+                                   "final", "domain_id", "account_id", "unknown"])
+def test_odd_json_decodes_as_the_full_path_decodes(field: str, token: bytes) -> None:
+    obj = engine_rows()[0].to_dict()  # ASCII: the fast path reads it
+    obj[field] = "PLACEHOLDER"
+    raw = orjson.dumps(obj).replace(b'"PLACEHOLDER"', token)
+    assert raw.isascii()  # so the fast path reads it unless msgspec refuses
+    assert _outcome(decode_interval, raw) == _outcome(decode_interval_full, raw)
+
+
+def test_duplicate_keys_decode_as_the_full_path_decodes() -> None:
+    raw = orjson.dumps({**engine_rows()[0].to_dict(), "account_id": "a"})
+    twice = raw[:-1] + b',"account_id":"b","source_offset":7}'
+    assert _outcome(decode_interval, twice) == _outcome(decode_interval_full, twice)
+    assert decode_interval(twice).account_id == "b"
