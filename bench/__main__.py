@@ -16,7 +16,7 @@ Scenarios (issue 8), each next to a ceiling measured in the same run on the same
   slice), and the core engine over RocksDB with 10 000 to 1 000 000 open resources:
   events/s, peak RSS, RocksDB size (:mod:`bench.scale`).
 
-Then the targets of issues 8 and 18, each with the ceiling or reference of the same run,
+Then the targets of issues 8, 17 and 18, each with the ceiling or reference of the same run,
 the ratio, the goal, met or missed; for a missed one a py-spy profile of the
 process that missed it (:mod:`bench.profile`). Rates are records/s (events/s for scale),
 times seconds of wall clock, instants UTC. The trace is generated once with ``metering
@@ -213,7 +213,7 @@ def write_doc(results: Results, args: argparse.Namespace, trace_path: Path,
         "",
         results.table(),
         "",
-        "#### Targets (issues 8 and 18)",
+        "#### Targets (issues 8, 17 and 18)",
         "",
         results.target_table(),
     ]

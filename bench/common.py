@@ -67,7 +67,7 @@ class Row:
 
 @dataclass
 class Target:
-    """A target (issues 8 and 18): ``met`` is None when not measured or not a target.
+    """A target (issues 8, 17 and 18): ``met`` is None when not measured or not a target.
 
     ``reference`` is the ceiling or reference measured in the same run, ``ratio`` the
     figure against it.
