@@ -21,7 +21,7 @@ All instants are UTC epoch milliseconds; the engine never reads a clock.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import Final
 
 from metering.engine.accounts import Accounts
@@ -45,6 +45,10 @@ from metering.states import FOREVER, AccountState, EntityState, Held
 from metering.watermarks import NEVER
 
 _DUPLICATE: Final = Note.DUPLICATE
+FINISH_STEP_ROWS: Final = 100_000
+"""Rows of one step of :meth:`Engine.finish_steps` (about: whole resources per step). With
+the horizon a year past the bench trace (5.4 million rows) the replay's engine process
+peaked at 202 MB (1 985 MB when the cut was one list)."""
 _new: Final = tuple.__new__
 """Builds a NamedTuple (:class:`Context`, :class:`Applied`) from all its fields without the
 generated ``__new__``'s Python frame: the settled instant moves with almost every record."""
@@ -302,12 +306,30 @@ class Engine:
         return bool(self._cut_queue)
 
     def finish(self, until_ms: int | None = None) -> Applied:
-        """Cut every open interval at the replay horizon (rule 10).
+        """Cut every open interval at the replay horizon (rule 10), in one call: the rows and
+        changed keys of every step of :meth:`finish_steps`, in order."""
+        rows: list[UsageInterval] = []
+        changed: set[str] = set()
+        for applied in self.finish_steps(until_ms, max_rows=None):
+            rows += applied.rows
+            changed |= applied.entities
+        return Applied(rows, changed, set())
 
-        With ``until_ms`` the horizon is that instant (``close_reason="until"`` unless it is a
-        period boundary); without it, the last period boundary at or before the newest event
-        time any lane confirmed (an unconfirmed outlier, rule 4b, does not move it). Open
-        intervals stay open in the state.
+    def finish_steps(self, until_ms: int | None = None,
+                     max_rows: int | None = FINISH_STEP_ROWS) -> Iterator[Applied]:
+        """Cut every open interval at the replay horizon (rule 10), a step at a time.
+
+        With ``until_ms`` (UTC ms) the horizon is that instant (``close_reason="until"``
+        unless it is a period boundary); without it, the last period boundary at or before
+        the newest event time any lane confirmed (an unconfirmed outlier, rule 4b, does not
+        move it). Open intervals stay open in the state.
+
+        Each step holds the rows of whole resources, in resource order: a step ends after
+        the resource that brought its rows to ``max_rows`` or more (None: one step), so
+        memory stays bounded however far the horizon lies beyond the input (every open
+        resource gets a row per period up to it). The steps' rows, concatenated, do not
+        depend on ``max_rows``. At least one step is yielded; the caller takes each step's
+        rows before asking for the next.
         """
         self._changed = changed = set[str]()
         out = self._release(FOREVER)  # the whole input is known: nothing is in flight
@@ -316,7 +338,8 @@ class Engine:
         else:
             newest = self.lanes.newest()
             if newest == NEVER:
-                return Applied(out, changed, set())
+                yield Applied(out, changed, set())
+                return
             horizon, reason = self.policy.grid.floor(newest), CloseReason.PERIOD
         ctx = self._ctx()
         self.accounts.sync()
@@ -324,8 +347,13 @@ class Engine:
             state = self.entities.get(entity_id)
             if state is not None and state.slots:
                 self._cut(entity_id, state, horizon, ctx, reason, out)
+                if max_rows is not None and len(out) >= max_rows:
+                    self.accounts.bound()
+                    yield Applied(out, changed, set())
+                    self._changed = changed = set[str]()
+                    out = []
         self.accounts.bound()
-        return Applied(out, changed, set())
+        yield Applied(out, changed, set())
 
     def rebuild_index(self, items: Iterable[tuple[str, EntityState]]) -> None:
         """Rebuild the open-interval index and the held heap from stored states (restore)."""

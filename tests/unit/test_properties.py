@@ -311,6 +311,24 @@ def test_totals_equal_the_reference_interpreter(trace: Trace, grid: tuple[str, s
     assert got == reference_usage(trace.records, trace.until)
 
 
+@given(traces(), st.integers(1, 5), st.booleans())
+def test_the_horizon_cut_in_steps_gives_the_rows_of_one_call(trace: Trace, max_rows: int,
+                                                              with_until: bool) -> None:
+    """``Engine.finish_steps`` (how replay cuts at its horizon, in bounded steps) gives, in
+    order, the rows ``Engine.finish`` gives in one call, each step holding whole
+    resources; with and without ``--until``."""
+    until = trace.until if with_until else None
+    whole, stepped = Engine(policy()), Engine(policy())
+    assert feed(whole, trace.records, until) == feed(stepped, trace.records, until)
+    once = whole.finish(until).rows
+    steps = [applied.rows for applied in stepped.finish_steps(until, max_rows)]
+    assert [row for rows in steps for row in rows] == once
+    for rows, after in itertools.pairwise(steps):
+        assert len(rows) >= max_rows
+        # a step ends after a whole resource's cut; the next step starts with the next one
+        assert rows[-1].resource_id != after[0].resource_id if after else True
+
+
 @given(traces(), st.data(), st.sampled_from([None, 0, 60_000]))
 def test_redelivery_changes_nothing(trace: Trace, data: st.DataObject, lateness: Any) -> None:
     once = replay(trace, policy(lateness=lateness))
