@@ -166,7 +166,7 @@ def _writer_main(conn: Connection, inbox: Connection, stage: Stage) -> None:
                     _, updates, n, columns = message
                     domains.update(updates)
                     writer.add_batch(decode_columns(n, columns))
-                    if writer.pending:
+                    if writer.due:
                         writer.spill(tmpdir)
                     settle()
                     continue

@@ -25,6 +25,7 @@ from storage.dataset import ARROW_SCHEMA, to_batch
 from storage.errors import InputError, OutputError, ReplayProcessError
 from storage.replay import (
     PROCESSES_ENV,
+    DatasetWriter,
     ReplayOptions,
     ReplayProgress,
     replay_processes,
@@ -232,6 +233,41 @@ def test_parts_are_cut_at_part_rows_in_arrival_order(tmp_path: Path,
     arrival = [f"vm-{i:05d}" for i in range(n)]  # the engine emits in record order
     for k, part in enumerate(parts):
         assert sorted(part) == arrival[k * 3 * 4096:(k + 1) * 3 * 4096]
+
+
+def test_rows_held_past_the_bound_go_to_staged_files_and_change_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--until`` far past the input every open resource gets a row per period, spread
+    over many dates whose parts never fill: the writer moves the rows it holds past
+    ``HELD_ROWS`` to staged files and reads them back when it writes their part. Files,
+    rows (in file order) and summary are those of a run that held everything."""
+    import storage.replay
+
+    trace = tmp_path / "trace.jsonl"
+    until = simulate(trace, seed=11, accounts=40, days=3)
+    options: dict[str, Any] = {"period": "day",
+                               "until_ms": parse_iso_instant(until) + 40 * 24 * HOUR}
+    held = replay(tmp_path, "held", 1, [str(trace)], **options)
+    bound, moves, after_spill = 400, [], []
+    monkeypatch.setattr(storage.replay, "HELD_ROWS", bound)
+    move, spill = DatasetWriter._move_held, DatasetWriter.spill
+
+    def counted_move(self: DatasetWriter, tmpdir: Path) -> None:
+        moves.append(self.held)
+        move(self, tmpdir)
+
+    def checked_spill(self: DatasetWriter, tmpdir: Path, workers: int = 1) -> None:
+        spill(self, tmpdir, workers)
+        after_spill.append(self.held)
+
+    monkeypatch.setattr(DatasetWriter, "_move_held", counted_move)
+    monkeypatch.setattr(DatasetWriter, "spill", checked_spill)
+    moved = replay(tmp_path, "moved", 1, [str(trace)], **options)
+    assert len(moves) >= 2  # the rows went to staged files (the horizon cut's among them)
+    assert max(after_spill) <= bound
+    assert moved[0] == held[0]  # counters, outcomes, hours, files
+    assert list(moved[1]) == list(held[1])  # file names, in order
+    assert moved[1] == held[1]  # rows, in file order
 
 
 def _wire_rows() -> list[UsageInterval]:
