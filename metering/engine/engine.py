@@ -11,9 +11,10 @@
   step over the state, the record and an immutable :class:`~metering.lifecycle.Context`.
 
 Replay and the worker drive it the same way: :meth:`Engine.apply` per batch of records,
-:meth:`Engine.report` + :meth:`Engine.advance` per tick (streaming), :meth:`Engine.finish`
-at the end of a replay. Each returns an :class:`Applied`: the rows to emit, in order, and
-the keys of the states it changed (the worker writes each once per batch).
+:meth:`Engine.report` + :meth:`Engine.advance` per tick (streaming),
+:meth:`Engine.finish_steps` at the end of a replay (:meth:`Engine.finish`: the same in one
+call). Each returns (or yields) an :class:`Applied`: the rows to emit, in order, and the
+keys of the states it changed (the worker writes each once per batch).
 
 All instants are UTC epoch milliseconds; the engine never reads a clock.
 """
