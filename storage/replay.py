@@ -68,10 +68,10 @@ HELD_ROWS: Final = 1_000_000
 """Rows the writer holds in memory across the current parts of all dates (its process
 peaked at ~700 MB with it); past it, each date's held rows go to a staged Arrow file, read
 back when their part is written. Each date's part fills only at :data:`PART_ROWS` rows, so
-without this a replay
-whose ``--until`` lies far past its input (a row per period for every open resource, spread
-over many dates) held every row until the end: 3.5 GB for a year past the bench trace.
-Parts and files are the same either way (rows of a date in arrival order)."""
+without this a replay whose ``--until`` lies far past its input (a row per period for every
+open resource, spread over many dates) held every row until the end: 3.5 GB for a year past
+the bench trace. Parts and files are the same either way (rows of a date in arrival
+order)."""
 _PERIOD_START: Final = UsageInterval._fields.index("period_start")
 
 
