@@ -47,11 +47,13 @@ def test_a_horizon_years_past_the_input_is_cut_in_bounded_steps() -> None:
                     Source("cs", 0, i), None, None) for i in range(resources)]
     emitted: list[int] = []
     per_resource: dict[str, int] = {}
+    step_of: dict[str, int] = {}  # resource -> the emit its rows came in
 
     def emit(rows: list[Any]) -> None:
         emitted.append(len(rows))
         for row in rows:
             per_resource[row.resource_id] = per_resource.get(row.resource_id, 0) + 1
+            assert step_of.setdefault(row.resource_id, len(emitted)) == len(emitted)
 
     drive(engine, [batch], horizon, emit)
     per = set(per_resource.values())

@@ -315,18 +315,18 @@ def test_totals_equal_the_reference_interpreter(trace: Trace, grid: tuple[str, s
 def test_the_horizon_cut_in_steps_gives_the_rows_of_one_call(trace: Trace, max_rows: int,
                                                               with_until: bool) -> None:
     """``Engine.finish_steps`` (how replay cuts at its horizon, in bounded steps) gives, in
-    order, the rows ``Engine.finish`` gives in one call, each step holding whole
-    resources; with and without ``--until``."""
+    order, the rows ``Engine.finish`` gives in one call; every step but the last holds at
+    least ``max_rows`` rows; with and without ``--until``. (That a step holds whole
+    resources is checked in tests/unit/test_engine_memory.py: here the held closes released
+    first can be of a resource whose horizon cut falls in the next step.)"""
     until = trace.until if with_until else None
     whole, stepped = Engine(policy()), Engine(policy())
     assert feed(whole, trace.records, until) == feed(stepped, trace.records, until)
     once = whole.finish(until).rows
     steps = [applied.rows for applied in stepped.finish_steps(until, max_rows)]
     assert [row for rows in steps for row in rows] == once
-    for rows, after in itertools.pairwise(steps):
+    for rows in steps[:-1]:
         assert len(rows) >= max_rows
-        if after:  # a step ends after a whole resource's cut; the next starts another
-            assert rows[-1].resource_id != after[0].resource_id
 
 
 @given(traces(), st.data(), st.sampled_from([None, 0, 60_000]))
