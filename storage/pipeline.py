@@ -60,6 +60,7 @@ from storage.gctune import bulk_gc, settle
 from storage.replay import (
     DatasetWriter,
     FrontEnd,
+    HorizonReport,
     ReplaySummary,
     Report,
     Stage,
@@ -424,9 +425,11 @@ def _start(ctx: Any, what: str, target: Callable[..., None], stage: Stage,
     return _Child(what, process, inbox, outbox)
 
 
-def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
+def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report,
+                 on_horizon: HorizonReport) -> int:
     """Run the replay of ``stage`` (a :class:`storage.replay.Stage`) in three processes,
-    filling ``summary``; ``report(records, bytes_read)`` after each block of input. Returns
+    filling ``summary``; ``report(records, bytes_read)`` after each block of input,
+    ``on_horizon`` during the horizon cut (:func:`~storage.replay.drive`). Returns
     the input bytes read. Raises :class:`InputError`, :class:`OutputError` (as one process
     would) or :class:`ReplayProcessError`."""
     options = stage.options
@@ -438,7 +441,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
         children.append(reader)
         writer = _start(ctx, "writer", _writer_main, stage, sends_to=True)
         children.append(writer)
-        bytes_read = _meter(stage, reader, writer, summary, report)
+        bytes_read = _meter(stage, reader, writer, summary, report, on_horizon)
         done = writer.recv(output)
         if done[0] != "done":
             raise writer.failed(done, output)
@@ -455,7 +458,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report) -> int:
 
 
 def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
-           report: Report) -> int:
+           report: Report, on_horizon: HorizonReport) -> int:
     """The engine's part of :func:`run_pipeline`: the reader's records through the engine,
     its rows to the writer, then the writer told to close; returns the input bytes read.
     The engine's state (millions of objects) is freed when this returns, while the writer
@@ -506,7 +509,7 @@ def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
             chunk = rows[first:first + SEND_ROWS]     # while the next is encoded
             writer.send(("rows", domains(), len(chunk), encode_columns(chunk)), output)
 
-    drive(meter, batches(), stage.options.until_ms, emit)
+    drive(meter, batches(), stage.options.until_ms, emit, on_horizon)
     writer.send(("close", domains(), key[0]), output)
     add_outcomes(summary, meter)
     return progress[0]

@@ -29,7 +29,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 from operator import is_, is_not
 from pathlib import Path
@@ -38,7 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, cast
 import orjson
 
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES, decode_batch
-from metering.engine import Engine, Policy, Record
+from metering.engine import NEVER, Engine, Policy, Record
 from metering.events import Category, Ignored, Meterable, Rejected, Source
 from metering.intervals import UsageInterval
 from metering.periods import PeriodGrid, as_period
@@ -117,6 +117,9 @@ class ReplaySummary:
     intervals: Counter[str] = field(default_factory=Counter)
     hours: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     after_until: int = 0
+    newest_event_ms: int | None = None
+    """The newest event time (UTC ms) the input confirmed (rule 4b), or None if no event
+    was applied: with ``--until`` far beyond it, every open resource is cut up to it."""
     files_written: list[str] = field(default_factory=list)
     bytes_written: int = 0
     seconds: float = 0.0
@@ -136,6 +139,7 @@ class ReplaySummary:
             "intervals_by_usage_type": dict(sorted(self.intervals.items())),
             "hours_by_usage_type": {k: round(v, 6) for k, v in sorted(self.hours.items())},
             "after_until": self.after_until,
+            "newest_event_ms": self.newest_event_ms,
             "files_written": len(self.files_written),
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
@@ -550,6 +554,32 @@ class DatasetWriter:
 
 
 @dataclass(frozen=True)
+class HorizonProgress:
+    """How far the horizon cut of a replay is (rule 10): after the last record, every
+    resource still open gets a piece per period up to the horizon, which takes as long as
+    the horizon lies beyond the input."""
+
+    until_ms: int | None
+    """The ``--until`` instant (UTC ms), or None (the horizon is the last period boundary
+    at or before :attr:`newest_ms`)."""
+    newest_ms: int | None
+    """The newest event time (UTC ms) the input confirmed, or None (no event applied)."""
+    resources: int
+    """Resources with an open interval when the input ended: what the cut goes through."""
+    intervals: int
+    """Their open intervals (each gets a piece per period up to the horizon)."""
+    cut: int
+    """Of those, how many are cut so far."""
+    rows: int
+    """Rows the cut emitted so far."""
+    done: bool = False
+    """True for the last report of the cut."""
+
+
+HorizonReport = Callable[[HorizonProgress], None]
+
+
+@dataclass(frozen=True)
 class ReplayProgress:
     """How far a running replay is (passed to the ``on_progress`` callback)."""
 
@@ -561,6 +591,9 @@ class ReplayProgress:
     """Size of all inputs, or None when unknown (stdin or a ``.gz`` input)."""
     done: bool
     """True for the one last report, after the dataset is written."""
+    horizon: HorizonProgress | None = None
+    """Set during the horizon cut (after the last input record: records and bytes are
+    final); None before it and in the last report."""
 
 
 ProgressCallback = Callable[[ReplayProgress], None]
@@ -712,15 +745,33 @@ def drive(
     batches: Iterable[list[Record]],
     until_ms: int | None,
     emit: Callable[[list[UsageInterval]], None],
+    on_horizon: HorizonReport | None = None,
 ) -> None:
     """The engine loop: apply the batches (:func:`rebatch`) in order, then cut what is open
-    at the horizon; the completed intervals of each batch go to ``emit``."""
+    at the horizon; the completed intervals of each batch go to ``emit``. ``on_horizon``
+    (if given) hears how far the horizon cut is: once before it, after each of its steps
+    and once at its end."""
     for batch in batches:
         rows = engine.apply(batch).rows
         if rows:
             emit(rows)
+    open_ids: set[str] = set()
+    progress = None
+    if on_horizon is not None:
+        newest, now_open = engine.newest_ms, engine.open_entities
+        open_ids = set(now_open)
+        progress = HorizonProgress(until_ms, None if newest == NEVER else newest,
+                                   len(now_open), sum(map(len, now_open.values())), 0, 0)
+        on_horizon(progress)
     for step in engine.finish_steps(until_ms):  # bounded: the horizon may be years ahead
         emit(step.rows)
+        if on_horizon is not None and progress is not None:
+            cut = sum(1 for entity_id in step.entities if entity_id in open_ids)
+            progress = replace(progress, cut=min(progress.resources, progress.cut + cut),
+                               rows=progress.rows + len(step.rows))
+            on_horizon(progress)
+    if on_horizon is not None and progress is not None:
+        on_horizon(replace(progress, cut=progress.resources, done=True))
 
 
 def run_replay(
@@ -730,7 +781,8 @@ def run_replay(
     :class:`~storage.errors.InputError` or :class:`~storage.errors.OutputError`.
 
     ``on_progress`` (if given) is called after each block of input (:data:`READ_BLOCK`
-    bytes) and once more, with ``done`` set, at the end.
+    bytes), during the horizon cut (``horizon`` set: :class:`HorizonProgress`) and once
+    more, with ``done`` set, at the end.
     """
     with bulk_gc():
         return _run_replay(options, on_progress)
@@ -853,7 +905,7 @@ Report = Callable[[int, int], None]
 
 
 def _run_in_process(stage: Stage, summary: ReplaySummary, rejects_fh: IO[bytes] | None,
-                    report: Report) -> int:
+                    report: Report, on_horizon: HorizonReport) -> int:
     """Every stage in this process; returns the input bytes read."""
     options = stage.options
     meter = Engine(stage.policy)
@@ -874,7 +926,7 @@ def _run_in_process(stage: Stage, summary: ReplaySummary, rejects_fh: IO[bytes] 
             settle()
             report(summary.records, front.bytes_read)
 
-    drive(meter, rebatch(blocks()), options.until_ms, emit)
+    drive(meter, rebatch(blocks()), options.until_ms, emit, on_horizon)
     writer.close(tmpdir, summary)
     add_outcomes(summary, meter)
     return front.bytes_read
@@ -892,23 +944,31 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
 
+    read = [0, 0]  # records, input bytes: as last reported
+
     def report(records: int, bytes_read: int, done: bool = False) -> None:
+        read[:] = records, bytes_read
         if on_progress is not None:
             on_progress(ReplayProgress(records, bytes_read, total, done))
+
+    def on_horizon(progress: HorizonProgress) -> None:
+        summary.newest_event_ms = progress.newest_ms
+        if on_progress is not None:
+            on_progress(ReplayProgress(read[0], read[1], total, False, progress))
 
     started = time.monotonic()
     now_ms = int(time.time() * 1000) if options.now_ms is None else options.now_ms
     stage = Stage(options, regions, now_ms, tmpdir)
     try:
         if processes == 1:
-            bytes_read = _run_in_process(stage, summary, rejects_fh, report)
+            bytes_read = _run_in_process(stage, summary, rejects_fh, report, on_horizon)
         else:
             from storage.pipeline import run_pipeline
 
             if rejects_fh is not None:  # created (and checked) here, written by the reader
                 rejects_fh.close()
                 rejects_fh = None
-            bytes_read = run_pipeline(stage, summary, report)
+            bytes_read = run_pipeline(stage, summary, report, on_horizon)
     except OSError as exc:
         raise write_failure(options.output, exc) from exc
     finally:

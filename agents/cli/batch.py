@@ -170,7 +170,9 @@ def run_replay_command(args: argparse.Namespace) -> int:
         now_ms=int(time.time() * 1000), max_clock_skew_ms=int(args.max_clock_skew * 1000),
     )
     try:
-        summary = run_replay(options, ReplayDisplay(want_progress(args.progress)))
+        display = ReplayDisplay(want_progress(args.progress),
+                                period_ms=3_600_000 if args.period == "hour" else 86_400_000)
+        summary = run_replay(options, display)
     except StorageError as exc:
         return fail("replay", exc)
     if args.json:

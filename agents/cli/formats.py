@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from metering.eventtime import iso
+
 if TYPE_CHECKING:
     from storage.compact import CompactSummary
     from storage.replay import ReplayOptions, ReplaySummary
@@ -45,6 +47,8 @@ def replay_summary(summary: ReplaySummary, options: ReplayOptions) -> str:
         w(f"  {k:<24} {v:>10,}\n")
     if summary.after_until:
         w(f"records at or after --until (not applied): {summary.after_until:,}\n")
+    if summary.newest_event_ms is not None:
+        w(f"newest event: {iso(summary.newest_event_ms)}\n")
     w(f"wrote {len(summary.files_written)} Parquet file(s), {summary.bytes_written:,} bytes "
       f"under {options.output}\n")
     return out.getvalue()

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from metering.eventtime import iso
 
 if TYPE_CHECKING:
-    from storage.replay import ReplayProgress
+    from storage.replay import HorizonProgress, ReplayProgress
 
 REDRAW_S = 0.5
 """Least seconds between two redraws."""
@@ -51,17 +51,65 @@ class _Line:
         self.stream.flush()
 
 
+FAR_HORIZON_MS = 31 * 86_400_000
+"""A ``--until`` more than this (ms: 31 days) past the newest event gets a notice: every
+resource still open is cut into a piece per period up to it, which is rarely meant."""
+
+
 class ReplayDisplay(_Line):
-    """``replay:  42.0% 1,234,567 records  250,000 rec/s``; a callback for ``run_replay``."""
+    """``replay:  42.0% 1,234,567 records  250,000 rec/s``, then during the horizon cut
+    ``replay: 1,234,567 records; horizon 2026-01-01T00:00:00Z: 40% of 12,345 open resources
+    cut, 1,234,567 intervals``; a callback for ``run_replay``.
+
+    Whether or not the line is drawn, a ``--until`` more than :data:`FAR_HORIZON_MS` past
+    the newest event gets a notice on ``notices`` (stderr) as the cut starts, so the user
+    can stop a horizon they did not mean (``period_ms``: the period length in ms, for the
+    estimate of rows).
+    """
+
+    def __init__(self, enabled: bool, stream: IO[str] | None = None,
+                 period_ms: int = 86_400_000, notices: IO[str] | None = None) -> None:
+        super().__init__(enabled, stream)
+        self.period_ms = period_ms
+        self.notices = notices or sys.stderr
+        self.noticed = False
 
     def __call__(self, report: ReplayProgress) -> None:
-        elapsed = self.due(report.done)
+        horizon = report.horizon
+        if horizon is not None and not self.noticed:
+            self.noticed = True
+            self._notice(horizon)
+        elapsed = self.due(report.done or (horizon is not None and horizon.done))
         if elapsed is None:
+            return
+        if horizon is not None:
+            share = 100 * horizon.cut / horizon.resources if horizon.resources else 100.0
+            at = "" if horizon.until_ms is None else f" {iso(horizon.until_ms)}"
+            self.draw(f"replay: {report.records:,} records; horizon{at}: {share:5.1f}% of "
+                      f"{horizon.resources:,} open resources cut, {horizon.rows:,} intervals",
+                      horizon.done)
             return
         rate = report.records / max(elapsed, 1e-9)
         total = report.total_bytes
         pct = f" {100 * report.bytes_read / total:5.1f}%" if total else ""
         self.draw(f"replay:{pct} {report.records:,} records  {rate:,.0f} rec/s", report.done)
+
+    def _notice(self, horizon: HorizonProgress) -> None:
+        """The far-horizon notice, if the horizon is that far past the newest event."""
+        until, newest = horizon.until_ms, horizon.newest_ms
+        if until is None or newest is None or until - newest <= FAR_HORIZON_MS:
+            return
+        days = (until - newest) / 86_400_000
+        rows = horizon.intervals * -(-(until - newest) // self.period_ms)
+        if self.enabled:
+            self.stream.write("\n")
+        self.notices.write(
+            f"metering replay: note: --until {iso(until)} is {days:,.0f} days past the newest "
+            f"event ({iso(newest)}): each of the {horizon.intervals:,} intervals still open "
+            f"(of {horizon.resources:,} resources) gets a row per period up to it (about "
+            f"{rows:,} rows). If that is not what you meant, stop with Ctrl-C and give an "
+            "earlier --until.\n")
+        self.notices.flush()
 
 
 class SimulateDisplay(_Line):

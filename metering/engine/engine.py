@@ -378,6 +378,12 @@ class Engine:
         self.accounts.sync()
         return Counter(self.accounts.open_counts)
 
+    @property
+    def newest_ms(self) -> int:
+        """The newest event time (UTC ms) any lane confirmed; NEVER if none (an unconfirmed
+        outlier, rule 4b, is not counted)."""
+        return self.lanes.newest()
+
     def low_watermark(self) -> int:
         """The engine's watermark (UTC ms): the minimum over its lanes; NEVER if none."""
         return self.lanes.low_watermark()

@@ -8,6 +8,7 @@ hold a million states in memory (measured: peak RSS 2.2 GiB instead of 0.9 GiB).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from metering.engine import Engine, Policy, Record
@@ -64,3 +65,41 @@ def test_a_horizon_years_past_the_input_is_cut_in_bounded_steps() -> None:
     assert sum(emitted) == resources * rows_each
     assert len(emitted) >= 3
     assert max(emitted) < FINISH_STEP_ROWS + rows_each  # whole resources, about a step each
+
+
+def test_the_horizon_cut_reports_its_progress() -> None:
+    """``drive`` tells how far the horizon cut is (the replay's progress line and its
+    far-horizon notice come from it): once before the cut, after each step, once at the
+    end; the resources cut and the rows only grow, and the rows add up to what was
+    emitted by the cut."""
+    from storage.replay import HorizonProgress, drive
+
+    resources, horizon = 300, T0 + 3 * 365 * 86_400_000
+    engine = Engine(Policy(grid=PeriodGrid("day", "UTC")))
+    # each resource two open intervals (a VM's RUNNING_VM and ALLOCATED_VM)
+    batch = [Record(UsageEvent(event, "acct-1", f"vm-{i:03d}", "z1", T0 + i),
+                    Source("cs", 0, 2 * i + k), None, None)
+             for i in range(resources) for k, event in enumerate(("VM.CREATE", "VM.START"))]
+    reports: list[HorizonProgress] = []
+    cut_rows = 0
+
+    def emit(rows: list[Any]) -> None:
+        nonlocal cut_rows
+        if reports:  # the cut has started
+            cut_rows += len(rows)
+
+    drive(engine, [batch], horizon, emit, reports.append)
+    first, last = reports[0], reports[-1]
+    assert (first.cut, first.rows, first.done) == (0, 0, False)
+    assert first.resources == resources
+    assert first.intervals == 2 * resources
+    assert first.until_ms == horizon
+    assert first.newest_ms == T0 + resources - 1
+    assert last.done
+    assert last.cut == resources
+    assert last.rows == cut_rows > 0
+    assert [r.done for r in reports].count(True) == 1
+    assert len(reports) >= 4  # several steps in between
+    for a, b in itertools.pairwise(reports):
+        assert a.cut <= b.cut <= resources
+        assert a.rows <= b.rows
