@@ -65,6 +65,7 @@ from metering.periods import PeriodGrid, as_period
 from metering.settings import Settings, load_settings
 from storage.archive import LOCK_NAME, ArchiveWriter, BatchResult
 from storage.dataset import DirectoryLock, LockHeldError
+from storage.gctune import tune_long_running
 
 log = logging.getLogger("metering.archive")
 
@@ -188,6 +189,7 @@ class Archive:
 
     async def run(self, app: faust.App) -> None:
         """:meth:`consume` on ``app``'s usage topic fetches (a task of the running app)."""
+        tune_long_running()  # started: the app and its services are built (as the worker)
         settings = self.settings
         consumer = batch_consumer(app)
         batches = FetchBatches(fetch_channel(app, settings.usage_topic),

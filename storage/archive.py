@@ -216,17 +216,21 @@ class ArchiveWriter:
                 "raw": value.decode("utf-8", "replace"), "reason": reason,
                 "topic": topic, "partition": partition, "offset": offset})))
 
+        dates: dict[int, str] = {}  # period_start -> usage_date: a batch has few of them
+        local_date = self.grid.local_date
         for offset, value in fresh:
             row = parse_interval(value)
             if isinstance(row, str):
                 reject(offset, value, row)
                 continue
-            try:
-                date = self.grid.local_date(row.period_start)
-            except (ValueError, OverflowError, OSError) as exc:
-                reject(offset, value, f"period_start {row.period_start} has no usage_date in "
-                       f"{self.grid.timezone}: {exc}"[:300])
-                continue
+            date = dates.get(row.period_start)
+            if date is None:
+                try:
+                    date = dates[row.period_start] = local_date(row.period_start)
+                except (ValueError, OverflowError, OSError) as exc:
+                    reject(offset, value, f"period_start {row.period_start} has no usage_date "
+                           f"in {self.grid.timezone}: {exc}"[:300])
+                    continue
             by_date[date].append((offset, value, row))
         name = archive_part_name(topic, partition, first, last)
         for date in sorted(by_date):

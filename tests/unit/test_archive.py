@@ -239,15 +239,16 @@ def test_rows_with_instants_the_archive_cannot_place_are_rejected_not_fatal(
         (8, value(good[2])),
         (9, orjson.dumps(bad.to_dict() | {"source_partition": -1})),
         (10, value(good[3])),
+        (11, shifted(bad, 253_402_300_000_000 - HOUR)),  # the same instant again: rejected too
     ]
     result = writer.write_batch("usage", 0, batch)
     assert result.rows == 4
-    assert result.rejected == 7
-    assert writer.checkpoint("usage", 0) == 10
+    assert result.rejected == 8
+    assert writer.checkpoint("usage", 0) == 11
     assert read_ids(writer.root) == sorted(r.interval_id for r in good)
     lines = [orjson.loads(line) for line in (writer.root / "_rejected" / part_name(
-        "usage", 0, 0, 10).replace(".parquet", ".jsonl")).read_bytes().splitlines()]
-    assert [r["offset"] for r in lines] == [1, 3, 4, 5, 6, 7, 9]
+        "usage", 0, 0, 11).replace(".parquet", ".jsonl")).read_bytes().splitlines()]
+    assert [r["offset"] for r in lines] == [1, 3, 4, 5, 6, 7, 9, 11]
     assert all(r["topic"] == "usage" and r["partition"] == 0 for r in lines)
     reasons = [r["reason"] for r in lines]
     assert "'start' out of range" in reasons[0]
@@ -257,6 +258,7 @@ def test_rows_with_instants_the_archive_cannot_place_are_rejected_not_fatal(
     assert "no usage_date" in reasons[4]
     assert "'usage_type' out of range" in reasons[5]
     assert "'source_partition' out of range" in reasons[6]
+    assert "no usage_date" in reasons[7]
 
 
 def test_one_archive_per_directory_lock(tmp_path: Path) -> None:
