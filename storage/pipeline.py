@@ -60,9 +60,8 @@ from storage.gctune import bulk_gc, settle
 from storage.replay import (
     DatasetWriter,
     FrontEnd,
-    HorizonReport,
+    Progress,
     ReplaySummary,
-    Report,
     Stage,
     _run_key,
     add_outcomes,
@@ -425,11 +424,9 @@ def _start(ctx: Any, what: str, target: Callable[..., None], stage: Stage,
     return _Child(what, process, inbox, outbox)
 
 
-def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report,
-                 on_horizon: HorizonReport) -> int:
+def run_pipeline(stage: Stage, summary: ReplaySummary, progress: Progress) -> int:
     """Run the replay of ``stage`` (a :class:`storage.replay.Stage`) in three processes,
-    filling ``summary``; ``report(records, bytes_read)`` after each block of input,
-    ``on_horizon`` during the horizon cut (:func:`~storage.replay.drive`). Returns
+    filling ``summary`` and telling ``progress`` how far it is, as one process does. Returns
     the input bytes read. Raises :class:`InputError`, :class:`OutputError` (as one process
     would) or :class:`ReplayProcessError`."""
     options = stage.options
@@ -441,7 +438,8 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report,
         children.append(reader)
         writer = _start(ctx, "writer", _writer_main, stage, sends_to=True)
         children.append(writer)
-        bytes_read = _meter(stage, reader, writer, summary, report, on_horizon)
+        bytes_read = _meter(stage, reader, writer, summary, progress)
+        progress.writing()
         done = writer.recv(output)
         if done[0] != "done":
             raise writer.failed(done, output)
@@ -458,7 +456,7 @@ def run_pipeline(stage: Stage, summary: ReplaySummary, report: Report,
 
 
 def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
-           report: Report, on_horizon: HorizonReport) -> int:
+           progress: Progress) -> int:
     """The engine's part of :func:`run_pipeline`: the reader's records through the engine,
     its rows to the writer, then the writer told to close; returns the input bytes read.
     The engine's state (millions of objects) is freed when this returns, while the writer
@@ -467,7 +465,6 @@ def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
     meter = Engine(stage.policy)
     domain_of = meter.accounts.domain_of
     created: list[str] = []  # accounts created by records applied, domains not yet sent
-    progress = [0]  # input bytes read
     key = [""]
     regional = stage.regional
 
@@ -481,8 +478,8 @@ def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
                     map(_new, map(_CLASSES.__getitem__, kinds), fields))
                 yield records_of(values, list(map(_new, repeat(Source), where)))
                 settle()
-                summary.records, progress[0] = records, bytes_read
-                report(records, bytes_read)
+                summary.records = records
+                progress.read(records, bytes_read)
             elif tag == "end":
                 _merge_counters(summary, message[1])
                 key[0] = message[2]
@@ -509,10 +506,10 @@ def _meter(stage: Stage, reader: _Child, writer: _Child, summary: ReplaySummary,
             chunk = rows[first:first + SEND_ROWS]     # while the next is encoded
             writer.send(("rows", domains(), len(chunk), encode_columns(chunk)), output)
 
-    drive(meter, batches(), stage.options.until_ms, emit, on_horizon)
+    drive(meter, batches(), stage.options.until_ms, emit, progress.horizon)
     writer.send(("close", domains(), key[0]), output)
     add_outcomes(summary, meter)
-    return progress[0]
+    return progress.bytes_read
 
 
 def _merge_counters(summary: ReplaySummary, counters: tuple[Any, ...]) -> None:

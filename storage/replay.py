@@ -593,7 +593,10 @@ class ReplayProgress:
     """True for the one last report, after the dataset is written."""
     horizon: HorizonProgress | None = None
     """Set during the horizon cut (after the last input record: records and bytes are
-    final); None before it and in the last report."""
+    final); None before it and after it."""
+    writing: bool = False
+    """True for the one report after the horizon cut: the last Parquet parts are being
+    written (the last step, before the ``done`` report)."""
 
 
 ProgressCallback = Callable[[ReplayProgress], None]
@@ -781,8 +784,8 @@ def run_replay(
     :class:`~storage.errors.InputError` or :class:`~storage.errors.OutputError`.
 
     ``on_progress`` (if given) is called after each block of input (:data:`READ_BLOCK`
-    bytes), during the horizon cut (``horizon`` set: :class:`HorizonProgress`) and once
-    more, with ``done`` set, at the end.
+    bytes), during the horizon cut (``horizon`` set: :class:`HorizonProgress`), once as
+    the last parts are written (``writing``) and once more, with ``done`` set, at the end.
     """
     with bulk_gc():
         return _run_replay(options, on_progress)
@@ -900,12 +903,46 @@ class Stage:
                              max_watermark_jump_ms=options.max_watermark_jump_ms)
 
 
-Report = Callable[[int, int], None]
-"""Progress of a running replay: (records read, input bytes read)."""
+class Progress:
+    """Where the stages of a running replay say how far they are: each call becomes a
+    :class:`ReplayProgress` for the caller's ``callback`` (if any); the horizon's newest
+    event time goes to ``summary``."""
+
+    def __init__(self, callback: ProgressCallback | None, total_bytes: int | None,
+                 summary: ReplaySummary) -> None:
+        self.callback = callback
+        self.total_bytes = total_bytes
+        self.summary = summary
+        self.records = self.bytes_read = 0
+
+    def _tell(self, done: bool = False, horizon: HorizonProgress | None = None,
+              writing: bool = False) -> None:
+        if self.callback is not None:
+            self.callback(ReplayProgress(self.records, self.bytes_read, self.total_bytes,
+                                         done, horizon, writing))
+
+    def read(self, records: int, bytes_read: int) -> None:
+        """After a block of input: records and input bytes read so far."""
+        self.records, self.bytes_read = records, bytes_read
+        self._tell()
+
+    def horizon(self, progress: HorizonProgress) -> None:
+        """During the horizon cut (:func:`drive`'s ``on_horizon``)."""
+        self.summary.newest_event_ms = progress.newest_ms
+        self._tell(horizon=progress)
+
+    def writing(self) -> None:
+        """The engine is done; the last Parquet parts are being written."""
+        self._tell(writing=True)
+
+    def done(self, records: int, bytes_read: int) -> None:
+        """Once, at the end, after the dataset is written."""
+        self.records, self.bytes_read = records, bytes_read
+        self._tell(done=True)
 
 
 def _run_in_process(stage: Stage, summary: ReplaySummary, rejects_fh: IO[bytes] | None,
-                    report: Report, on_horizon: HorizonReport) -> int:
+                    progress: Progress) -> int:
     """Every stage in this process; returns the input bytes read."""
     options = stage.options
     meter = Engine(stage.policy)
@@ -924,9 +961,10 @@ def _run_in_process(stage: Stage, summary: ReplaySummary, rejects_fh: IO[bytes] 
         for values, sources in front.chunks():
             yield records_of(values, sources)
             settle()
-            report(summary.records, front.bytes_read)
+            progress.read(summary.records, front.bytes_read)
 
-    drive(meter, rebatch(blocks()), options.until_ms, emit, on_horizon)
+    drive(meter, rebatch(blocks()), options.until_ms, emit, progress.horizon)
+    progress.writing()
     writer.close(tmpdir, summary)
     add_outcomes(summary, meter)
     return front.bytes_read
@@ -944,31 +982,20 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
     except OSError as exc:
         raise OutputError(f"cannot write to {options.output}: {exc.strerror or exc}") from exc
 
-    read = [0, 0]  # records, input bytes: as last reported
-
-    def report(records: int, bytes_read: int, done: bool = False) -> None:
-        read[:] = records, bytes_read
-        if on_progress is not None:
-            on_progress(ReplayProgress(records, bytes_read, total, done))
-
-    def on_horizon(progress: HorizonProgress) -> None:
-        summary.newest_event_ms = progress.newest_ms
-        if on_progress is not None:
-            on_progress(ReplayProgress(read[0], read[1], total, False, progress))
-
+    progress = Progress(on_progress, total, summary)
     started = time.monotonic()
     now_ms = int(time.time() * 1000) if options.now_ms is None else options.now_ms
     stage = Stage(options, regions, now_ms, tmpdir)
     try:
         if processes == 1:
-            bytes_read = _run_in_process(stage, summary, rejects_fh, report, on_horizon)
+            bytes_read = _run_in_process(stage, summary, rejects_fh, progress)
         else:
             from storage.pipeline import run_pipeline
 
             if rejects_fh is not None:  # created (and checked) here, written by the reader
                 rejects_fh.close()
                 rejects_fh = None
-            bytes_read = run_pipeline(stage, summary, report, on_horizon)
+            bytes_read = run_pipeline(stage, summary, progress)
     except OSError as exc:
         raise write_failure(options.output, exc) from exc
     finally:
@@ -978,7 +1005,7 @@ def _run_replay(options: ReplayOptions, on_progress: ProgressCallback | None) ->
             leftover.unlink(missing_ok=True)
         tmpdir.rmdir()
     summary.seconds = time.monotonic() - started
-    report(summary.records, bytes_read, done=True)
+    progress.done(summary.records, bytes_read)
     return summary
 
 

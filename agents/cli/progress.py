@@ -33,6 +33,8 @@ class _Line:
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self.next_at = self.started + REDRAW_S
+        self.width = 0
+        """Length of the line drawn last (a shorter one is padded over it)."""
 
     def due(self, force: bool) -> float | None:
         """The elapsed seconds if a redraw is due now (always when ``force``), else None."""
@@ -45,9 +47,11 @@ class _Line:
         return now - self.started
 
     def draw(self, text: str, end: bool) -> None:
-        self.stream.write(f"\r{text}   ")
+        width, self.width = self.width, len(text)
+        self.stream.write(f"\r{text.ljust(width)}   ")
         if end:
             self.stream.write("\n")
+            self.width = 0
         self.stream.flush()
 
 
@@ -79,8 +83,13 @@ class ReplayDisplay(_Line):
         if horizon is not None and not self.noticed:
             self.noticed = True
             self._notice(horizon)
-        elapsed = self.due(report.done or (horizon is not None and horizon.done))
+        elapsed = self.due(report.done or report.writing
+                           or (horizon is not None and horizon.done))
         if elapsed is None:
+            return
+        if report.writing:
+            self.draw(f"replay: {report.records:,} records; writing the last Parquet parts",
+                      False)
             return
         if horizon is not None:
             share = 100 * horizon.cut / horizon.resources if horizon.resources else 100.0
@@ -101,8 +110,9 @@ class ReplayDisplay(_Line):
             return
         days = (until - newest) / 86_400_000
         rows = horizon.intervals * -(-(until - newest) // self.period_ms)
-        if self.enabled:
+        if self.enabled:  # the notice on a line of its own
             self.stream.write("\n")
+            self.width = 0
         self.notices.write(
             f"metering replay: note: --until {iso(until)} is {days:,.0f} days past the newest "
             f"event ({iso(newest)}): each of the {horizon.intervals:,} intervals still open "

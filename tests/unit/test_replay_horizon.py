@@ -79,3 +79,19 @@ def test_replay_command_notices_a_far_until_and_prints_the_newest_event(
                  "--json", "--no-progress"]) == 0
     summary = orjson.loads(capsys.readouterr().out)
     assert 0 < parse_iso_instant(near) - summary["newest_event_ms"] < 2 * DAY
+
+
+def test_the_line_names_the_last_writes_and_covers_longer_lines() -> None:
+    """After the cut, the line says the last parts are being written; each redraw covers
+    what a longer line before it left on the terminal."""
+    line = io.StringIO()
+    display = ReplayDisplay(True, line, notices=io.StringIO())
+    display(horizon(None, cut=10, rows=1_025, done=True))
+    display(ReplayProgress(1_000, 5_000, 5_000, False, writing=True))
+    display(ReplayProgress(1_000, 5_000, 5_000, True))
+    drawn = line.getvalue().split("\r")[1:]
+    assert drawn[0].startswith("replay: 1,000 records; horizon: 100.0% of 10")
+    assert drawn[0].endswith("\n")  # the cut's line is kept
+    assert drawn[1].rstrip() == "replay: 1,000 records; writing the last Parquet parts"
+    assert drawn[2].startswith("replay: 100.0% 1,000 records")
+    assert len(drawn[2].rstrip("\n")) >= len(drawn[1])  # padded over the longer line

@@ -68,9 +68,11 @@ def assert_progress(progress: list[ReplayProgress]) -> None:
     for a, b in itertools.pairwise(progress):
         assert a.records <= b.records
         assert a.bytes_read <= b.bytes_read
-    # the horizon cut's reports: after the input was read, up to the last report
+    # the horizon cut's reports after the input was read, then one while the last parts
+    # are written, then the last report
     cut = [i for i, p in enumerate(progress) if p.horizon is not None]
-    assert cut == list(range(cut[0], len(progress) - 1))
+    assert cut == list(range(cut[0], len(progress) - 2))
+    assert [i for i, p in enumerate(progress) if p.writing] == [len(progress) - 2]
     assert [getattr(progress[i].horizon, "done", None) for i in cut].count(True) == 1
     assert {(progress[i].records, progress[i].bytes_read) for i in cut} == \
         {(progress[-1].records, progress[-1].bytes_read)}
@@ -97,8 +99,8 @@ def test_three_processes_write_what_one_writes(tmp_path: Path, fmt: str, period:
     assert one[1] == three[1]  # rows, in file order
     assert one[2]
     assert one[2] == three[2]  # rejects bytes
-    assert [(p.records, p.bytes_read, p.total_bytes, p.horizon) for p in one[3]] == \
-        [(p.records, p.bytes_read, p.total_bytes, p.horizon) for p in three[3]]
+    assert [(p.records, p.bytes_read, p.total_bytes, p.horizon, p.writing) for p in one[3]] \
+        == [(p.records, p.bytes_read, p.total_bytes, p.horizon, p.writing) for p in three[3]]
     assert_progress(one[3])
     assert_progress(three[3])
     assert not multiprocessing.active_children()
