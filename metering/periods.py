@@ -17,6 +17,9 @@ Period = Literal["hour", "day"]
 PERIODS: Final[tuple[Period, ...]] = ("hour", "day")
 _HOUR: Final = 3_600_000
 _DAY: Final = 86_400_000
+PERIOD_MS: Final[dict[Period, int]] = {"hour": _HOUR, "day": _DAY}
+"""Nominal length of each period in ms (a local day across a DST change is an hour longer
+or shorter: :class:`PeriodGrid` cuts the real boundaries)."""
 
 
 def as_period(name: str) -> Period:
@@ -63,7 +66,7 @@ class PeriodGrid:
             fixed = 0
         object.__setattr__(self, "_fixed", fixed)
         object.__setattr__(self, "step_ms", 0 if fixed is None else
-                           _HOUR if self.period == "hour" else _DAY)
+                           PERIOD_MS[self.period])
 
     @property
     def fixed_step(self) -> int:
@@ -102,7 +105,7 @@ class PeriodGrid:
         """``(start, end)`` in UTC ms of the period holding instant ``ms``; start <= ms < end."""
         fixed = self._fixed
         if fixed is not None:
-            step = _HOUR if self.period == "hour" else _DAY
+            step = self.step_ms
             start = ms - (ms - fixed) % step
             return start, start + step
         key = ms // 900_000

@@ -758,23 +758,24 @@ def drive(
         rows = engine.apply(batch).rows
         if rows:
             emit(rows)
-    open_ids: set[str] = set()
-    progress = None
-    if on_horizon is not None:
-        newest, now_open = engine.newest_ms, engine.open_entities
-        open_ids = set(now_open)
-        progress = HorizonProgress(until_ms, None if newest == NEVER else newest,
-                                   len(now_open), sum(map(len, now_open.values())), 0, 0)
-        on_horizon(progress)
-    for step in engine.finish_steps(until_ms):  # bounded: the horizon may be years ahead
+    steps = engine.finish_steps(until_ms)  # bounded: the horizon may be years ahead
+    if on_horizon is None:
+        for step in steps:
+            emit(step.rows)
+        return
+    newest, now_open = engine.newest_ms, engine.open_entities
+    uncut = set(now_open)  # a resource counts as cut in the first step that stores it
+    progress = HorizonProgress(until_ms, None if newest == NEVER else newest, len(now_open),
+                               sum(map(len, now_open.values())), 0, 0)
+    on_horizon(progress)
+    for step in steps:
         emit(step.rows)
-        if on_horizon is not None and progress is not None:
-            cut = sum(1 for entity_id in step.entities if entity_id in open_ids)
-            progress = replace(progress, cut=min(progress.resources, progress.cut + cut),
-                               rows=progress.rows + len(step.rows))
-            on_horizon(progress)
-    if on_horizon is not None and progress is not None:
-        on_horizon(replace(progress, cut=progress.resources, done=True))
+        cut = uncut & step.entities
+        uncut -= cut
+        progress = replace(progress, cut=progress.cut + len(cut),
+                           rows=progress.rows + len(step.rows))
+        on_horizon(progress)
+    on_horizon(replace(progress, cut=progress.resources, done=True))
 
 
 def run_replay(

@@ -25,7 +25,7 @@ from agents.cli.formats import (
 )
 from agents.cli.progress import ReplayDisplay, want_progress
 from metering.decode import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
-from metering.periods import PERIODS, PeriodGrid
+from metering.periods import PERIOD_MS, PERIODS, PeriodGrid
 from storage.layout import COMPACTED_NAME, FORMATS, GROUP_BY, ON_CONFLICT, SORT_COLUMNS
 
 
@@ -170,8 +170,7 @@ def run_replay_command(args: argparse.Namespace) -> int:
         now_ms=int(time.time() * 1000), max_clock_skew_ms=int(args.max_clock_skew * 1000),
     )
     try:
-        display = ReplayDisplay(want_progress(args.progress),
-                                period_ms=3_600_000 if args.period == "hour" else 86_400_000)
+        display = ReplayDisplay(want_progress(args.progress), period_ms=PERIOD_MS[args.period])
         summary = run_replay(options, display)
     except StorageError as exc:
         return fail("replay", exc)

@@ -12,6 +12,7 @@ import time
 from typing import IO, TYPE_CHECKING
 
 from metering.eventtime import iso
+from metering.periods import PERIOD_MS
 
 if TYPE_CHECKING:
     from storage.replay import HorizonProgress, ReplayProgress
@@ -55,7 +56,7 @@ class _Line:
         self.stream.flush()
 
 
-FAR_HORIZON_MS = 31 * 86_400_000
+FAR_HORIZON_MS = 31 * PERIOD_MS["day"]
 """A ``--until`` more than this (ms: 31 days) past the newest event gets a notice: every
 resource still open is cut into a piece per period up to it, which is rarely meant."""
 
@@ -72,7 +73,7 @@ class ReplayDisplay(_Line):
     """
 
     def __init__(self, enabled: bool, stream: IO[str] | None = None,
-                 period_ms: int = 86_400_000, notices: IO[str] | None = None) -> None:
+                 period_ms: int = PERIOD_MS["day"], notices: IO[str] | None = None) -> None:
         super().__init__(enabled, stream)
         self.period_ms = period_ms
         self.notices = notices or sys.stderr
@@ -108,7 +109,7 @@ class ReplayDisplay(_Line):
         until, newest = horizon.until_ms, horizon.newest_ms
         if until is None or newest is None or until - newest <= FAR_HORIZON_MS:
             return
-        days = (until - newest) / 86_400_000
+        days = (until - newest) / PERIOD_MS["day"]
         rows = horizon.intervals * -(-(until - newest) // self.period_ms)
         if self.enabled:  # the notice on a line of its own
             self.stream.write("\n")
